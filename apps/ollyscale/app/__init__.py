@@ -1,0 +1,1 @@
+"""FastAPI routers for the ollyScale REST API (MODE=ui)."""

@@ -1,0 +1,1 @@
+"""OTLP gRPC receiver (MODE=receiver)."""

@@ -1,0 +1,3 @@
+module github.com/ryanfaircloth/ollyscale/apps/opamp-server
+
+go 1.25
