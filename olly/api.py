@@ -1,0 +1,118 @@
+"""The core functions behind each CLI command. No click, no printing: callers
+pass callbacks for progress and get data back."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from olly.cache import Cache, workspace_lock
+from olly.config import ImageTarget, Workspace, load_workspace
+from olly.engine import Engine
+from olly.errors import OllyError
+from olly.graph import Graph
+from olly.manifest import diff_manifests
+from olly.plan import Plan, TargetPlan, make_plan
+from olly.scheduler import Outcome, RunOptions, Scheduler
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def load(root: Path) -> tuple[Workspace, Graph]:
+    ws = load_workspace(root)
+    return ws, Graph.of(ws)
+
+
+def _optional_engine() -> Engine | None:
+    try:
+        return Engine()
+    except OllyError:
+        return None
+
+
+def plan(root: Path, patterns: list[str], *, check_engine: bool = True) -> Plan:
+    """What ``make`` would do, without building. Works without an engine."""
+    ws, graph = load(root)
+    labels = graph.select(patterns)
+    cache = Cache(ws.cache_dir)
+    try:
+        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None)
+    finally:
+        cache.close()
+
+
+@dataclass
+class MakeResult:
+    plan: Plan
+    outcomes: list[Outcome]
+    elapsed_s: float
+
+
+def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
+         network: str | None = None, say: Say = _quiet, on_outcome: Callable[[Outcome], None] = lambda o: None) -> MakeResult:
+    """Build the selected targets (and their dependencies) whose inputs changed."""
+    started = time.time()
+    ws, graph = load(root)
+    labels = graph.select(patterns)
+    engine = Engine()  # fails fast, before any work, if no engine answers
+    with workspace_lock(ws.cache_dir, say):
+        cache = Cache(ws.cache_dir)
+        try:
+            the_plan = make_plan(ws, graph, labels, cache, engine)
+            opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going,
+                              network=network or ws.network, log_dir=ws.cache_dir / "logs")
+            outcomes = Scheduler(ws.root, the_plan, engine, cache, opts, on_outcome).run()
+        finally:
+            cache.close()
+    return MakeResult(the_plan, outcomes, time.time() - started)
+
+
+def _one_image(ws: Workspace, graph: Graph, label: str) -> tuple[ImageTarget, list[str]]:
+    matched = graph.match(label)
+    if len(matched) != 1:
+        raise OllyError("usage", f"{label!r} names {len(matched)} targets; give exactly one")
+    (one,) = matched
+    target = ws.targets[one]
+    if not isinstance(target, ImageTarget):
+        raise OllyError("usage", f"{one} is a chart; this command takes an image target")
+    return target, graph.order(graph.closure({one}))
+
+
+def inputs(root: Path, label: str) -> TargetPlan:
+    """Every input of one image target, as hashed into its key."""
+    ws, graph = load(root)
+    target, labels = _one_image(ws, graph, label)
+    cache = Cache(ws.cache_dir)
+    try:
+        the_plan = make_plan(ws, graph, labels, cache, None)
+    finally:
+        cache.close()
+    return the_plan.by_label()[target.label]
+
+
+def why(root: Path, label: str) -> dict[str, Any]:
+    """What changed in one target's inputs since its last recorded build."""
+    ws, graph = load(root)
+    target, labels = _one_image(ws, graph, label)
+    cache = Cache(ws.cache_dir)
+    try:
+        current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
+        previous = cache.manifest(target.label)
+    finally:
+        cache.close()
+    if previous is None:
+        return {"label": target.label, "key": current.key, "previous_key": None, "changes": [], "built_before": False}
+    return {"label": target.label, "key": current.key, "previous_key": previous.get("key"),
+            "changes": diff_manifests(previous, current.manifest), "built_before": True}
+
+
+def graph_text(root: Path, patterns: list[str], fmt: str) -> str:
+    _, graph = load(root)
+    return graph.render(fmt, graph.select(patterns))

@@ -1,0 +1,157 @@
+"""The sqlite cache under ``.cache/``: stat cache, build results, input manifests.
+
+All stored paths are workspace-relative, so the cache is relocatable (CI can
+restore it into a fresh clone). The db carries a schema version; an incompatible
+or corrupt db is one clear OllyError naming the file, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import sqlite_utils
+
+from olly.errors import OllyError
+
+CACHE_SCHEMA = 1
+DB_NAME = "olly.db"
+LOCK_NAME = "lock"
+
+
+class Cache:
+    """One open cache db. Use from one thread (the scheduler's main thread)."""
+
+    def __init__(self, cache_dir: Path, *, create: bool = True) -> None:
+        self.dir = cache_dir
+        self.path = cache_dir / DB_NAME
+        if not create and not self.path.exists():
+            self.db = sqlite_utils.Database(memory=True)
+        else:
+            _make_dir(cache_dir)
+            self.db = self._open()
+        self._init_schema()
+
+    def _open(self) -> sqlite_utils.Database:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(exc)
+        return sqlite_utils.Database(conn)
+
+    def _corrupt(self, exc: Exception) -> OllyError:
+        return OllyError(
+            "cache-corrupt",
+            f"cache database {self.path} is unreadable ({exc}); move it away or delete {self.dir} to start fresh",
+        )
+
+    def _init_schema(self) -> None:
+        try:
+            tables = set(self.db.table_names())
+            if "meta" in tables:
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                version = int(row[0]) if row else None
+                if version != CACHE_SCHEMA:
+                    raise OllyError(
+                        "cache-incompatible",
+                        f"cache database {self.path} has schema {version}, this olly needs {CACHE_SCHEMA}; "
+                        f"delete {self.dir} (olly rebuilds what it needs)",
+                    )
+                return
+            if tables:
+                raise OllyError("cache-incompatible", f"{self.path} is not an olly cache database; delete it to start fresh")
+            with self.db.conn:
+                self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
+                self.db["stat"].create(
+                    {"path": str, "size": int, "mtime_ns": int, "ino": int, "ctime_ns": int, "mode": int, "hash": str},
+                    pk="path",
+                )
+                self.db["results"].create(
+                    {"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
+                    pk=("target", "key"),
+                )
+                self.db["manifests"].create({"target": str, "key": str, "manifest": str}, pk="target")
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(exc)
+
+    # -- stat cache ----------------------------------------------------------
+
+    def load_stats(self) -> dict[str, tuple[int, int, int, int, int, str]]:
+        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, mode, hash FROM stat")
+        return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
+
+    def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
+        if not rows and not forget:
+            return
+        with self.db.conn:
+            if rows:
+                self.db["stat"].upsert_all(rows, pk="path")
+            for path in forget:
+                self.db.execute("DELETE FROM stat WHERE path = ?", [path])
+
+    # -- results and manifests -----------------------------------------------
+
+    def result(self, target: str, key: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT image_id, tag, built_at, duration_s FROM results WHERE target = ? AND key = ?", [target, key]
+        ).fetchone()
+        if row is None:
+            return None
+        return {"image_id": row[0], "tag": row[1], "built_at": row[2], "duration_s": row[3]}
+
+    def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any]) -> None:
+        """Record a verified build and its input manifest atomically."""
+        with self.db.conn:
+            self.db["results"].upsert(
+                {"target": target, "key": key, "image_id": image_id, "tag": tag,
+                 "built_at": time.time(), "duration_s": round(duration_s, 3)},
+                pk=("target", "key"),
+            )
+            self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest)}, pk="target")
+
+    def forget_result(self, target: str, key: str) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM results WHERE target = ? AND key = ?", [target, key])
+
+    def manifest(self, target: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT manifest FROM manifests WHERE target = ?", [target]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OllyError("io-error", f"cannot create cache directory {path}: {exc.strerror}")
+
+
+@contextlib.contextmanager
+def workspace_lock(cache_dir: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold the workspace lock for a mutating command; wait (saying so) if another holds it."""
+    _make_dir(cache_dir)
+    path = cache_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            on_wait(f"waiting for another olly (pid {holder}) to finish in this workspace")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

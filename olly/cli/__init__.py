@@ -1,0 +1,182 @@
+"""The command line: parses options, calls one core function, prints, exits.
+
+Only this package imports click. OllyError becomes one line on stderr and its
+documented exit code; a traceback is shown only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from olly import api, report
+from olly.config import find_workspace
+from olly.errors import EXIT_INTERRUPTED, EXIT_USAGE, OllyError
+from olly.plan import TargetPlan
+
+
+class _State:
+    def __init__(self, debug: bool, directory: str | None) -> None:
+        self.debug = debug
+        self.directory = directory
+
+    def root(self) -> Path:
+        return find_workspace(Path(self.directory or os.getcwd()))
+
+
+def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
+    state: _State = ctx.obj
+    try:
+        code = fn() or 0
+    except OllyError as exc:
+        if state.debug:
+            traceback.print_exc()
+        click.echo(f"olly: error: {exc.line()}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("olly: interrupted; nothing half-done was recorded", err=True)
+        code = EXIT_INTERRUPTED
+    ctx.exit(code)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-C", "--workspace", "directory", metavar="DIR", help="Workspace directory (default: nearest BUILD.toml upwards).")
+@click.version_option(package_name="olly")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
+    """olly: never build what did not change, never miss what did."""
+    ctx.obj = _State(debug, directory)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Parallel builds (default: CPU count).")
+@click.option("-k", "--keep-going", is_flag=True, help="Continue with independent targets after a failure.")
+@click.option("--network", help="Network for RUN steps (e.g. host, none); overrides BUILD.toml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None, as_json: bool) -> None:
+    """Build TARGETS (default: all) and what they need, skipping what is up to date."""
+
+    def on_outcome(o: Any) -> None:
+        if not as_json:
+            click.echo(report.outcome_line(o))
+            if o.status == "failed" and o.tail:
+                click.echo("\n".join(report.failure_details(o)))
+
+    def run() -> int:
+        say = lambda msg: click.echo(f"olly: {msg}", err=True)  # noqa: E731
+        result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going,
+                          network=network, say=say, on_outcome=on_outcome)
+        if as_json:
+            _emit_json(report.outcomes_json(result.outcomes, result.elapsed_s))
+        else:
+            click.echo(report.summary_line(result.outcomes, result.elapsed_s))
+        return report.exit_code(result.outcomes)
+
+    _run(ctx, run)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def plan(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> None:
+    """Show what `make` would build and why, without building."""
+
+    def run() -> None:
+        the_plan = api.plan(ctx.obj.root(), list(targets))
+        if as_json:
+            _emit_json(report.plan_json(the_plan))
+        else:
+            click.echo("\n".join(report.plan_lines(the_plan)))
+
+    _run(ctx, run)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def why(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Which inputs of TARGET changed since its last build."""
+
+    def run() -> None:
+        info = api.why(ctx.obj.root(), target)
+        if as_json:
+            _emit_json(info)
+        elif not info["built_before"]:
+            click.echo(f"{info['label']}: never built in this workspace's cache (key {info['key']})")
+        elif not info["changes"]:
+            click.echo(f"{info['label']}: no input changed since the last build (key {info['key']})")
+        else:
+            click.echo(f"{info['label']}: key {info['previous_key']} -> {info['key']}")
+            click.echo("\n".join(f"  {line}" for line in info["changes"]))
+
+    _run(ctx, run)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
+    """The exact files and other inputs that make up TARGET's key."""
+
+    def run() -> None:
+        tp = api.inputs(ctx.obj.root(), target)
+        if as_json:
+            _emit_json(tp.manifest)
+        else:
+            click.echo("\n".join(_input_lines(tp)))
+
+    _run(ctx, run)
+
+
+def _input_lines(tp: TargetPlan) -> list[str]:
+    m = tp.manifest
+    lines = [f"target   {tp.label}", f"key      {tp.key}", f"tag      {tp.ref}",
+             f"context  {tp.context.dir if tp.context else '?'}", f"dockerfile {m['dockerfile']}",
+             f"platform {m['platform']}"]
+    if m["target"]:
+        lines.append(f"stage    {m['target']}")
+    lines += [f"arg      {k}={v}" for k, v in sorted(m["args"].items())]
+    lines += [f"dep      {d} {k}" for d, k in sorted(m["deps"].items())]
+    lines += [f"input    {h} {p}" for p, h in m["inputs"]]
+    for path, kind, exe, digest in m["files"]:
+        mode = {"d": "dir ", "l": "link"}.get(kind, "exec" if exe else "file")
+        lines.append(f"{mode}     {digest or '-':32} {path}")
+    return lines
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid"]), default="text", show_default=True)
+@click.pass_context
+def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
+    """The target graph (dependencies after `<-`)."""
+    _run(ctx, lambda: click.echo(api.graph_text(ctx.obj.root(), list(targets), fmt)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="olly", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("olly: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,325 @@
+"""BUILD.toml: parsing, validation and the resolved workspace model.
+
+Parsed with tomllib, validated by pydantic (unknown keys rejected), then checked
+against the filesystem. Every error is an OllyError located as ``BUILD.toml:<line>``
+with the key path, e.g. ``images."apps/demo".dockerfile: file not found: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from olly.errors import OllyError
+
+BUILD_FILE = "BUILD.toml"
+MAX_BUILD_FILE_BYTES = 1 << 20  # a workspace file larger than this is a mistake
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class WorkspaceSpec(_Strict):
+    name: str = "workspace"
+    network: str | None = None
+
+
+class ImageSpec(_Strict):
+    repository: str
+    context: str | None = None
+    dockerfile: str | None = None
+    args: dict[str, str] = {}
+    target: str | None = None
+    inputs: list[str] = []
+    depends_on: list[str] = []
+    platform: str | None = None
+    network: str | None = None
+
+
+class ChartSpec(_Strict):
+    path: str | None = None
+    images: dict[str, str] = {}
+
+
+class BuildFileSpec(_Strict):
+    workspace: WorkspaceSpec = WorkspaceSpec()
+    images: dict[str, ImageSpec] = {}
+    charts: dict[str, ChartSpec] = {}
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    label: str
+    repository: str
+    context: str  # workspace-relative, posix
+    dockerfile: str  # workspace-relative, posix
+    args: dict[str, str]
+    target: str | None
+    inputs: list[str]
+    depends_on: list[str]
+    platform: str | None
+    network: str | None
+    kind: str = "image"
+
+
+@dataclass(frozen=True)
+class ChartTarget:
+    label: str
+    path: str
+    images: dict[str, str]  # values path -> image label
+    kind: str = "chart"
+
+    @property
+    def depends_on(self) -> list[str]:
+        return sorted(set(self.images.values()))
+
+
+Target = ImageTarget | ChartTarget
+
+
+@dataclass
+class Workspace:
+    root: Path
+    name: str
+    network: str | None
+    targets: dict[str, Target] = field(default_factory=dict)
+    build_file: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
+
+def dep_arg_name(label: str) -> str:
+    """Build-arg name that carries a dependency's image reference (apps/python-base -> PYTHON_BASE)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", label.rsplit("/", 1)[-1]).upper()
+
+
+def find_workspace(start: Path) -> Path:
+    """The nearest directory at or above ``start`` holding a BUILD.toml."""
+    here = start.resolve()
+    for cand in (here, *here.parents):
+        if (cand / BUILD_FILE).is_file():
+            return cand
+    raise OllyError("no-workspace", f"no {BUILD_FILE} found in {here} or any parent directory (use -C DIR)")
+
+
+def format_key_path(parts: tuple[Any, ...]) -> str:
+    out = []
+    for part in parts:
+        text = str(part)
+        out.append(text if _BARE_KEY.match(text) else '"' + text.replace('"', '\\"') + '"')
+    return ".".join(out)
+
+
+def _line_paths(text: str) -> list[tuple[int, tuple[str, ...]]]:
+    """For each header or ``key =`` line, the key path it defines (best effort)."""
+    found: list[tuple[int, tuple[str, ...]]] = []
+    table: tuple[str, ...] = ()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("["):
+            table = _parse_path(line, header=True) or table
+            found.append((number, table))
+        elif "=" in line and not line.startswith("#"):
+            key = _parse_path(line.split("=", 1)[0].strip())
+            if key:
+                found.append((number, table + key))
+    return found
+
+
+def _parse_path(text: str, header: bool = False) -> tuple[str, ...]:
+    try:
+        data = tomllib.loads(text if header else f"{text} = 0")
+    except tomllib.TOMLDecodeError:
+        return ()
+    path: list[str] = []
+    while isinstance(data, dict) and len(data) == 1:
+        key = next(iter(data))
+        path.append(key)
+        data = data[key]
+    return tuple(path)
+
+
+def locate_line(text: str, keypath: tuple[Any, ...]) -> int | None:
+    """The line that best defines ``keypath`` (longest matching prefix wins)."""
+    want = tuple(str(p) for p in keypath)
+    best, best_len = None, 0
+    for number, path in _line_paths(text):
+        n = len(path)
+        if n > best_len and want[:n] == path:
+            best, best_len = number, n
+    return best
+
+
+class _Loader:
+    def __init__(self, root: Path, file: Path, text: str) -> None:
+        self.root, self.file, self.text = root, file, text
+        self.display = _display_path(file)
+
+    def error(self, keypath: tuple[Any, ...], message: str, reason: str = "config-invalid") -> OllyError:
+        line = locate_line(self.text, keypath) if keypath else None
+        where = f"{self.display}:{line}" if line else self.display
+        prefix = f"{format_key_path(keypath)}: " if keypath else ""
+        return OllyError(reason, prefix + message, location=where)
+
+    def rel_path(self, keypath: tuple[Any, ...], value: str, what: str) -> str:
+        """Normalise a workspace-relative path, refusing ones that escape the workspace."""
+        if not value or value.startswith("/") or re.match(r"^[A-Za-z]:", value) or "\\" in value:
+            raise self.error(keypath, f"{what} must be a workspace-relative path with '/' separators, got {value!r}")
+        norm = posixpath.normpath(value)
+        if norm == ".." or norm.startswith("../"):
+            raise self.error(keypath, f"{what} escapes the workspace: {value!r}")
+        real = os.path.realpath(self.root / norm)
+        if os.path.commonpath([real, str(self.root)]) != str(self.root):
+            raise self.error(keypath, f"{what} resolves outside the workspace (through a symlink): {value!r}")
+        return norm
+
+    def label(self, section: str, label: str) -> str:
+        norm = self.rel_path((section, label), label, "label")
+        if norm != label or norm == ".":
+            raise self.error((section, label), f"label must be a normalised relative path, e.g. {norm!r}")
+        return label
+
+
+def _display_path(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("../../") else str(path)
+
+
+def load_workspace(root: Path) -> Workspace:
+    """Load and fully validate ``<root>/BUILD.toml``."""
+    root = root.resolve()
+    file = root / BUILD_FILE
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise OllyError("config-invalid", f"cannot read workspace file: {exc.strerror}", location=_display_path(file))
+    loader = _Loader(root, file, "")
+    if len(raw) > MAX_BUILD_FILE_BYTES:
+        raise OllyError("config-invalid", f"workspace file is {len(raw)} bytes, over the {MAX_BUILD_FILE_BYTES} limit", location=loader.display)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OllyError("config-invalid", f"not UTF-8 (byte {exc.start})", location=loader.display)
+    loader.text = text
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _toml_error(loader.display, exc)
+    try:
+        spec = BuildFileSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise loader.error(tuple(first["loc"]), _pydantic_message(first))
+    return _resolve(loader, spec)
+
+
+def _toml_error(display: str, exc: tomllib.TOMLDecodeError) -> OllyError:
+    msg = str(exc)
+    match = re.search(r"\(at line (\d+), column \d+\)", msg)
+    line = match.group(1) if match else None
+    msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "invalid TOML"
+    return OllyError("config-invalid", f"invalid TOML: {msg}", location=f"{display}:{line}" if line else display)
+
+
+def _pydantic_message(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"]).lower() if err["msg"] else "invalid value"
+
+
+def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
+    ws = Workspace(root=loader.root, name=spec.workspace.name, network=spec.workspace.network, build_file=loader.file)
+    if not spec.images and not spec.charts:
+        raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
+    for label, image in spec.images.items():
+        ws.targets[loader.label("images", label)] = _resolve_image(loader, label, image)
+    for label, chart in spec.charts.items():
+        loader.label("charts", label)
+        if label in ws.targets:
+            raise loader.error(("charts", label), "label is already declared as an image target")
+        ws.targets[label] = _resolve_chart(loader, label, chart)
+    _check_references(loader, ws)
+    return ws
+
+
+def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
+    key = ("images", label)
+    if not _REPOSITORY.match(spec.repository):
+        raise loader.error(key + ("repository",), f"invalid repository name {spec.repository!r} (lowercase path components, no registry host, no tag)")
+    first = spec.repository.split("/", 1)[0]
+    if "/" in spec.repository and ("." in first or first == "localhost"):
+        raise loader.error(key + ("repository",), f"repository must not name a registry host ({first!r}): registries are chosen at push time")
+    context = loader.rel_path(key + ("context",), spec.context or label, "context")
+    if not (loader.root / context).is_dir():
+        raise loader.error(key + ("context",), f"directory not found: {context}", "config-missing-file")
+    dockerfile = loader.rel_path(key + ("dockerfile",), spec.dockerfile or posixpath.join(context, "Dockerfile"), "dockerfile")
+    if not (loader.root / dockerfile).is_file():
+        raise loader.error(key + ("dockerfile",), f"file not found: {dockerfile}", "config-missing-file")
+    if spec.platform is not None and not _PLATFORM.match(spec.platform):
+        raise loader.error(key + ("platform",), f"invalid platform {spec.platform!r} (expected os/arch[/variant], e.g. linux/arm64)")
+    for name in spec.args:
+        if not _ARG_NAME.match(name):
+            raise loader.error(key + ("args", name), "invalid build-arg name")
+    for i, pattern in enumerate(spec.inputs):
+        loader.rel_path(key + ("inputs",), pattern, f"inputs[{i}]")
+    return ImageTarget(
+        label=label, repository=spec.repository, context=context, dockerfile=dockerfile,
+        args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
+        depends_on=list(spec.depends_on), platform=spec.platform, network=spec.network,
+    )
+
+
+def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:
+    key = ("charts", label)
+    path = loader.rel_path(key + ("path",), spec.path or label, "path")
+    if not (loader.root / path / "Chart.yaml").is_file():
+        raise loader.error(key + ("path",), f"no Chart.yaml in {path}", "config-missing-file")
+    return ChartTarget(label=label, path=path, images=dict(spec.images))
+
+
+def _check_references(loader: _Loader, ws: Workspace) -> None:
+    images = [t for t in ws.targets.values() if isinstance(t, ImageTarget)]
+    for t in images:
+        seen: dict[str, str] = {}
+        for dep in t.depends_on:
+            where = ("images", t.label, "depends_on")
+            _check_image_ref(loader, ws, where, dep)
+            arg = dep_arg_name(dep)
+            if arg in seen:
+                raise loader.error(where, f"dependencies {seen[arg]!r} and {dep!r} would both pass build arg {arg}")
+            if arg in t.args:
+                raise loader.error(("images", t.label, "args", arg), f"build arg {arg} is set by dependency {dep!r}")
+            seen[arg] = dep
+    for t in ws.targets.values():
+        if isinstance(t, ChartTarget):
+            for vpath, dep in t.images.items():
+                _check_image_ref(loader, ws, ("charts", t.label, "images", vpath), dep)
+
+
+def _check_image_ref(loader: _Loader, ws: Workspace, where: tuple[Any, ...], label: str) -> None:
+    if label in ws.targets and isinstance(ws.targets[label], ImageTarget):
+        return
+    if label in ws.targets:
+        raise loader.error(where, f"{label!r} is a chart, not an image target")
+    from olly.graph import suggest  # local import: graph depends on config
+
+    raise loader.error(where, f"unknown image target {label!r}{suggest(label, list(ws.targets))}", "unknown-target")

@@ -1,0 +1,229 @@
+"""Build contexts: the exact file set Docker sees, and the tar stream olly sends.
+
+``scan`` computes what reaches ``COPY`` after ``.dockerignore`` (via
+``olly.dockerignore``) plus what the daemon needs but removes (an excluded
+Dockerfile or .dockerignore, a Dockerfile from outside the context), mirroring the
+Docker CLI. ``TarStream`` sends exactly the planned entries with normalised
+headers and re-hashes every file as it streams, so a file edited after planning
+is detected instead of being built under the planned key.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import posixpath
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import xxhash
+
+from olly.config import ImageTarget
+from olly.dockerignore import DockerIgnore
+from olly.errors import OllyError
+from olly.hashing import CHUNK, FileHasher, hash_bytes
+
+# Fixed mtime of every tar entry (2000-01-01T00:00:00Z): keeps images reproducible
+# and stays after 1980, which zip-based tools (wheels, jars) inside RUN steps need.
+TAR_MTIME = 946684800
+IGNORE_FILE = ".dockerignore"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar entry. ``digest`` is the content hash (files) or link target (symlinks)."""
+
+    path: str
+    type: str  # "f" file, "d" directory, "l" symlink
+    executable: bool = False
+    size: int = 0
+    digest: str = ""
+    data: bytes | None = None  # content held in memory (Dockerfile, .dockerignore)
+
+    def row(self) -> list[Any]:
+        return [self.path, self.type, self.executable, self.digest]
+
+
+@dataclass
+class Context:
+    dir: str  # workspace-relative context directory
+    entries: list[Entry]  # what COPY sees, sorted by path
+    extras: list[Entry] = field(default_factory=list)  # sent, then removed by the daemon
+    dockerfile_name: str = "Dockerfile"  # the Dockerfile's name inside the tar
+    dockerfile: bytes = b""
+
+
+def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
+    """The planned context of ``target``: every entry hashed, nothing sent yet."""
+    ctx_dir = target.context
+    base = root / ctx_dir
+    ignore_path = base / IGNORE_FILE
+    ignore_display = posixpath.join(ctx_dir, IGNORE_FILE) if ctx_dir != "." else IGNORE_FILE
+    ignore_bytes = _read(ignore_path, ignore_display) if ignore_path.is_file() else None
+    ignore = DockerIgnore.parse(
+        (ignore_bytes or b"").decode("utf-8", "surrogateescape"), source=ignore_display
+    )
+    dockerfile = _read(root / target.dockerfile, target.dockerfile)
+    specials = {IGNORE_FILE} if ignore_bytes is not None else set()
+    df_rel = _inside(target.dockerfile, ctx_dir)
+    if df_rel is not None:
+        specials.add(df_rel)
+    entries: dict[str, Entry] = {}
+    for rel, st in ignore.walk(base):
+        if rel in specials:
+            continue  # added below from the bytes read above
+        entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
+    ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile)
+    if df_rel is None:
+        _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes)
+    else:
+        ctx.dockerfile_name = df_rel
+        _add_memory_entry(ctx, entries, ignore, df_rel, dockerfile, _is_exec(base / df_rel))
+        if ignore_bytes is not None:
+            _add_memory_entry(ctx, entries, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path))
+    ctx.entries = [entries[p] for p in sorted(entries)]
+    return ctx
+
+
+def _inside(path: str, ctx_dir: str) -> str | None:
+    if ctx_dir == ".":
+        return path
+    return path[len(ctx_dir) + 1:] if path.startswith(ctx_dir + "/") else None
+
+
+def _read(path: Path, display: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise OllyError("unreadable-file", f"{display}: permission denied")
+    except OSError as exc:
+        raise OllyError("unreadable-file", f"{display}: cannot read: {exc.strerror}")
+
+
+def _is_exec(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o111)
+    except OSError:
+        return False
+
+
+def _entry(root: Path, ctx_dir: str, rel: str, st: os.stat_result, hasher: FileHasher) -> Entry:
+    ws_rel = rel if ctx_dir == "." else f"{ctx_dir}/{rel}"
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return Entry(rel, "d")
+    if stat.S_ISLNK(mode):
+        return Entry(rel, "l", digest=os.readlink(root / ws_rel))
+    if stat.S_ISREG(mode):
+        return Entry(rel, "f", bool(mode & 0o111), st.st_size, hasher.hash(ws_rel, st))
+    kind = "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device file"
+    raise OllyError("special-file", f"{ws_rel}: {kind} in a build context cannot be sent; exclude it in .dockerignore")
+
+
+def _add_memory_entry(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, rel: str, data: bytes, exe: bool) -> None:
+    """Dockerfile / .dockerignore: always sent; they reach COPY unless the patterns exclude them."""
+    entry = Entry(rel, "f", exe, len(data), hash_bytes(data), data)
+    if not ignore.excluded(rel):
+        entries[rel] = entry
+        return
+    ctx.extras.append(entry)
+    # The daemon creates the parents of an extracted file even though the CLI
+    # never sent them, and they stay after it removes the file: COPY sees them.
+    parent = posixpath.dirname(rel)
+    while parent and parent not in entries:
+        entries[parent] = Entry(parent, "d")
+        parent = posixpath.dirname(parent)
+
+
+def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, ignore_bytes: bytes | None) -> None:
+    """As the Docker CLI does: add the Dockerfile under a generated name and list that
+    name in .dockerignore so the daemon removes it before COPY can see it."""
+    name = ".dockerfile." + xxhash.xxh3_64_hexdigest(ctx.dockerfile)[:16]
+    ctx.dockerfile_name = name
+    ctx.extras.append(Entry(name, "f", False, len(ctx.dockerfile), hash_bytes(ctx.dockerfile), ctx.dockerfile))
+    content = (ignore_bytes if ignore_bytes is not None else IGNORE_FILE.encode()) + b"\n" + name.encode() + b"\n"
+    patched = DockerIgnore.parse(content.decode("utf-8", "surrogateescape"), source=IGNORE_FILE)
+    entry = Entry(IGNORE_FILE, "f", False, len(content), hash_bytes(content), content)
+    if ignore_bytes is not None and not patched.excluded(IGNORE_FILE):
+        entries[IGNORE_FILE] = entry
+    else:
+        ctx.extras.append(entry)
+
+
+def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str) -> list[list[Any]]:
+    """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
+    found: dict[str, str] = {}
+    for pattern in patterns:
+        matches = [m for m in glob.glob(pattern, root_dir=root, recursive=True) if (root / m).is_file()]
+        if not matches:
+            raise OllyError("config-invalid", f"images.\"{label}\".inputs: {pattern!r} matches no file")
+        for rel in matches:
+            rel = Path(rel).as_posix()
+            found[rel] = hasher.hash(rel, (root / rel).stat())
+    return [[p, found[p]] for p in sorted(found)]
+
+
+class TarStream:
+    """Streams a planned context as a tar, verifying every file against its plan.
+
+    Iterate it to get the bytes; afterwards ``changed`` lists files whose bytes
+    differed from the planned hash (the build must then not be recorded).
+    """
+
+    def __init__(self, root: Path, ctx: Context) -> None:
+        self.base = root / ctx.dir
+        self.ctx = ctx
+        self.changed: list[str] = []
+        self.bytes_sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for entry in [*self.ctx.entries, *self.ctx.extras]:
+            yield from self._emit(entry)
+        yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+    def _emit(self, entry: Entry) -> Iterator[bytes]:
+        info = tarfile.TarInfo(entry.path)
+        info.mtime, info.uid, info.gid, info.uname, info.gname = TAR_MTIME, 0, 0, "", ""
+        if entry.type == "d":
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+        elif entry.type == "l":
+            info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.digest
+        else:
+            info.type, info.mode, info.size = tarfile.REGTYPE, 0o755 if entry.executable else 0o644, entry.size
+        header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        self.bytes_sent += len(header)
+        yield header
+        if entry.type != "f":
+            return
+        if entry.data is not None:
+            yield entry.data
+        else:
+            yield from self._file_bytes(entry)
+        pad = -entry.size % tarfile.BLOCKSIZE
+        self.bytes_sent += entry.size + pad
+        if pad:
+            yield b"\0" * pad
+
+    def _file_bytes(self, entry: Entry) -> Iterator[bytes]:
+        """Exactly ``entry.size`` bytes of the file, hashed on the way."""
+        h = xxhash.xxh3_128()
+        left = entry.size
+        try:
+            with open(self.base / entry.path, "rb") as f:
+                while left > 0:
+                    chunk = f.read(min(CHUNK, left))
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    left -= len(chunk)
+                    yield chunk
+                grew = bool(f.read(1))
+        except OSError:
+            grew = True  # vanished or unreadable since planning: treat as changed
+        if left > 0:
+            yield b"\0" * left  # keep the tar well-formed; the build is discarded anyway
+        if grew or left > 0 or h.hexdigest() != entry.digest:
+            self.changed.append(entry.path)

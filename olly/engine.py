@@ -1,0 +1,164 @@
+"""The Docker engine, through the docker Python SDK (classic builder API).
+
+Only this module talks to the engine. Errors become OllyError (engine down) or
+BuildFailed (a target's build failed), never raw SDK exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from olly.errors import OllyError
+
+KEY_LABEL = "dev.olly.key"
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE)
+_STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE)
+_PULL_ERRORS = ("pull access denied", "manifest unknown", "not found: manifest", "dial tcp", "no such host",
+                "failed to resolve", "connection refused", "i/o timeout", "repository does not exist",
+                "tls: ", "unauthorized", "denied:")
+
+
+class BuildFailed(Exception):
+    """A build that the engine rejected; ``message`` is one line, ``tail`` the last log lines."""
+
+    def __init__(self, message: str, tail: list[str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tail = tail
+
+
+@dataclass
+class BuildRequest:
+    context: Iterable[bytes]  # the tar stream
+    dockerfile_name: str  # inside the tar
+    dockerfile: bytes
+    dockerfile_display: str  # workspace-relative, for messages
+    args: dict[str, str]
+    target: str | None
+    platform: str | None
+    network: str | None
+    labels: dict[str, str]
+    log_path: Path
+
+
+def endpoint() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+class Engine:
+    """A reachable Docker engine. Construct once; safe to use from build threads."""
+
+    def __init__(self) -> None:
+        import docker
+        from docker.utils import kwargs_from_env
+
+        self.endpoint = endpoint()
+        self._kwargs = kwargs_from_env()
+        try:
+            probe = docker.APIClient(version="auto", timeout=10, **self._kwargs)
+            probe.ping()
+        except Exception as exc:  # the SDK raises many types for "not there"
+            raise OllyError(
+                "engine-unreachable",
+                f"no Docker engine at {self.endpoint} ({_short(exc)}): start the engine (dockerd) or set DOCKER_HOST",
+            )
+        self.version = probe.api_version
+        self.api = probe
+
+    def _client(self) -> Any:
+        import docker
+
+        return docker.APIClient(version=self.version, timeout=120, **self._kwargs)
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        import docker.errors
+
+        try:
+            return self.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise OllyError("engine-error", f"engine error inspecting {ref}: {_short(exc)}")
+        except Exception as exc:
+            raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        try:
+            self.api.tag(image_id, repository, tag, force=True)
+        except Exception as exc:
+            raise OllyError("engine-error", f"cannot tag {image_id} as {repository}:{tag}: {_short(exc)}")
+
+    def build(self, req: BuildRequest) -> str:
+        """Build and return the image id; raise BuildFailed with the engine's error."""
+        req.log_path.parent.mkdir(parents=True, exist_ok=True)
+        image_id: str | None = None
+        tail: list[str] = []
+        steps: list[str] = []
+        with open(req.log_path, "w", encoding="utf-8", errors="replace") as log:
+            try:
+                stream = self._client().build(
+                    fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,
+                    buildargs=req.args, target=req.target or None, platform=req.platform,
+                    network_mode=req.network, labels=req.labels, rm=True, forcerm=True,
+                    pull=False, decode=True,
+                )
+                for item in stream:
+                    if "stream" in item:
+                        text = item["stream"]
+                        log.write(text)
+                        for line in text.splitlines():
+                            if line.strip():
+                                tail = (tail + [line])[-20:]
+                                if line.startswith("Step "):
+                                    steps.append(line)
+                    if "aux" in item and isinstance(item["aux"], dict) and "ID" in item["aux"]:
+                        image_id = item["aux"]["ID"]
+                    if "error" in item:
+                        error = str(item["error"]).strip()
+                        log.write(f"ERROR: {error}\n")
+                        raise BuildFailed(_explain(error, steps, req), tail + [error])
+            except BuildFailed:
+                raise
+            except OllyError:
+                raise
+            except Exception as exc:
+                log.write(f"ERROR: {exc}\n")
+                raise BuildFailed(f"engine error during build: {_short(exc)}", tail)
+        if image_id is None:
+            raise BuildFailed("the engine reported no image id", tail)
+        return image_id
+
+
+def _explain(error: str, steps: list[str], req: BuildRequest) -> str:
+    """Turn a base-image pull failure into one line naming the image and Dockerfile line."""
+    first = error.splitlines()[0]
+    if not steps or not _STEP_FROM.match(steps[-1]):
+        return first
+    if not any(marker in error.lower() for marker in _PULL_ERRORS):
+        return first
+    from_index = sum(1 for s in steps if _STEP_FROM.match(s)) - 1
+    line_no, image = _from_line(req.dockerfile, from_index)
+    where = f"{req.dockerfile_display}:{line_no}" if line_no else req.dockerfile_display
+    return f"base image {image} cannot be pulled ({where}): {first}"
+
+
+def _from_line(dockerfile: bytes, index: int) -> tuple[int | None, str]:
+    found = 0
+    for number, line in enumerate(dockerfile.decode("utf-8", "replace").splitlines(), start=1):
+        match = _FROM.match(line)
+        if match:
+            if found == index:
+                return number, match.group(1)
+            found += 1
+    return None, "?"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,151 @@
+"""The target graph: dependency order, cycles, label selection and rendering."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from olly.config import ChartTarget, Target, Workspace
+from olly.errors import OllyError
+
+
+def suggest(label: str, known: list[str]) -> str:
+    """A ``; did you mean ...?`` suffix with close matches, or an empty string."""
+    close = difflib.get_close_matches(label, known, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+@dataclass
+class Graph:
+    targets: dict[str, Target]
+
+    @classmethod
+    def of(cls, ws: Workspace) -> "Graph":
+        graph = cls(ws.targets)
+        graph.check_acyclic()
+        return graph
+
+    def deps(self, label: str) -> list[str]:
+        return list(self.targets[label].depends_on)
+
+    def dependents(self, label: str) -> list[str]:
+        return sorted(t for t in self.targets if label in self.deps(t))
+
+    def check_acyclic(self) -> None:
+        """Raise with the full path (``a -> b -> a``) if any dependency cycle exists."""
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        stack: list[str] = []
+
+        def visit(label: str) -> None:
+            state[label] = 1
+            stack.append(label)
+            for dep in self.deps(label):
+                if state.get(dep) == 1:
+                    cycle = stack[stack.index(dep):] + [dep]
+                    raise OllyError("dependency-cycle", "dependency cycle: " + " -> ".join(cycle))
+                if dep not in state:
+                    visit(dep)
+            stack.pop()
+            state[label] = 2
+
+        for label in sorted(self.targets):
+            if label not in state:
+                visit(label)
+
+    def order(self, labels: set[str] | None = None) -> list[str]:
+        """Dependencies before dependents; ties broken by label for stable output."""
+        wanted = set(self.targets) if labels is None else labels
+        done: list[str] = []
+        seen: set[str] = set()
+
+        def visit(label: str) -> None:
+            if label in seen:
+                return
+            seen.add(label)
+            for dep in sorted(self.deps(label)):
+                visit(dep)
+            if label in wanted:
+                done.append(label)
+
+        for label in sorted(wanted):
+            visit(label)
+        return done
+
+    def closure(self, labels: set[str]) -> set[str]:
+        """``labels`` plus everything they transitively depend on."""
+        out: set[str] = set()
+        todo = list(labels)
+        while todo:
+            label = todo.pop()
+            if label not in out:
+                out.add(label)
+                todo.extend(self.deps(label))
+        return out
+
+    def select(self, patterns: list[str]) -> list[str]:
+        """Resolve label patterns (``apps/x``, ``apps/...``, ``...``) to the targets
+        they name plus their dependencies, in build order. No patterns = everything."""
+        if not patterns:
+            return self.order()
+        chosen: set[str] = set()
+        for pattern in patterns:
+            chosen |= self.match(pattern)
+        return self.order(self.closure(chosen))
+
+    def match(self, pattern: str) -> set[str]:
+        pat = pattern.removeprefix("//").removeprefix("./").rstrip("/")
+        if pat in ("...", ""):
+            return set(self.targets)
+        if pat.endswith("/..."):
+            prefix = pat[: -len("...")]
+            found = {t for t in self.targets if t.startswith(prefix)}
+            if not found:
+                raise OllyError("unknown-target", f"pattern {pattern!r} matches no target{suggest(prefix, list(self.targets))}")
+            return found
+        if pat in self.targets:
+            return {pat}
+        raise OllyError("unknown-target", f"unknown target {pattern!r}{suggest(pat, list(self.targets))}")
+
+    # -- rendering -------------------------------------------------------------
+
+    def render(self, fmt: str, labels: list[str] | None = None) -> str:
+        labels = labels or self.order()
+        if fmt == "dot":
+            return self._dot(labels)
+        if fmt == "mermaid":
+            return self._mermaid(labels)
+        return self._text(labels)
+
+    def _kind(self, label: str) -> str:
+        return "chart" if isinstance(self.targets[label], ChartTarget) else "image"
+
+    def _text(self, labels: list[str]) -> str:
+        lines = []
+        for label in labels:
+            deps = self.deps(label)
+            arrow = f"  <- {', '.join(sorted(deps))}" if deps else ""
+            lines.append(f"{self._kind(label):5}  {label}{arrow}")
+        return "\n".join(lines)
+
+    def _dot(self, labels: list[str]) -> str:
+        lines = ["digraph olly {", "  rankdir=LR;"]
+        for label in labels:
+            shape = "box" if self._kind(label) == "image" else "folder"
+            lines.append(f'  "{label}" [shape={shape}];')
+        for label in labels:
+            for dep in sorted(self.deps(label)):
+                lines.append(f'  "{dep}" -> "{label}";')
+        lines.append("}")
+        return "\n".join(lines)
+
+    def _mermaid(self, labels: list[str]) -> str:
+        ids = {label: f"t{i}" for i, label in enumerate(labels)}
+        lines = ["graph LR"]
+        for label in labels:
+            open_, close = ("[", "]") if self._kind(label) == "image" else ("[(", ")]")
+            lines.append(f'  {ids[label]}{open_}"{label}"{close}')
+        for label in labels:
+            for dep in sorted(self.deps(label)):
+                if dep in ids:
+                    lines.append(f"  {ids[dep]} --> {ids[label]}")
+        return "\n".join(lines)

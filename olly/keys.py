@@ -1,0 +1,105 @@
+"""Target keys: the one small, pure place where a key is computed.
+
+A key is xxh3-128 over a canonical, length-prefixed encoding of an explicit record
+(a dict that always carries ``schema``). Nothing here touches the filesystem, the
+clock, the locale or the engine, so the same record gives the same key everywhere.
+The encoding is specified in docs/keys.md; golden tests pin its output.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import xxhash
+
+# Bump when the meaning of a record changes: every key changes with it, on purpose.
+KEY_SCHEMA = 1
+
+# Content tags use this many hex digits of the key (80 bits).
+TAG_HEX = 20
+
+
+def _u64(n: int) -> bytes:
+    return struct.pack(">Q", n)
+
+
+def encode(value: Any) -> bytes:
+    """Canonical encoding: a type tag, then a length or count, then the payload.
+
+    Lengths make the encoding unambiguous without separators that could occur in
+    the data; dict keys are sorted so insertion order never matters.
+    """
+    out = bytearray()
+    _encode_into(value, out)
+    return bytes(out)
+
+
+def _encode_into(value: Any, out: bytearray) -> None:
+    if value is None:
+        out += b"N"
+    elif value is True:
+        out += b"T"
+    elif value is False:
+        out += b"F"
+    elif isinstance(value, int):
+        out += b"I" + struct.pack(">q", value)
+    elif isinstance(value, str):
+        # surrogateescape keeps non-UTF-8 file names exact (their raw bytes).
+        data = value.encode("utf-8", "surrogateescape")
+        out += b"S" + _u64(len(data)) + data
+    elif isinstance(value, (bytes, bytearray)):
+        out += b"B" + _u64(len(value)) + bytes(value)
+    elif isinstance(value, (list, tuple)):
+        out += b"L" + _u64(len(value))
+        for item in value:
+            _encode_into(item, out)
+    elif isinstance(value, dict):
+        out += b"D" + _u64(len(value))
+        for key in sorted(value):
+            if not isinstance(key, str):
+                raise TypeError(f"record keys must be str, got {key!r}")
+            _encode_into(key, out)
+            _encode_into(value[key], out)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} in a key record")
+
+
+def compute_key(record: dict[str, Any]) -> str:
+    """The key of a record: 32 hex digits of xxh3-128 over its canonical encoding."""
+    if record.get("schema") != KEY_SCHEMA:
+        raise ValueError(f"key record must carry schema={KEY_SCHEMA}")
+    return xxhash.xxh3_128_hexdigest(encode(record))
+
+
+def content_tag(key: str) -> str:
+    """The content-address tag of a key, e.g. ``olly-0123456789abcdef0123``."""
+    return f"olly-{key[:TAG_HEX]}"
+
+
+def image_record(
+    *,
+    files: list[list[Any]],
+    dockerfile: bytes,
+    args: dict[str, str],
+    target: str | None,
+    platform: str,
+    inputs: list[list[Any]],
+    deps: dict[str, str],
+) -> dict[str, Any]:
+    """The explicit record of an image target (see docs/keys.md for each field).
+
+    ``files`` rows are ``[path, type, executable, hash-or-link-target]`` sorted by
+    path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key.
+    """
+    return {
+        "schema": KEY_SCHEMA,
+        "kind": "image",
+        "files": files,
+        "dockerfile": dockerfile,
+        "args": dict(args),
+        "target": target or "",
+        "platform": platform,
+        "inputs": inputs,
+        "deps": dict(deps),
+    }

@@ -1,0 +1,126 @@
+"""Planning: compute every selected target's inputs and key, and decide what to do.
+
+A plan is data: for each target its key, inputs manifest and an action
+(``build``, ``cached``, ``retag``, ``unsupported``) with the reasons why.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from olly import keys
+from olly.cache import Cache
+from olly.config import ChartTarget, ImageTarget, Workspace, dep_arg_name
+from olly.context import Context, scan, scan_inputs
+from olly.engine import KEY_LABEL, Engine
+from olly.graph import Graph
+from olly.hashing import FileHasher, hash_bytes
+from olly.manifest import diff_manifests, summarize
+
+
+def native_platform() -> str:
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
+@dataclass
+class TargetPlan:
+    label: str
+    kind: str
+    action: str  # build | cached | retag | unsupported
+    reasons: list[str] = field(default_factory=list)
+    key: str = ""
+    repository: str = ""
+    tag: str = ""
+    image_id: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    context: Context | None = None
+    args: dict[str, str] = field(default_factory=dict)
+    target: ImageTarget | ChartTarget | None = None
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclass
+class Plan:
+    targets: list[TargetPlan]
+    engine_checked: bool
+    files_read: int = 0
+
+    def by_label(self) -> dict[str, TargetPlan]:
+        return {t.label: t for t in self.targets}
+
+
+def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan]) -> TargetPlan:
+    """Hash a target's inputs into its key record, manifest and content tag."""
+    ctx = scan(ws.root, t, hasher)
+    inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
+    deps = {d: dep_plans[d].key for d in t.depends_on}
+    args = dict(t.args)
+    for d in t.depends_on:
+        args[dep_arg_name(d)] = dep_plans[d].ref
+    plat = t.platform or native_platform()
+    files = [e.row() for e in ctx.entries]
+    record = keys.image_record(
+        files=files, dockerfile=ctx.dockerfile, args=args, target=t.target,
+        platform=plat, inputs=inputs, deps=deps,
+    )
+    key = keys.compute_key(record)
+    manifest = {
+        "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(ctx.dockerfile),
+        "args": args, "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
+    }
+    return TargetPlan(
+        label=t.label, kind="image", action="build", key=key, repository=t.repository,
+        tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t,
+    )
+
+
+def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None) -> Plan:
+    """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it."""
+    hasher = FileHasher(ws.root, cache.load_stats())
+    plans: dict[str, TargetPlan] = {}
+    for label in labels:
+        t = ws.targets[label]
+        if isinstance(t, ChartTarget):
+            plans[label] = TargetPlan(label, "chart", "unsupported", ["chart packaging is not implemented yet"], target=t)
+            continue
+        tp = compute_inputs(ws, t, hasher, plans)
+        _decide(tp, cache, engine)
+        plans[label] = tp
+    cache.save_stats(list(hasher.updates.values()), hasher.forget)
+    return Plan([plans[label] for label in labels], engine_checked=engine is not None, files_read=hasher.files_read)
+
+
+def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
+    result = cache.result(tp.label, tp.key)
+    if result is not None:
+        tp.image_id = result["image_id"]
+        if engine is None:
+            tp.action, tp.reasons = "cached", ["built before (engine not checked)"]
+            return
+        image = engine.inspect(result["image_id"])
+        if image is None:
+            tp.action, tp.reasons = "build", [f"image {result['image_id'][7:19]} was removed from the engine"]
+            return
+        has_tag = tp.ref in (image.get("RepoTags") or [])
+        tp.action, tp.reasons = ("cached", ["up to date"]) if has_tag else ("retag", ["tag missing, image present"])
+        return
+    if engine is not None:
+        found = engine.inspect(tp.ref)
+        if found and (found.get("Config") or {}).get("Labels", {}).get(KEY_LABEL) == tp.key:
+            tp.image_id, tp.action, tp.reasons = found["Id"], "cached", ["found in engine with this key"]
+            return
+    previous = cache.manifest(tp.label)
+    if previous is None:
+        tp.reasons = ["no previous build"]
+        return
+    tp.changes = diff_manifests(previous, tp.manifest)
+    tp.reasons = [summarize(tp.changes)] if tp.changes else ["previous build not recorded for these inputs"]

@@ -1,0 +1,82 @@
+"""Turns plans and outcomes into human lines, JSON documents and an exit code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from olly.errors import EXIT_OK, EXIT_TARGET_FAILED
+from olly.plan import Plan, TargetPlan
+from olly.scheduler import Outcome
+
+_WIDTH = 7
+
+
+def plan_line(tp: TargetPlan) -> str:
+    action = {"unsupported": "skip"}.get(tp.action, tp.action)
+    tag = f"  {tp.ref}" if tp.kind == "image" else ""
+    return f"{action:<{_WIDTH}} {tp.label}{tag}  ({'; '.join(tp.reasons)})"
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    lines = [plan_line(tp) for tp in plan.targets]
+    n = sum(tp.action == "build" for tp in plan.targets)
+    lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else " (engine not reachable: images not verified)"))
+    return lines
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "engine_checked": plan.engine_checked,
+        "targets": [
+            {"label": tp.label, "kind": tp.kind, "action": tp.action, "reasons": tp.reasons, "key": tp.key or None,
+             "ref": tp.ref if tp.kind == "image" else None, "changes": tp.changes, "depends_on": _deps(tp)}
+            for tp in plan.targets
+        ],
+    }
+
+
+def _deps(tp: TargetPlan) -> list[str]:
+    return list(tp.target.depends_on) if tp.target else []
+
+
+def outcome_line(o: Outcome) -> str:
+    took = f"  {o.duration_s:.1f}s" if o.status in ("built", "failed") else ""
+    ref = f"  {o.ref}" if o.ref and o.status != "failed" else ""
+    return f"{o.status:<{_WIDTH}} {o.label}{ref}{took}  ({o.reason})" if o.reason else f"{o.status:<{_WIDTH}} {o.label}{ref}{took}"
+
+
+def failure_details(o: Outcome) -> list[str]:
+    lines = [f"--- {o.label}: last lines of the build log ({o.log})"]
+    lines += [f"    {line}" for line in o.tail[-10:]]
+    return lines
+
+
+def counts(outcomes: list[Outcome]) -> dict[str, int]:
+    out = {"built": 0, "cached": 0, "failed": 0, "skipped": 0}
+    for o in outcomes:
+        out[o.status] += 1
+    return out
+
+
+def summary_line(outcomes: list[Outcome], elapsed: float) -> str:
+    c = counts(outcomes)
+    if c["built"] == 0 and c["failed"] == 0:
+        return f"nothing to build: {c['cached']} up to date" + (f", {c['skipped']} skipped" if c["skipped"] else "") + f" ({elapsed:.1f}s)"
+    return f"{c['built']} built, {c['cached']} cached, {c['failed']} failed, {c['skipped']} skipped in {elapsed:.1f}s"
+
+
+def exit_code(outcomes: list[Outcome]) -> int:
+    return EXIT_TARGET_FAILED if any(o.status == "failed" for o in outcomes) else EXIT_OK
+
+
+def outcomes_json(outcomes: list[Outcome], elapsed: float) -> dict[str, Any]:
+    return {
+        "outcomes": [
+            {"label": o.label, "status": o.status, "reason": o.reason, "duration_s": round(o.duration_s, 3),
+             "key": o.key or None, "ref": o.ref or None, "image_id": o.image_id or None,
+             "log": o.log or None, "log_tail": o.tail}
+            for o in outcomes
+        ],
+        "summary": counts(outcomes) | {"elapsed_s": round(elapsed, 3)},
+        "exit_code": exit_code(outcomes),
+    }
