@@ -56,12 +56,13 @@ class MakeResult:
 
 
 def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
-         network: str | None = None, say: Say = _quiet, on_outcome: Callable[[Outcome], None] = lambda o: None) -> MakeResult:
+         network: str | None = None, say: Say = _quiet, on_outcome: Callable[[Outcome], None] = lambda o: None,
+         engine: Engine | None = None) -> MakeResult:
     """Build the selected targets (and their dependencies) whose inputs changed."""
     started = time.time()
     ws, graph = load(root)
     labels = graph.select(patterns)
-    engine = Engine()  # fails fast, before any work, if no engine answers
+    engine = engine or Engine()  # fails fast, before any work, if no engine answers
     with workspace_lock(ws.cache_dir, say):
         cache = Cache(ws.cache_dir)
         try:

@@ -1,0 +1,80 @@
+"""Key encoding and golden keys: a refactor must not silently change keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from olly import keys
+from olly.cache import Cache
+from olly.config import load_workspace
+from olly.graph import Graph
+from olly.plan import make_plan
+
+GOLDEN = Path(__file__).parent / "data" / "golden_keys.json"
+
+
+def test_encoding_is_length_prefixed_and_unambiguous() -> None:
+    assert keys.encode(["ab", "c"]) != keys.encode(["a", "bc"])
+    assert keys.encode("a") != keys.encode(b"a")
+    assert keys.encode({"b": 1, "a": 2}) == keys.encode({"a": 2, "b": 1})
+    assert keys.encode([1]) != keys.encode([True])
+    assert keys.encode("é") == b"S" + (2).to_bytes(8, "big") + "é".encode()
+
+
+def test_encoding_rejects_unknown_types() -> None:
+    with pytest.raises(TypeError):
+        keys.encode(1.5)
+
+
+def test_compute_key_requires_schema() -> None:
+    with pytest.raises(ValueError):
+        keys.compute_key({"kind": "image"})
+
+
+def test_record_key_is_pinned() -> None:
+    # Pins the encoding + hash of a hand-written record (see docs/keys.md example).
+    record = keys.image_record(files=[["a.txt", "f", False, "00" * 16]], dockerfile=b"FROM scratch\n",
+                               args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={})
+    assert keys.compute_key(record) == GOLDEN_RECORD_KEY
+
+
+GOLDEN_RECORD_KEY = "6d67e59460d1c4a58225398d5aebb103"
+
+
+def golden_workspace(tmp_path: Path) -> Path:
+    """The golden fixture at an arbitrary path, with the empty dir git cannot track."""
+    root = tmp_path / "somewhere" / "golden"
+    shutil.copytree(Path(__file__).parent / "data" / "golden", root, symlinks=True)
+    (root / "app" / "empty").mkdir()
+    os.chmod(root / "app" / "run.sh", 0o755)
+    return root
+
+
+def golden_keys(root: Path) -> dict[str, str]:
+    ws = load_workspace(root)
+    graph = Graph.of(ws)
+    cache = Cache(root / ".cache")
+    try:
+        plan = make_plan(ws, graph, graph.select([]), cache, None)
+    finally:
+        cache.close()
+    return {tp.label: tp.key for tp in plan.targets if tp.key}
+
+
+def test_golden_keys(tmp_path: Path) -> None:
+    expected = json.loads(GOLDEN.read_text())
+    assert golden_keys(golden_workspace(tmp_path)) == expected
+
+
+def test_keys_do_not_depend_on_path_or_mtime(tmp_path: Path) -> None:
+    a = golden_workspace(tmp_path / "one")
+    b = golden_workspace(tmp_path / "two")
+    for path in b.rglob("*"):
+        if not path.is_symlink():
+            os.utime(path, (1_000_000, 1_000_000))
+    assert golden_keys(a) == golden_keys(b)

