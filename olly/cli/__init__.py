@@ -171,12 +171,11 @@ def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="olly", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = cli.main(args=argv, prog_name="olly", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         click.echo("olly: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

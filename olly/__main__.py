@@ -1,0 +1,3 @@
+from olly.cli import main
+
+main()

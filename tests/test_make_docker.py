@@ -1,0 +1,183 @@
+"""olly make against the real Docker engine (FROM scratch + static busybox)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_workspace
+from olly import api
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def ws(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> Path:
+    return copy_workspace("busy", tmp_path, busybox, unique_prefix)
+
+
+def statuses(result: api.MakeResult) -> dict[str, str]:
+    return {o.label: o.status for o in result.outcomes}
+
+
+def olly(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "olly", "-C", str(ws), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def image_files(client, ref: str, prefix: str) -> dict[str, bytes]:
+    """Files under ``prefix`` in the image's filesystem (via docker export)."""
+    container = client.containers.create(ref, command="/nonexistent")
+    try:
+        data = b"".join(container.export())
+    finally:
+        container.remove()
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            lead = prefix + "/" if prefix else ""
+            if m.name.startswith(lead) and m.isfile():
+                out[m.name[len(lead):]] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    return out
+
+
+def test_first_build_noop_and_one_file_change(ws: Path, docker_client) -> None:
+    first = olly(ws, "make")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert first.stdout.count("built ") == 3
+    second = olly(ws, "make")
+    assert second.returncode == 0
+    assert "nothing to build: 3 up to date" in second.stdout
+    (ws / "app" / "main.txt").write_text("app v2\n")
+    third = api.make(ws, [])
+    assert statuses(third) == {"base": "cached", "app": "built", "solo": "cached"}
+    app = next(o for o in third.outcomes if o.label == "app")
+    files = image_files(docker_client, app.ref, "app")
+    assert files["main.txt"] == b"app v2\n"
+    assert "debug.log" not in files and "ignored/x.txt" not in files  # .dockerignore honoured
+
+
+def test_dependency_change_propagates(ws: Path, docker_client) -> None:
+    api.make(ws, [])
+    (ws / "base" / "etc" / "motd").write_text("base v2\n")
+    result = api.make(ws, [])
+    assert statuses(result) == {"base": "built", "app": "built", "solo": "cached"}
+    app = next(o for o in result.outcomes if o.label == "app")
+    # The dependent really was built FROM the new base.
+    assert image_files(docker_client, app.ref, "etc")["motd"] == b"base v2\n"
+
+
+def test_build_arg_change(ws: Path, docker_client) -> None:
+    api.make(ws, [])
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('GREETING = "hello"', 'GREETING = "bye"'))
+    result = api.make(ws, [])
+    assert statuses(result) == {"base": "cached", "app": "cached", "solo": "built"}
+    solo = next(o for o in result.outcomes if o.label == "solo")
+    assert image_files(docker_client, solo.ref, "")["greeting"] == b"bye\n"
+
+
+def test_dockerignore_edits(ws: Path) -> None:
+    api.make(ws, [])
+    (ws / "app" / "debug.log").write_text("changed, but ignored\n")
+    assert set(statuses(api.make(ws, [])).values()) == {"cached"}
+    (ws / "app" / ".dockerignore").write_text("ignored/\n")  # debug.log now reaches the context
+    result = api.make(ws, [])
+    assert statuses(result)["app"] == "built"
+    assert "+ file debug.log" in (result.plan.by_label()["app"].changes)
+
+
+def test_rmi_triggers_rebuild(ws: Path, docker_client) -> None:
+    first = api.make(ws, ["solo"])
+    docker_client.images.remove(first.outcomes[0].image_id, force=True)
+    again = api.make(ws, ["solo"])
+    assert statuses(again) == {"solo": "built"}
+    assert "removed from the engine" in again.outcomes[0].reason
+
+
+def test_fresh_cache_adopts_images_from_engine(ws: Path) -> None:
+    api.make(ws, [])
+    shutil.rmtree(ws / ".cache")
+    result = api.make(ws, [])
+    assert set(statuses(result).values()) == {"cached"}
+    assert all("found in engine" in o.reason for o in result.outcomes)
+
+
+def test_failing_dockerfile_reports_and_records_nothing(ws: Path) -> None:
+    df = ws / "solo" / "Dockerfile"
+    df.write_text(df.read_text() + 'RUN ["/bin/busybox", "sh", "-c", "echo broken-step >&2; exit 3"]\n')
+    proc = olly(ws, "make", "solo")
+    assert proc.returncode == 1
+    assert "failed  solo" in proc.stdout
+    assert "returned a non-zero code: 3" in proc.stdout
+    assert "broken-step" in (ws / ".cache" / "logs" / "solo.log").read_text()
+    assert api.why(ws, "solo")["built_before"] is False
+    assert "Traceback" not in proc.stderr
+
+
+def test_unpullable_base_image_is_one_clear_error(ws: Path) -> None:
+    (ws / "solo" / "Dockerfile").write_text("# base\nFROM python:3.14-slim\nCOPY data.txt /\n")
+    proc = olly(ws, "make", "solo")
+    assert proc.returncode == 1
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("failed"))
+    assert "base image python:3.14-slim cannot be pulled (solo/Dockerfile:2)" in line
+
+
+def test_independent_targets_build_in_parallel(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
+    root = tmp_path / "par"
+    lines = ["[workspace]\nname = \"par\"\n"]
+    for name in ("one", "two"):
+        (root / name).mkdir(parents=True)
+        shutil.copyfile(busybox, root / name / "busybox")
+        (root / name / "busybox").chmod(0o755)
+        (root / name / "Dockerfile").write_text(
+            f'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", "sleep 2; echo {name} > /n"]\n')
+        lines.append(f'[images.{name}]\nrepository = "{unique_prefix}/{name}"\n')
+    (root / "BUILD.toml").write_text("\n".join(lines))
+    result = api.make(root, [], jobs=2)
+    one, two = result.outcomes
+    assert (one.status, two.status) == ("built", "built"), (one.reason, two.reason)
+    # The two build intervals overlap: neither waited for the other.
+    assert one.started < two.finished and two.started < one.finished
+
+
+def test_olly_context_matches_what_arrives(tmp_path: Path, docker_client, unique_prefix: str) -> None:
+    """The tar olly streams yields, at COPY, exactly olly's planned file set."""
+    root = tmp_path / "golden"
+    shutil.copytree(Path(__file__).parent / "data" / "golden", root, symlinks=True)
+    (root / "app" / "empty").mkdir()
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace('"golden/', f'"{unique_prefix}/').replace('platform = "linux/amd64"\n', ""))
+    result = api.make(root, ["app"])
+    assert statuses(result) == {"base": "built", "app": "built"}
+    app = result.plan.by_label()["app"]
+    container = docker_client.containers.create(app.ref, command="/nonexistent")
+    try:
+        data = b"".join(container.export())
+    finally:
+        container.remove()
+    arrived = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            if m.name.startswith("app/"):
+                arrived[m.name[4:].rstrip("/")] = m
+    planned = {row[0]: row for row in app.manifest["files"]}
+    assert set(arrived) == set(planned)
+    assert arrived["run.sh"].mode & 0o111 and not arrived["KEEP.md"].mode & 0o111
+    assert arrived["link.py"].issym() and arrived["link.py"].linkname == "src/main.py"
+
+
+def test_no_engine_is_one_line(ws: Path) -> None:
+    proc = olly(ws, "make", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unix:///nonexistent/docker.sock" in proc.stderr and "DOCKER_HOST" in proc.stderr
+    plan = olly(ws, "plan", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert plan.returncode == 0 and "engine not reachable" in plan.stdout
