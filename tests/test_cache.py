@@ -1,0 +1,98 @@
+"""The sqlite cache: schema, corruption, relocatability, lock."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from olly.cache import CACHE_SCHEMA, Cache, workspace_lock
+from olly.errors import EXIT_ENVIRONMENT, OllyError
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    c = Cache(tmp_path / ".cache")
+    c.record_build("apps/a", "k1", "sha256:abc", "olly-k1", 1.5, {"key": "k1", "files": []})
+    assert c.result("apps/a", "k1")["image_id"] == "sha256:abc"
+    assert c.result("apps/a", "k2") is None
+    assert c.manifest("apps/a") == {"key": "k1", "files": []}
+    c.forget_result("apps/a", "k1")
+    assert c.result("apps/a", "k1") is None
+    c.close()
+
+
+def test_relocatable(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "one" / ".cache")
+    c.save_stats([{"path": "a/b.txt", "size": 1, "mtime_ns": 2, "ino": 3, "ctime_ns": 4, "mode": 5, "hash": "h"}], [])
+    c.record_build("a", "k", "id", "t", 0.1, {})
+    c.close()
+    shutil.copytree(tmp_path / "one" / ".cache", tmp_path / "two" / ".cache")
+    c2 = Cache(tmp_path / "two" / ".cache")
+    assert c2.load_stats() == {"a/b.txt": (1, 2, 3, 4, 5, "h")}
+    assert c2.result("a", "k") is not None
+
+
+def test_corrupt_db_is_one_clear_error(tmp_path: Path) -> None:
+    d = tmp_path / ".cache"
+    d.mkdir()
+    (d / "olly.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OllyError) as info:
+        Cache(d)
+    assert info.value.reason == "cache-corrupt"
+    assert str(d / "olly.db") in info.value.message
+    assert info.value.exit_code == EXIT_ENVIRONMENT
+
+
+def test_incompatible_schema(tmp_path: Path) -> None:
+    Cache(tmp_path / ".cache").close()
+    conn = sqlite3.connect(tmp_path / ".cache" / "olly.db")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", [str(CACHE_SCHEMA + 1)])
+    conn.commit()
+    conn.close()
+    with pytest.raises(OllyError) as info:
+        Cache(tmp_path / ".cache")
+    assert info.value.reason == "cache-incompatible"
+    assert "olly.db" in info.value.message
+
+
+def test_foreign_db_rejected(tmp_path: Path) -> None:
+    (tmp_path / ".cache").mkdir()
+    conn = sqlite3.connect(tmp_path / ".cache" / "olly.db")
+    conn.execute("CREATE TABLE other (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(OllyError, match="not an olly cache"):
+        Cache(tmp_path / ".cache")
+
+
+def test_lock_waits_and_says_so(tmp_path: Path) -> None:
+    said: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with workspace_lock(tmp_path, said.append):
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert entered.wait(10)
+    # flock is per open file description, so a second lock in this process still blocks.
+    got = threading.Event()
+
+    def second() -> None:
+        with workspace_lock(tmp_path, said.append):
+            got.set()
+
+    t2 = threading.Thread(target=second)
+    t2.start()
+    assert not got.wait(0.3)  # blocked while held (bounded wait, not a sleep for a race)
+    release.set()
+    assert got.wait(10)
+    t.join()
+    t2.join()
+    assert said and "waiting for another olly" in said[0]

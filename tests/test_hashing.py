@@ -1,0 +1,65 @@
+"""Stat-cached hashing: no re-reads when nothing changed; racily-clean files re-hashed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from olly.hashing import RACY_NS, FileHasher, hash_file
+
+
+@pytest.fixture
+def later(monkeypatch):
+    """Pretend hashing happens a minute from now, so existing files are not racy.
+    (ctime cannot be set back, so files cannot be made old instead.)"""
+    import olly.hashing
+
+    real = time.time_ns
+    monkeypatch.setattr(olly.hashing.time, "time_ns", lambda: real() + 60 * 10**9)
+
+
+def test_cached_hash_is_reused(tmp_path: Path, later) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    known: dict = {}
+    h1 = FileHasher(tmp_path, known)
+    d1 = h1.hash("a.txt", f.lstat())
+    assert h1.files_read == 1 and "a.txt" in h1.updates
+    h2 = FileHasher(tmp_path, known)
+    assert h2.hash("a.txt", f.lstat()) == d1
+    assert h2.files_read == 0
+
+
+def test_racily_clean_same_size_rewrite_is_seen(tmp_path: Path) -> None:
+    """A same-size rewrite within the same mtime tick right after hashing is noticed."""
+    f = tmp_path / "a.txt"
+    f.write_text("aaaa")
+    st = f.lstat()
+    known: dict = {}
+    first = FileHasher(tmp_path, known).hash("a.txt", st)
+    # Rewrite with the same size and force the very same mtime (same tick).
+    f.write_text("bbbb")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = FileHasher(tmp_path, known).hash("a.txt", f.lstat())
+    assert first != second
+    assert "a.txt" not in known  # fresh files are never trusted by stat alone
+
+
+def test_change_with_same_mtime_old_file_detected_by_ctime(tmp_path: Path, later) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("aaaa")
+    known: dict = {}
+    FileHasher(tmp_path, known).hash("a.txt", f.lstat())
+    st = f.lstat()
+    f.write_text("bbbb")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored, ctime moves on
+    h = FileHasher(tmp_path, known)
+    assert h.hash("a.txt", f.lstat()) == hash_file(f, "a.txt")
+    assert h.files_read == 1
+
+
+def test_racy_window_is_at_least_a_coarse_tick() -> None:
+    assert RACY_NS >= 1_000_000_000
