@@ -69,7 +69,7 @@ class Cache:
                 return
             if tables:
                 raise OllyError("cache-incompatible", f"{self.path} is not an olly cache database; delete it to start fresh")
-            with self.db.conn:
+            with self.transaction():
                 self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
                 self.db["stat"].create(
                     {"path": str, "size": int, "mtime_ns": int, "ino": int, "ctime_ns": int, "mode": int, "hash": str},
@@ -83,6 +83,18 @@ class Cache:
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write (the connection is in autocommit mode otherwise)."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     # -- stat cache ----------------------------------------------------------
 
     def load_stats(self) -> dict[str, tuple[int, int, int, int, int, str]]:
@@ -92,11 +104,14 @@ class Cache:
     def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
         if not rows and not forget:
             return
-        with self.db.conn:
-            if rows:
-                self.db["stat"].upsert_all(rows, pk="path")
-            for path in forget:
-                self.db.execute("DELETE FROM stat WHERE path = ?", [path])
+        cols = ("path", "size", "mtime_ns", "ino", "ctime_ns", "mode", "hash")
+        with self.transaction():
+            # Plain executemany: sqlite-utils' upsert_all is ~10x slower for 10^4 rows.
+            self.db.conn.executemany(
+                f"INSERT OR REPLACE INTO stat ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [tuple(r[c] for c in cols) for r in rows],
+            )
+            self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(p,) for p in forget])
 
     # -- results and manifests -----------------------------------------------
 
@@ -110,7 +125,7 @@ class Cache:
 
     def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any]) -> None:
         """Record a verified build and its input manifest atomically."""
-        with self.db.conn:
+        with self.transaction():
             self.db["results"].upsert(
                 {"target": target, "key": key, "image_id": image_id, "tag": tag,
                  "built_at": time.time(), "duration_s": round(duration_s, 3)},
@@ -119,7 +134,7 @@ class Cache:
             self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest)}, pk="target")
 
     def forget_result(self, target: str, key: str) -> None:
-        with self.db.conn:
+        with self.transaction():
             self.db.execute("DELETE FROM results WHERE target = ? AND key = ?", [target, key])
 
     def manifest(self, target: str) -> dict[str, Any] | None:
