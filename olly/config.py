@@ -34,6 +34,7 @@ class _Strict(BaseModel):
 class WorkspaceSpec(_Strict):
     name: str = "workspace"
     network: str | None = None
+    source: str | None = None
 
 
 class ImageSpec(_Strict):
@@ -94,6 +95,7 @@ class Workspace:
     root: Path
     name: str
     network: str | None
+    source: str | None = None
     targets: dict[str, Target] = field(default_factory=dict)
     build_file: Path | None = None
 
@@ -247,7 +249,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
 
 
 def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
-    ws = Workspace(root=loader.root, name=spec.workspace.name, network=spec.workspace.network, build_file=loader.file)
+    ws = Workspace(root=loader.root, name=spec.workspace.name, network=spec.workspace.network,
+                   source=spec.workspace.source, build_file=loader.file)
     if not spec.images and not spec.charts:
         raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
     for label, image in spec.images.items():

@@ -80,26 +80,54 @@ def _go_clean(p: str) -> str:
     return ("/" if rooted else "") + "/".join(parts) or "."
 
 
-def _check_glob(p: str) -> None:
-    """Raise _Bad where Go's ``filepath.Match(p, ".")`` reports ErrBadPattern."""
-    def class_char(i: int) -> int:  # Go's getEsc: one class member, something must follow
-        if i >= len(p) or p[i] in "-]":
-            raise _Bad("bad character class")
-        i += p[i] == "\\"
-        if i + 1 >= len(p) or 0xDC80 <= ord(p[i]) <= 0xDCFF:  # or invalid UTF-8
-            raise _Bad("bad character class")
-        return i + 1
+def _scan_chunk(p: str) -> tuple[bool, str, str]:
+    """Go's filepath scanChunk: (leading star?, chunk up to the next unbracketed '*', rest)."""
+    rest = p.lstrip("*")
+    i, inrange = 0, False
+    while i < len(rest) and (rest[i] != "*" or inrange):
+        inrange = rest[i] == "[" or inrange and rest[i] != "]"
+        i += 2 if rest[i] == "\\" and i + 1 < len(rest) else 1
+    return len(rest) < len(p), rest[:i], rest[i:]
 
-    i = 0
-    while i < len(p):
-        if p[i] == "\\" and i + 1 == len(p):
-            raise _Bad("trailing backslash")
-        if p[i] == "[":
-            i, nrange = i + (2 if p[i + 1:i + 2] == "^" else 1), 0
-            while not (i < len(p) and p[i] == "]" and nrange):
-                i = class_char(i)
-                i, nrange = class_char(i + 1) if p[i] == "-" else i, nrange + 1
-        i += 2 if p[i:i + 1] == "\\" else 1
+
+def _check_chunk(chunk: str) -> bool:
+    """Parse a chunk like Go's matchChunk (raise _Bad when malformed); True if the chunk
+    is a single element matching "."."""
+    def member(i: int) -> tuple[str, int]:  # Go's getEsc
+        if i >= len(chunk) or chunk[i] in "-]":
+            raise _Bad("bad character class")
+        i += chunk[i] == "\\"
+        if i + 1 >= len(chunk) or 0xDC80 <= ord(chunk[i]) <= 0xDCFF:  # or invalid UTF-8
+            raise _Bad("bad character class")
+        return chunk[i], i + 1
+
+    i, elements, dot = 0, 0, False
+    while i < len(chunk):
+        c, i = chunk[i], i + 1
+        if c == "[":
+            negated = chunk[i:i + 1] == "^"
+            i, hit, nrange = i + negated, False, 0
+            while not (chunk[i:i + 1] == "]" and nrange):
+                lo, i = member(i)
+                hi, i = member(i + 1) if chunk[i] == "-" else (lo, i)
+                hit, nrange = hit or lo <= "." <= hi, nrange + 1
+            i, dot = i + 1, hit != negated
+        elif c == "\\":
+            if i == len(chunk):
+                raise _Bad("trailing backslash")
+            i, dot = i + 1, chunk[i] == "."
+        else:
+            dot = c in ".?"
+        elements += 1
+    return elements == 1 and dot
+
+
+def _check_glob(p: str) -> None:
+    """Raise _Bad where ``filepath.Match(p, ".")`` (Go <= 1.24) reports ErrBadPattern: it
+    parses the first chunk, and the second one only if the first matched "."."""
+    star, chunk, rest = _scan_chunk(p)
+    if chunk and _check_chunk(chunk) and rest:
+        _check_chunk(_scan_chunk(rest)[1])
 
 
 def _escape(go: str, i: int, in_class: bool) -> tuple[_R | str, int]:
@@ -142,7 +170,9 @@ def _translate(go: str) -> str:
             m = _REPEAT.match(go, i) if c == "{" else None
             if m and (int(m[1]) > 1000 or m[3] and not int(m[1]) <= int(m[3]) <= 1000):
                 raise _Bad("invalid repeat count")
-            lit = f"[{_render([(0xFFFD, 0xFFFD)])}]" if c == "\ufffd" else "\\" + c if c in "{}" else c
+            if m and out and out[-1] in ("^", r"\Z", *_ASSERT.values()):
+                out[-1] = f"(?:{out[-1]})"  # Go may repeat an assertion, Python only a group
+            lit = {"$": r"\Z", "{": r"\{", "}": r"\}", "\ufffd": f"[{_render([(0xFFFD, 0xFFFD)])}]"}.get(c, c)
             out.append(m[0] if m else lit)
             i = m.end() if m else i + 1
             continue
@@ -174,8 +204,8 @@ def _translate(go: str) -> str:
     return "".join(out)
 
 
-def _compile(text: str) -> Callable[[str], object]:
-    """Docker's Pattern.compile: exact / prefix / suffix fast paths, else a regexp."""
+def _docker_regexp(text: str) -> tuple[str, str]:
+    """Docker's Pattern.compile: the match kind and the Go regexp it would build."""
     kind, out, n, it = "exact", [], len(text), 0
     i = 1 if text.startswith("\ufeff") else 0  # Go's text/scanner skips a leading BOM
     while i < n:
@@ -194,6 +224,12 @@ def _compile(text: str) -> Callable[[str], object]:
         else:  # Docker escapes only . + ( ) $ (its bitmap drops { } |)
             out.append("\\" + ch if ch in ".+()$" else ch)
         it += 1
+    return kind, re.sub("[\udc80-\udcff]", "\ufffd", "^" + "".join(out) + "$")  # bad UTF-8: U+FFFD
+
+
+def _compile(text: str) -> Callable[[str], object]:
+    """A matcher for one cleaned pattern, with Docker's exact/prefix/suffix fast paths."""
+    kind, go = _docker_regexp(text)
     if kind == "exact":
         return text.__eq__
     if kind == "prefix":
@@ -201,9 +237,8 @@ def _compile(text: str) -> Callable[[str], object]:
     if kind == "suffix":
         suffix = text[2:]
         return lambda path: path.endswith(suffix) or (suffix[:1] == "/" and path == suffix[1:])
-    go = re.sub("[\udc80-\udcff]", "\ufffd", "".join(out))  # the scanner's invalid-UTF-8 rune
-    try:  # Go's MatchString is a search for "^...$": with '|' both anchors matter
-        return re.compile("^" + _translate(go) + r"\Z", re.ASCII).search
+    try:  # Go's MatchString searches: with '|' (or a trailing "\$") the anchors are partial
+        return re.compile(_translate(go), re.ASCII).search
     except re.error as exc:
         raise _Bad(f"regexp: {exc}") from None
 
@@ -296,7 +331,7 @@ class DockerIgnore:
             skip, info = self._match("/".join(parts[:k]), info)
             if skip and k < len(parts) and not self._descend("/".join(parts[:k])):
                 return True
-        return skip and parts != [""]
+        return skip and parts not in ([""], ["."])  # the root itself is never excluded
 
     def walk(self, root: Path, *, dockerfile: str | None = None) -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relpath, lstat)`` for every entry ``COPY . /ctx`` would see, root excluded.

@@ -86,11 +86,14 @@ def image_record(
     platform: str,
     inputs: list[list[Any]],
     deps: dict[str, str],
+    labels: dict[str, str],
 ) -> dict[str, Any]:
     """The explicit record of an image target (see docs/keys.md for each field).
 
     ``files`` rows are ``[path, type, executable, hash-or-link-target]`` sorted by
-    path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key.
+    path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
+    ``args`` are the user's build args only (a dependency's arg is derived from its
+    key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets.
     """
     return {
         "schema": KEY_SCHEMA,
@@ -102,4 +105,5 @@ def image_record(
         "platform": platform,
         "inputs": inputs,
         "deps": dict(deps),
+        "labels": dict(labels),
     }

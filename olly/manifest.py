@@ -28,6 +28,7 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("dockerfile") != new.get("dockerfile"):
         changes.append("~ Dockerfile content")
     changes += _dict_changes("arg", old.get("args", {}), new.get("args", {}))
+    changes += _dict_changes("label", old.get("labels", {}), new.get("labels", {}))
     for field in ("target", "platform"):
         if old.get(field) != new.get(field):
             changes.append(f"~ {field} {old.get(field)!r} -> {new.get(field)!r}")

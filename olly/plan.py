@@ -63,24 +63,33 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     ctx = scan(ws.root, t, hasher)
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
     deps = {d: dep_plans[d].key for d in t.depends_on}
-    args = dict(t.args)
-    for d in t.depends_on:
-        args[dep_arg_name(d)] = dep_plans[d].ref
     plat = t.platform or native_platform()
     files = [e.row() for e in ctx.entries]
+    labels = image_labels(ws, t)
     record = keys.image_record(
-        files=files, dockerfile=ctx.dockerfile, args=args, target=t.target,
-        platform=plat, inputs=inputs, deps=deps,
+        files=files, dockerfile=ctx.dockerfile, args=t.args, target=t.target,
+        platform=plat, inputs=inputs, deps=deps, labels=labels,
     )
     key = keys.compute_key(record)
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(ctx.dockerfile),
-        "args": args, "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
+        "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
+        "labels": labels,
     }
+    # What the engine gets: the user's args plus each dependency's local image reference.
+    args = dict(t.args) | {dep_arg_name(d): dep_plans[d].ref for d in t.depends_on}
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
         tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t,
     )
+
+
+def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:
+    """OCI labels that do not vary per commit (so a cached image stays valid)."""
+    labels = {"org.opencontainers.image.title": t.repository}
+    if ws.source:
+        labels["org.opencontainers.image.source"] = ws.source
+    return labels
 
 
 def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None) -> Plan:

@@ -111,7 +111,7 @@ class Scheduler:
             context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
             dockerfile_display=tp.target.dockerfile, args=tp.args, target=tp.target.target,  # type: ignore[union-attr]
             platform=tp.target.platform, network=tp.target.network or self.opts.network,  # type: ignore[union-attr]
-            labels={KEY_LABEL: tp.key}, log_path=log_path,
+            labels={**tp.manifest["labels"], KEY_LABEL: tp.key}, log_path=log_path,
         )
         base = Outcome(tp.label, "failed", key=tp.key, ref=tp.ref, started=started, log=str(log_path))
         try:

@@ -41,7 +41,11 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         click.echo("olly: interrupted; nothing half-done was recorded", err=True)
-        code = EXIT_INTERRUPTED
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Build threads may be blocked streaming to the engine; do not wait for them.
+        # Every cache write is a committed transaction, so exiting here is safe.
+        os._exit(EXIT_INTERRUPTED)
     ctx.exit(code)
 
 
