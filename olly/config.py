@@ -25,6 +25,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENDPOINT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
 
 class _Strict(BaseModel):
@@ -54,8 +55,16 @@ class ChartSpec(_Strict):
     images: dict[str, str] = {}
 
 
+class RegistrySpec(_Strict):
+    push: str
+    pull: str | None = None
+    insecure: bool = False
+    charts: str = "charts"
+
+
 class BuildFileSpec(_Strict):
     workspace: WorkspaceSpec = WorkspaceSpec()
+    registries: dict[str, RegistrySpec] = {}
     images: dict[str, ImageSpec] = {}
     charts: dict[str, ChartSpec] = {}
 
@@ -90,6 +99,39 @@ class ChartTarget:
 Target = ImageTarget | ChartTarget
 
 
+@dataclass(frozen=True)
+class Registry:
+    """A named registry: where olly pushes, and where pods pull the same images from."""
+
+    name: str
+    push: str  # host[:port][/path], e.g. registry.ollyscale.test:49443
+    pull: str  # what chart values reference; equals push unless set
+    insecure: bool
+    charts: str  # repository path of charts under the endpoint, e.g. ollyscale/charts
+
+    @property
+    def host(self) -> str:
+        return self.push.split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.push.split("/", 1)[1] if "/" in self.push else ""
+
+    @property
+    def split_endpoints(self) -> bool:
+        return self.push != self.pull
+
+    def push_repository(self, repository: str) -> str:
+        """Repository path under the push host (what the registry API calls ``name``)."""
+        return f"{self.prefix}/{repository}" if self.prefix else repository
+
+    def push_ref(self, repository: str) -> str:
+        return f"{self.push}/{repository}"
+
+    def pull_ref(self, repository: str) -> str:
+        return f"{self.pull}/{repository}"
+
+
 @dataclass
 class Workspace:
     root: Path
@@ -97,7 +139,16 @@ class Workspace:
     network: str | None
     source: str | None = None
     targets: dict[str, Target] = field(default_factory=dict)
+    registries: dict[str, Registry] = field(default_factory=dict)
     build_file: Path | None = None
+
+    def registry(self, name: str) -> Registry:
+        if name in self.registries:
+            return self.registries[name]
+        from olly.graph import suggest
+
+        known = ", ".join(sorted(self.registries)) or "none declared in BUILD.toml"
+        raise OllyError("unknown-registry", f"unknown registry {name!r} (known: {known}){suggest(name, list(self.registries))}")
 
     @property
     def cache_dir(self) -> Path:
@@ -253,6 +304,8 @@ def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
                    source=spec.workspace.source, build_file=loader.file)
     if not spec.images and not spec.charts:
         raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
+    for name, reg in spec.registries.items():
+        ws.registries[name] = _resolve_registry(loader, name, reg)
     for label, image in spec.images.items():
         ws.targets[loader.label("images", label)] = _resolve_image(loader, label, image)
     for label, chart in spec.charts.items():
@@ -289,6 +342,17 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
         args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
         depends_on=list(spec.depends_on), platform=spec.platform, network=spec.network,
     )
+
+
+def _resolve_registry(loader: _Loader, name: str, spec: RegistrySpec) -> Registry:
+    key = ("registries", name)
+    for field_name in ("push", "pull"):
+        value = getattr(spec, field_name)
+        if value is not None and not _ENDPOINT.match(value):
+            raise loader.error(key + (field_name,), f"invalid endpoint {value!r}: expected host[:port][/path] without scheme, e.g. ghcr.io/acme")
+    if not _REPOSITORY.match(spec.charts):
+        raise loader.error(key + ("charts",), f"invalid chart repository path {spec.charts!r}")
+    return Registry(name=name, push=spec.push, pull=spec.pull or spec.push, insecure=spec.insecure, charts=spec.charts)
 
 
 def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:
