@@ -16,7 +16,9 @@ from olly.errors import OllyError
 from olly.graph import Graph
 from olly.manifest import diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan
-from olly.scheduler import Outcome, RunOptions, Scheduler
+from olly.jobs import Outcome, RunContext
+from olly.scheduler import RunOptions, Scheduler
+from olly.versions import git_version, resolve_version
 
 Say = Callable[[str], None]
 
@@ -37,13 +39,14 @@ def _optional_engine() -> Engine | None:
         return None
 
 
-def plan(root: Path, patterns: list[str], *, check_engine: bool = True) -> Plan:
+def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None) -> Plan:
     """What ``make`` would do, without building. Works without an engine."""
     ws, graph = load(root)
     labels = graph.select(patterns)
+    reg = ws.registry(registry) if registry else None
     cache = Cache(ws.cache_dir)
     try:
-        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None)
+        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg)
     finally:
         cache.close()
 
@@ -56,20 +59,29 @@ class MakeResult:
 
 
 def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
-         network: str | None = None, say: Say = _quiet, on_outcome: Callable[[Outcome], None] = lambda o: None,
-         engine: Engine | None = None) -> MakeResult:
-    """Build the selected targets (and their dependencies) whose inputs changed."""
+         network: str | None = None, registry: str | None = None, push: bool = False,
+         version: str | None = None, out_dir: Path | None = None, say: Say = _quiet,
+         on_outcome: Callable[[Outcome], None] = lambda o: None, engine: Engine | None = None) -> MakeResult:
+    """Build the selected targets (and their dependencies) whose inputs changed; with
+    ``registry``, use it as a remote cache and pin charts to it; with ``push``, publish."""
     started = time.time()
     ws, graph = load(root)
     labels = graph.select(patterns)
+    if push and not registry:
+        raise OllyError("usage", "--push needs --registry NAME (one of the registries in BUILD.toml)")
+    reg = ws.registry(registry) if registry else None
+    # Default: `git describe`; outside git there is no version (charts keep Chart.yaml's).
+    the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     engine = engine or Engine()  # fails fast, before any work, if no engine answers
     with workspace_lock(ws.cache_dir, say):
         cache = Cache(ws.cache_dir)
         try:
-            the_plan = make_plan(ws, graph, labels, cache, engine)
-            opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going,
-                              network=network or ws.network, log_dir=ws.cache_dir / "logs")
-            outcomes = Scheduler(ws.root, the_plan, engine, cache, opts, on_outcome).run()
+            the_plan = make_plan(ws, graph, labels, cache, engine, reg)
+            ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
+                             network=network or ws.network, log_dir=ws.cache_dir / "logs",
+                             out_dir=out_dir or ws.root / "dist")
+            opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going)
+            outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome).run()
         finally:
             cache.close()
     return MakeResult(the_plan, outcomes, time.time() - started)

@@ -80,6 +80,16 @@ class Cache:
                     pk=("target", "key"),
                 )
                 self.db["manifests"].create({"target": str, "key": str, "manifest": str}, pk="target")
+                # Registry manifest digests, per push endpoint (never `docker inspect .Id`).
+                self.db["pushes"].create(
+                    {"target": str, "key": str, "registry": str, "ref": str, "digest": str, "pushed_at": float},
+                    pk=("target", "key", "registry"),
+                )
+                # Packaged charts: where the .tgz is and its sha256, per registry ("" = local).
+                self.db["artifacts"].create(
+                    {"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
+                    pk=("target", "key", "registry"),
+                )
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
 
@@ -132,6 +142,26 @@ class Cache:
                 pk=("target", "key"),
             )
             self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest)}, pk="target")
+
+    def push(self, target: str, key: str, registry: str) -> str | None:
+        row = self.db.execute("SELECT digest FROM pushes WHERE target = ? AND key = ? AND registry = ?",
+                              [target, key, registry]).fetchone()
+        return row[0] if row else None
+
+    def record_push(self, target: str, key: str, registry: str, ref: str, digest: str) -> None:
+        with self.transaction():
+            self.db["pushes"].upsert({"target": target, "key": key, "registry": registry, "ref": ref,
+                                      "digest": digest, "pushed_at": time.time()}, pk=("target", "key", "registry"))
+
+    def artifact(self, target: str, key: str, registry: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT path, digest, version FROM artifacts WHERE target = ? AND key = ? AND registry = ?",
+                              [target, key, registry]).fetchone()
+        return {"path": row[0], "digest": row[1], "version": row[2]} if row else None
+
+    def record_artifact(self, target: str, key: str, registry: str, path: str, digest: str, version: str) -> None:
+        with self.transaction():
+            self.db["artifacts"].upsert({"target": target, "key": key, "registry": registry, "path": path,
+                                         "digest": digest, "version": version}, pk=("target", "key", "registry"))
 
     def forget_result(self, target: str, key: str) -> None:
         with self.transaction():

@@ -94,6 +94,40 @@ class Engine:
         except Exception as exc:
             raise OllyError("engine-error", f"cannot tag {image_id} as {repository}:{tag}: {_short(exc)}")
 
+    def push(self, repository: str, tag: str, registry_name: str) -> str:
+        """Push ``repository:tag`` (credentials from the user's docker config); return the
+        registry's manifest digest from the push response."""
+        digest: str | None = None
+        try:
+            for item in self._client().push(repository, tag=tag, stream=True, decode=True):
+                if "error" in item:
+                    raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(Exception(item['error']))}")
+                aux = item.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+        except OllyError:
+            raise
+        except Exception as exc:
+            raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(exc)}")
+        if not digest:
+            raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} reported no digest")
+        return digest
+
+    def pull(self, reference: str, registry_name: str) -> str:
+        """Pull ``reference`` (``repo@sha256:…`` or ``repo:tag``) and return the local image id."""
+        try:
+            for item in self._client().pull(reference, stream=True, decode=True):
+                if "error" in item:
+                    raise OllyError("pull-failed", f"pull of {reference} from registry {registry_name!r} failed: {_short(Exception(item['error']))}")
+        except OllyError:
+            raise
+        except Exception as exc:
+            raise OllyError("pull-failed", f"pull of {reference} from registry {registry_name!r} failed: {_short(exc)}")
+        image = self.inspect(reference)
+        if image is None:
+            raise OllyError("pull-failed", f"pulled {reference} but the engine does not show it")
+        return str(image["Id"])
+
     def build(self, req: BuildRequest) -> str:
         """Build and return the image id; raise BuildFailed with the engine's error."""
         req.log_path.parent.mkdir(parents=True, exist_ok=True)

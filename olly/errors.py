@@ -20,6 +20,9 @@ _ENVIRONMENT_REASONS = {
     "cache-incompatible",
     "cache-locked",
     "io-error",
+    "registry-unreachable",
+    "registry-denied",
+    "registry-error",
 }
 
 

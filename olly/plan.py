@@ -13,12 +13,14 @@ from typing import Any
 
 from olly import keys
 from olly.cache import Cache
-from olly.config import ChartTarget, ImageTarget, Workspace, dep_arg_name
+from olly.charts import ChartSource, load_chart
+from olly.config import ChartTarget, ImageTarget, Registry, Workspace, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
 from olly.manifest import diff_manifests, summarize
+from olly.registry import Endpoint, RegistryClient
 
 
 def native_platform() -> str:
@@ -42,6 +44,8 @@ class TargetPlan:
     args: dict[str, str] = field(default_factory=dict)
     target: ImageTarget | ChartTarget | None = None
     changes: list[str] = field(default_factory=list)
+    remote_digest: str | None = None  # manifest digest of the content tag in the chosen registry
+    chart: ChartSource | None = None
 
     @property
     def ref(self) -> str:
@@ -53,6 +57,7 @@ class Plan:
     targets: list[TargetPlan]
     engine_checked: bool
     files_read: int = 0
+    registry: Registry | None = None
 
     def by_label(self) -> dict[str, TargetPlan]:
         return {t.label: t for t in self.targets}
@@ -92,23 +97,37 @@ def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:
     return labels
 
 
-def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None) -> Plan:
-    """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it."""
+def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None,
+              registry: Registry | None = None) -> Plan:
+    """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
+    ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.load_stats())
     plans: dict[str, TargetPlan] = {}
+    client = RegistryClient(Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
     for label in labels:
         t = ws.targets[label]
         if isinstance(t, ChartTarget):
-            plans[label] = TargetPlan(label, "chart", "unsupported", ["chart packaging is not implemented yet"], target=t)
+            plans[label] = TargetPlan(label, "chart", "package", ["packaged once its images are known"],
+                                      target=t, chart=load_chart(ws.root, t, hasher))
             continue
         tp = compute_inputs(ws, t, hasher, plans)
-        _decide(tp, cache, engine)
+        if client is not None and registry is not None:
+            tp.remote_digest = client.manifest_digest(registry.push_repository(tp.repository), tp.tag)
+        _decide(tp, cache, engine, registry)
         plans[label] = tp
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
-    return Plan([plans[label] for label in labels], engine_checked=engine is not None, files_read=hasher.files_read)
+    return Plan([plans[label] for label in labels], engine_checked=engine is not None,
+                files_read=hasher.files_read, registry=registry)
 
 
-def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
+def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None, registry: Registry | None) -> None:
+    _decide_local(tp, cache, engine)
+    if tp.action == "build" and tp.remote_digest and registry is not None:
+        # Remote-cache hit: another machine built this key and pushed it.
+        tp.action, tp.reasons = "remote", [f"found in registry {registry.name!r}"]
+
+
+def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
     result = cache.result(tp.label, tp.key)
     if result is not None:
         tp.image_id = result["image_id"]

@@ -6,20 +6,20 @@ from typing import Any
 
 from olly.errors import EXIT_OK, EXIT_TARGET_FAILED
 from olly.plan import Plan, TargetPlan
-from olly.scheduler import Outcome
+from olly.jobs import Outcome
 
 _WIDTH = 7
 
 
 def plan_line(tp: TargetPlan) -> str:
-    action = {"unsupported": "skip"}.get(tp.action, tp.action)
+    action = tp.action
     tag = f"  {tp.ref}" if tp.kind == "image" else ""
     return f"{action:<{_WIDTH}} {tp.label}{tag}  ({'; '.join(tp.reasons)})"
 
 
 def plan_lines(plan: Plan) -> list[str]:
     lines = [plan_line(tp) for tp in plan.targets]
-    n = sum(tp.action == "build" for tp in plan.targets)
+    n = sum(tp.action in ("build", "package") for tp in plan.targets)
     lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else " (engine not reachable: images not verified)"))
     return lines
 
@@ -29,7 +29,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "engine_checked": plan.engine_checked,
         "targets": [
             {"label": tp.label, "kind": tp.kind, "action": tp.action, "reasons": tp.reasons, "key": tp.key or None,
-             "ref": tp.ref if tp.kind == "image" else None, "changes": tp.changes, "depends_on": _deps(tp)}
+             "ref": tp.ref if tp.kind == "image" else None, "changes": tp.changes, "depends_on": _deps(tp),
+             "registry_digest": tp.remote_digest}
             for tp in plan.targets
         ],
     }
@@ -42,7 +43,8 @@ def _deps(tp: TargetPlan) -> list[str]:
 def outcome_line(o: Outcome) -> str:
     took = f"  {o.duration_s:.1f}s" if o.status in ("built", "failed") else ""
     ref = f"  {o.ref}" if o.ref and o.status != "failed" else ""
-    return f"{o.status:<{_WIDTH}} {o.label}{ref}{took}  ({o.reason})" if o.reason else f"{o.status:<{_WIDTH}} {o.label}{ref}{took}"
+    why = "; ".join([o.reason, *o.notes] if o.reason else o.notes)
+    return f"{o.status:<{_WIDTH}} {o.label}{ref}{took}" + (f"  ({why})" if why else "")
 
 
 def failure_details(o: Outcome) -> list[str]:
@@ -74,7 +76,8 @@ def outcomes_json(outcomes: list[Outcome], elapsed: float) -> dict[str, Any]:
         "outcomes": [
             {"label": o.label, "status": o.status, "reason": o.reason, "duration_s": round(o.duration_s, 3),
              "key": o.key or None, "ref": o.ref or None, "image_id": o.image_id or None,
-             "log": o.log or None, "log_tail": o.tail}
+             "digest": o.digest or None, "pushed": o.pushed, "artifact": o.artifact or None,
+             "version": o.version or None, "notes": o.notes, "log": o.log or None, "log_tail": o.tail}
             for o in outcomes
         ],
         "summary": counts(outcomes) | {"elapsed_s": round(elapsed, 3)},

@@ -1,79 +1,57 @@
-"""Runs a plan: builds in parallel in dependency order, records outcomes as data.
+"""Runs a plan: jobs in parallel in dependency order, outcomes recorded as data.
 
-Builds run on worker threads; only this module's main loop touches the cache, and
-only after a build is verified (the streamed bytes equal the planned ones).
+Jobs (olly.jobs) run on worker threads; only this module's main loop touches the
+cache, and only with verified results: a build whose streamed bytes matched the
+plan, a digest the registry reported, a package written completely.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from olly.cache import Cache
-from olly.context import TarStream
-from olly.errors import OllyError
-from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
+from olly.config import ChartTarget
+from olly.jobs import ChartWork, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
 from olly.plan import Plan, TargetPlan
 
-
-@dataclass
-class Outcome:
-    label: str
-    status: str  # built | cached | failed | skipped
-    reason: str = ""
-    duration_s: float = 0.0
-    started: float = 0.0
-    finished: float = 0.0
-    key: str = ""
-    ref: str = ""
-    image_id: str = ""
-    log: str = ""
-    tail: list[str] = field(default_factory=list)
+__all__ = ["Outcome", "Scheduler"]
 
 
 @dataclass
 class RunOptions:
     jobs: int
     keep_going: bool
-    network: str | None
-    log_dir: Path
-
-
-def log_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".log"
 
 
 class Scheduler:
-    def __init__(self, root: Path, plan: Plan, engine: Engine, cache: Cache, opts: RunOptions,
+    def __init__(self, plan: Plan, ctx: RunContext, cache: Cache, opts: RunOptions,
                  on_outcome: Callable[[Outcome], None] = lambda o: None) -> None:
-        self.root, self.plan, self.engine, self.cache, self.opts = root, plan, engine, cache, opts
+        self.plan, self.ctx, self.cache, self.opts = plan, ctx, cache, opts
         self.on_outcome = on_outcome
+        self.by_label = plan.by_label()
         self.outcomes: dict[str, Outcome] = {}
         self.stopped_by: str | None = None
 
     def run(self) -> list[Outcome]:
         pending = list(self.plan.targets)
-        running: dict[Future[Outcome], TargetPlan] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
-            try:
-                while pending or running:
-                    pending = self._start_ready(pending, running, pool)
-                    if not running:
-                        continue
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        self._finish(running.pop(fut), fut.result())
-            except BaseException:
-                for fut in running:
-                    fut.cancel()
-                raise
+        running: dict[Future[Outcome], tuple[TargetPlan, ChartWork | None]] = {}
+        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        try:
+            while pending or running:
+                pending = self._start_ready(pending, running, pool)
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    tp, work = running.pop(fut)
+                    self._finish(tp, work, fut.result())
+        finally:
+            pool.shutdown(wait=not running, cancel_futures=True)
         return [self.outcomes[t.label] for t in self.plan.targets]
 
-    def _start_ready(self, pending: list[TargetPlan], running: dict[Future[Outcome], TargetPlan], pool: ThreadPoolExecutor) -> list[TargetPlan]:
+    def _start_ready(self, pending: list[TargetPlan], running: dict, pool: ThreadPoolExecutor) -> list[TargetPlan]:
         still: list[TargetPlan] = []
         for tp in pending:
             deps = tp.target.depends_on if tp.target else []
@@ -84,64 +62,46 @@ class Scheduler:
                 self._set(Outcome(tp.label, "skipped", f"stopped after {self.stopped_by} failed (use --keep-going)", key=tp.key))
             elif any(d not in self.outcomes for d in deps):
                 still.append(tp)
-            elif tp.action == "build":
-                running[pool.submit(self._build, tp)] = tp
+            elif isinstance(tp.target, ChartTarget):
+                work = self._prepare_chart(tp)
+                running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
+            elif self._needs_worker(tp):
+                running[pool.submit(run_image, self.ctx, tp, self._pulls_for(tp))] = (tp, None)
             else:
-                self._set(self._settle(tp))
+                self._finish(tp, None, run_image(self.ctx, tp, []))  # cached: nothing slow to do
         return still
 
-    def _settle(self, tp: TargetPlan) -> Outcome:
-        """Targets that need no build: cached, retagged, or not buildable yet."""
-        if tp.action == "unsupported":
-            return Outcome(tp.label, "skipped", "; ".join(tp.reasons))
-        if tp.action == "retag":
-            self.engine.tag(tp.image_id or "", tp.repository, tp.tag)
-            return Outcome(tp.label, "cached", "retagged existing image", key=tp.key, ref=tp.ref, image_id=tp.image_id or "")
-        if tp.action == "cached" and tp.reasons == ["found in engine with this key"]:
-            self.cache.record_build(tp.label, tp.key, tp.image_id or "", tp.tag, 0.0, tp.manifest)
-        return Outcome(tp.label, "cached", "; ".join(tp.reasons), key=tp.key, ref=tp.ref, image_id=tp.image_id or "")
+    def _needs_worker(self, tp: TargetPlan) -> bool:
+        return tp.action == "build" or (self.ctx.push and self.ctx.registry is not None)
 
-    def _build(self, tp: TargetPlan) -> Outcome:
-        """Runs on a worker thread: stream, build, verify, tag. Never touches the cache."""
-        assert tp.context is not None and tp.target is not None
-        started = time.time()
-        log_path = self.opts.log_dir / log_name(tp.label)
-        stream = TarStream(self.root, tp.context)
-        req = BuildRequest(
-            context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
-            dockerfile_display=tp.target.dockerfile, args=tp.args, target=tp.target.target,  # type: ignore[union-attr]
-            platform=tp.target.platform, network=tp.target.network or self.opts.network,  # type: ignore[union-attr]
-            labels={**tp.manifest["labels"], KEY_LABEL: tp.key}, log_path=log_path,
-        )
-        base = Outcome(tp.label, "failed", key=tp.key, ref=tp.ref, started=started, log=str(log_path))
-        try:
-            image_id = self.engine.build(req)
-        except BuildFailed as exc:
-            base.reason, base.tail = exc.message, exc.tail
-            return self._timed(base)
-        if stream.changed:
-            base.reason = f"input changed during the build ({', '.join(stream.changed[:3])}); result discarded, run again"
-            return self._timed(base)
-        try:
-            self.engine.tag(image_id, tp.repository, tp.tag)
-        except OllyError as exc:
-            base.reason = exc.message
-            return self._timed(base)
-        base.status, base.image_id, base.reason = "built", image_id, "; ".join(tp.reasons)
-        return self._timed(base)
+    def _pulls_for(self, tp: TargetPlan) -> list[tuple[str, str]]:
+        """Dependencies that were remote-cache hits must be pulled before building on them."""
+        if tp.action != "build" or self.ctx.registry is None:
+            return []
+        deps = [self.by_label[d] for d in (tp.target.depends_on if tp.target else [])]
+        return [(f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}", dp.ref)
+                for dp in deps if dp.action == "remote"]
 
-    @staticmethod
-    def _timed(o: Outcome) -> Outcome:
-        o.finished = time.time()
-        o.duration_s = o.finished - o.started
-        return o
+    def _prepare_chart(self, tp: TargetPlan) -> ChartWork:
+        images = {label: self.outcomes[label] for label in tp.target.depends_on}  # type: ignore[union-attr]
+        repos = {label: self.by_label[label].repository for label in images}
+        pins = chart_pins(self.ctx, tp, images, repos)
+        where = self.ctx.registry.push if self.ctx.registry else ""
+        return prepare_chart(self.ctx, tp, pins, lambda key: self.cache.artifact(tp.label, key, where))
 
-    def _finish(self, tp: TargetPlan, outcome: Outcome) -> None:
-        if outcome.status == "built":
-            self.cache.record_build(tp.label, tp.key, outcome.image_id, tp.tag, outcome.duration_s, tp.manifest)
-        elif outcome.status == "failed" and self.stopped_by is None:
+    def _finish(self, tp: TargetPlan, work: ChartWork | None, o: Outcome) -> None:
+        registry = self.ctx.registry.push if self.ctx.registry else ""
+        if o.status == "built" and tp.kind == "image":
+            self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, o.duration_s, tp.manifest)
+        elif o.status == "cached" and tp.kind == "image" and tp.reasons == ["found in engine with this key"]:
+            self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, 0.0, tp.manifest)
+        if o.status != "failed" and work is not None:
+            self.cache.record_artifact(tp.label, work.key, registry, str(work.path), o.image_id, work.version)
+        if o.status != "failed" and o.digest and self.ctx.registry is not None:
+            self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)
+        if o.status == "failed" and self.stopped_by is None:
             self.stopped_by = tp.label
-        self._set(outcome)
+        self._set(o)
 
     def _set(self, outcome: Outcome) -> None:
         self.outcomes[outcome.label] = outcome

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from registry_server import registry, start_registry  # noqa: F401  (shared fixtures)
+
 DATA = Path(__file__).parent / "data"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 

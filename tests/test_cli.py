@@ -22,7 +22,7 @@ def test_plan_on_repo_without_engine(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert any(l.startswith("build   apps/ollyscale  ollyscale/ollyscale:olly-") for l in lines)
-    assert any(l.startswith("skip    charts/ollyscale") for l in lines)
+    assert any(l.startswith("package charts/ollyscale") for l in lines)
     assert "engine not reachable" in lines[-1]
 
 

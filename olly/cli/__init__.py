@@ -68,9 +68,13 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Parallel builds (default: CPU count).")
 @click.option("-k", "--keep-going", is_flag=True, help="Continue with independent targets after a failure.")
 @click.option("--network", help="Network for RUN steps (e.g. host, none); overrides BUILD.toml.")
+@click.option("--registry", metavar="NAME", help="Registry from BUILD.toml: remote cache, chart pins (no push without --push).")
+@click.option("--push", is_flag=True, help="Push images and charts to --registry.")
+@click.option("--version", "version", metavar="VERSION", help="Release version (default: git describe --tags --always --dirty).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None, as_json: bool) -> None:
+def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None,
+         registry: str | None, push: bool, version: str | None, as_json: bool) -> None:
     """Build TARGETS (default: all) and what they need, skipping what is up to date."""
 
     def on_outcome(o: Any) -> None:
@@ -81,8 +85,8 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
 
     def run() -> int:
         say = lambda msg: click.echo(f"olly: {msg}", err=True)  # noqa: E731
-        result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going,
-                          network=network, say=say, on_outcome=on_outcome)
+        result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going, network=network,
+                          registry=registry, push=push, version=version, say=say, on_outcome=on_outcome)
         if as_json:
             _emit_json(report.outcomes_json(result.outcomes, result.elapsed_s))
         else:
@@ -94,13 +98,14 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
 
 @cli.command()
 @click.argument("targets", nargs=-1)
+@click.option("--registry", metavar="NAME", help="Also check which images that registry already holds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
-def plan(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> None:
+def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, as_json: bool) -> None:
     """Show what `make` would build and why, without building."""
 
     def run() -> None:
-        the_plan = api.plan(ctx.obj.root(), list(targets))
+        the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry)
         if as_json:
             _emit_json(report.plan_json(the_plan))
         else:

@@ -1,0 +1,211 @@
+"""Helm charts: file set after .helmignore, digest pinning, reproducible packaging,
+the push/pull endpoint check, and the OCI artifact Helm pushes.
+
+Everything here is a pure function of the chart's files, the image pins and the
+stamped version, so the same inputs give byte-identical ``.tgz`` and manifests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from olly import keys
+from olly.config import ChartTarget, Registry
+from olly.errors import OllyError
+from olly.hashing import FileHasher
+from olly.helmignore import HelmIgnore
+
+CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+PACKAGE_MTIME = 946684800  # 2000-01-01T00:00:00Z, as for image contexts
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What one values path receives: ``repository`` and ``tag`` (``olly-…@sha256:…`` when pinned)."""
+
+    repository: str
+    tag: str
+    pinned: bool
+
+
+@dataclass
+class ChartSource:
+    label: str
+    dir: str  # workspace-relative
+    name: str
+    base_version: str
+    app_version: str
+    files: list[tuple[str, Path, str]]  # (chart-relative path, file to read, content hash)
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round-trip: keeps comments and key order
+    y.preserve_quotes = True
+    y.width = 4096  # never re-wrap long lines
+    return y
+
+
+def _load_yaml(data: bytes, display: str) -> Any:
+    try:
+        return _yaml().load(data.decode("utf-8"))
+    except (YAMLError, UnicodeDecodeError) as exc:
+        raise OllyError("chart-invalid", f"{display}: invalid YAML: {str(exc).splitlines()[0]}")
+
+
+def _dump_yaml(doc: Any) -> bytes:
+    out = io.StringIO()
+    _yaml().dump(doc, out)
+    return out.getvalue().encode("utf-8")
+
+
+def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSource:
+    """The chart's files as ``helm package`` would take them, hashed."""
+    chart_dir = root / target.path
+    ignore = HelmIgnore.load(chart_dir, display=f"{target.path}/.helmignore")
+    files = []
+    for rel, real in ignore.walk(chart_dir):
+        ws_rel = real.resolve().relative_to(root.resolve()).as_posix()
+        files.append((rel, real, hasher.hash(ws_rel, real.stat())))
+    names = {rel for rel, _, _ in files}
+    for required in ("Chart.yaml", "values.yaml"):
+        if required not in names:
+            raise OllyError("chart-invalid", f"{target.path}: {required} is missing or excluded by .helmignore")
+    meta = _load_yaml((chart_dir / "Chart.yaml").read_bytes(), f"{target.path}/Chart.yaml")
+    if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
+        raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
+    return ChartSource(target.label, target.path, str(meta["name"]), str(meta["version"]),
+                       str(meta.get("appVersion", "")), files)
+
+
+def chart_key(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str) -> str:
+    """Key of a packaged chart: its files, the pinned image references, the stamped version."""
+    return keys.compute_key({
+        "schema": keys.KEY_SCHEMA,
+        "kind": "chart",
+        "files": [[rel, digest] for rel, _, digest in src.files],
+        "images": {path: [p.repository, p.tag] for path, p in pins.items()},
+        "version": version,
+        "app_version": app_version,
+    })
+
+
+def _set_pins(values: Any, pins: dict[str, Pin], display: str) -> None:
+    for path, pin in sorted(pins.items()):
+        node = values
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise OllyError("chart-invalid", f"{display}: values path {path!r} does not exist (declared in BUILD.toml charts images)")
+            node = node[part]
+        if not isinstance(node, dict):
+            raise OllyError("chart-invalid", f"{display}: values path {path!r} is not a mapping with repository/tag")
+        node["repository"] = pin.repository
+        node["tag"] = pin.tag
+
+
+def package(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str) -> tuple[bytes, dict[str, Any]]:
+    """The ``.tgz`` bytes (laid out as ``helm package`` does) and the stamped Chart.yaml as a dict."""
+    members: dict[str, bytes] = {}
+    meta: dict[str, Any] = {}
+    for rel, real, _ in src.files:
+        data = real.read_bytes()
+        if rel == "Chart.yaml":
+            doc = _load_yaml(data, f"{src.dir}/Chart.yaml")
+            doc["version"] = version
+            doc["appVersion"] = app_version
+            data = _dump_yaml(doc)
+            meta = json.loads(json.dumps(doc))  # plain data, no ruamel types
+        elif rel == "values.yaml":
+            doc = _load_yaml(data, f"{src.dir}/values.yaml")
+            _set_pins(doc, pins, f"{src.dir}/values.yaml")
+            data = _dump_yaml(doc)
+        members[f"{src.name}/{rel}"] = data
+    return _tgz(members), meta
+
+
+def _tgz(members: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(members[name]), 0o644, PACKAGE_MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(members[name]))
+    out = io.BytesIO()
+    # No file name and mtime 0 in the gzip header: the bytes depend on content only.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+def read_members(tgz: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def read_chart_meta(tgz: bytes, name: str) -> dict[str, Any]:
+    """The stamped Chart.yaml of a package, as plain data (for the OCI config blob)."""
+    data = read_members(tgz).get(f"{name}/Chart.yaml")
+    if data is None:
+        raise OllyError("chart-invalid", f"package of {name} has no {name}/Chart.yaml")
+    return json.loads(json.dumps(_load_yaml(data, f"{name}/Chart.yaml")))
+
+
+def check_endpoints(tgz: bytes, registry: Registry, display: str) -> None:
+    """Refuse a package that points pods at the push-only endpoint of ``registry``."""
+    if not registry.split_endpoints:
+        return
+    pull_host = registry.pull.split("/", 1)[0]
+    needle = registry.host if registry.host != pull_host else registry.push + "/"
+    for name, data in read_members(tgz).items():
+        text = data.decode("utf-8", "replace")
+        if needle in text.replace(registry.pull + "/", ""):
+            raise OllyError(
+                "push-endpoint-in-chart",
+                f"{display}: {name} references {registry.host}, the push endpoint of registry {registry.name!r}; "
+                f"pods pull from {registry.pull} (the push endpoint is for the build machine only, the cluster cannot resolve it)",
+            )
+
+
+def values_document(pins: dict[str, Pin]) -> bytes:
+    """A values file (``helm -f``) holding just the pinned image blocks."""
+    doc: dict[str, Any] = {}
+    for path, pin in sorted(pins.items()):
+        node = doc
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+        node["repository"], node["tag"] = pin.repository, pin.tag
+    return _dump_yaml(doc)
+
+
+def oci_artifact(tgz: bytes, meta: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Helm's OCI config blob and manifest for a chart, without wall-clock annotations."""
+    config = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": sha256(tgz), "size": len(tgz)}],
+        "annotations": {
+            "org.opencontainers.image.title": str(meta.get("name", "")),
+            "org.opencontainers.image.version": str(meta.get("version", "")),
+            **({"org.opencontainers.image.description": str(meta["description"])} if meta.get("description") else {}),
+        },
+    }
+    return config, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

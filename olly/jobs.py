@@ -1,0 +1,249 @@
+"""What runs on a worker thread for one target: build, push, package.
+
+Jobs never touch the cache: they return an Outcome whose fields tell the
+scheduler's main thread what to record (build result, registry digest, artifact).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from olly import charts
+from olly.charts import Pin
+from olly.config import ImageTarget, Registry
+from olly.context import TarStream
+from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
+from olly.errors import OllyError
+from olly.plan import TargetPlan
+from olly.registry import Endpoint, RegistryClient
+from olly.versions import chart_version, image_tag, oci_tag
+
+
+@dataclass
+class Outcome:
+    label: str
+    status: str  # built | cached | failed | skipped
+    reason: str = ""
+    duration_s: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    key: str = ""
+    ref: str = ""
+    image_id: str = ""
+    digest: str = ""  # registry manifest digest (images and charts), when known
+    pushed: bool = False  # True when this run (re)pushed to the registry: record the digest
+    artifact: str = ""  # packaged chart path, workspace-relative
+    version: str = ""
+    notes: list[str] = field(default_factory=list)
+    log: str = ""
+    tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    root: Path
+    engine: Engine
+    registry: Registry | None
+    push: bool
+    version: str | None
+    network: str | None
+    log_dir: Path
+    out_dir: Path
+
+
+def log_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".log"
+
+
+def client_for(registry: Registry) -> RegistryClient:
+    return RegistryClient(Endpoint(registry.name, registry.host, registry.insecure))
+
+
+def finish(o: Outcome) -> Outcome:
+    o.finished = time.time()
+    o.duration_s = o.finished - o.started
+    return o
+
+
+# -- images -------------------------------------------------------------------------
+
+
+def build_image(ctx: RunContext, tp: TargetPlan) -> str:
+    """Stream the planned context, build, verify the bytes, tag. Returns the image id."""
+    assert tp.context is not None and isinstance(tp.target, ImageTarget)
+    t = tp.target
+    stream = TarStream(ctx.root, tp.context)
+    req = BuildRequest(
+        context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
+        dockerfile_display=t.dockerfile, args=tp.args, target=t.target, platform=t.platform,
+        network=t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
+        log_path=ctx.log_dir / log_name(tp.label),
+    )
+    image_id = ctx.engine.build(req)
+    if stream.changed:
+        raise BuildFailed(f"input changed during the build ({', '.join(stream.changed[:3])}); result discarded, run again", [])
+    ctx.engine.tag(image_id, tp.repository, tp.tag)
+    return image_id
+
+
+def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, bool]:
+    """Make the registry hold the content tag (and the version tag). Returns (digest, pushed now)."""
+    registry = ctx.registry
+    assert registry is not None
+    client = client_for(registry)
+    name = registry.push_repository(tp.repository)
+    digest = client.manifest_digest(name, tp.tag)  # re-verified now: a deleted tag is pushed again
+    pushed = False
+    if digest is None:
+        remote_repo = registry.push_ref(tp.repository)
+        ctx.engine.tag(image_id, remote_repo, tp.tag)
+        digest = ctx.engine.push(remote_repo, tp.tag, registry.name)
+        pushed = True
+    if ctx.version:
+        vtag = image_tag(ctx.version)
+        if client.manifest_digest(name, vtag) != digest:
+            body, media_type, _ = client.get_manifest(name, digest)
+            client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
+    return digest, pushed
+
+
+def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> Outcome:
+    """The whole job of an image target. ``pulls``: (registry ref, local ref) of dependencies
+    that were remote-cache hits and must exist locally before this build."""
+    o = Outcome(tp.label, "cached", "; ".join(tp.reasons), started=time.time(), key=tp.key, ref=tp.ref,
+                image_id=tp.image_id or "", digest=tp.remote_digest or "",
+                log=str(ctx.log_dir / log_name(tp.label)) if tp.action == "build" else "")
+    try:
+        for remote, local in pulls:
+            _ensure_local(ctx, remote, local)
+        if tp.action == "build":
+            o.image_id, o.status = build_image(ctx, tp), "built"
+        elif tp.action == "retag":
+            ctx.engine.tag(tp.image_id or "", tp.repository, tp.tag)
+            o.reason = "retagged existing image"
+        if ctx.push and ctx.registry is not None:
+            o.digest, o.pushed = push_image(ctx, tp, o.image_id)
+            o.notes.append(f"pushed to {ctx.registry.name}" if o.pushed else f"already in {ctx.registry.name}")
+    except BuildFailed as exc:
+        o.status, o.reason, o.tail = "failed", exc.message, exc.tail
+    except OllyError as exc:
+        o.status, o.reason = "failed", exc.message
+    return finish(o)
+
+
+def _ensure_local(ctx: RunContext, remote: str, local: str) -> None:
+    """A dependency that was a remote-cache hit: pull it so FROM ${DEP} finds it locally."""
+    if ctx.engine.inspect(local) is not None:
+        return
+    assert ctx.registry is not None
+    image_id = ctx.engine.pull(remote, ctx.registry.name)
+    repo, _, tag = local.rpartition(":")
+    ctx.engine.tag(image_id, repo, tag)
+
+
+# -- charts -------------------------------------------------------------------------
+
+
+@dataclass
+class ChartWork:
+    """Prepared by the main thread: the chart's pins, key, version and any cached package."""
+
+    pins: dict[str, Pin]
+    key: str
+    version: str
+    app_version: str
+    path: Path  # where the .tgz goes
+    cached_digest: str | None  # sha256 of an existing, recorded package at ``path``
+
+
+def chart_pins(ctx: RunContext, tp: TargetPlan, images: dict[str, Outcome], repos: dict[str, str]) -> dict[str, Pin]:
+    pins = {}
+    assert tp.target is not None
+    for values_path, label in tp.target.images.items():  # type: ignore[union-attr]
+        o = images[label]
+        tag = o.ref.rsplit(":", 1)[1]
+        repository = ctx.registry.pull_ref(repos[label]) if ctx.registry else repos[label]
+        pins[values_path] = Pin(repository, f"{tag}@{o.digest}" if o.digest else tag, bool(o.digest))
+    return pins
+
+
+def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
+                  recorded_for: Callable[[str], dict[str, str] | None]) -> ChartWork:
+    """Key, version and output path of a chart; reuse the recorded package if still intact."""
+    assert tp.chart is not None
+    if ctx.version is None:  # no --version and no git: the chart's own version stands
+        version, app_version = tp.chart.base_version, tp.chart.app_version
+    else:
+        version, app_version = chart_version(tp.chart.base_version, ctx.version), ctx.version
+    key = charts.chart_key(tp.chart, pins, version, app_version)
+    recorded = recorded_for(key)
+    where = ctx.registry.name if ctx.registry else "local"
+    path = ctx.out_dir / "charts" / where / f"{tp.chart.name}-{version}.tgz"
+    cached = None
+    if recorded and Path(recorded["path"]) == path and path.is_file():
+        if charts.sha256(path.read_bytes()) == recorded["digest"]:
+            cached = recorded["digest"]
+    return ChartWork(pins, key, version, app_version, path, cached)
+
+
+def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
+    assert tp.chart is not None
+    o = Outcome(tp.label, "cached", "up to date", started=time.time(), key=work.key, version=work.version,
+                artifact=str(work.path), ref=f"{tp.chart.name}:{work.version}")
+    unpinned = sorted(p for p, pin in work.pins.items() if not pin.pinned)
+    try:
+        if work.cached_digest is not None:
+            tgz = work.path.read_bytes()
+        else:
+            tgz, _ = charts.package(tp.chart, work.pins, work.version, work.app_version)
+            if ctx.registry is not None:
+                charts.check_endpoints(tgz, ctx.registry, tp.chart.dir)
+            _write_atomic(work.path, tgz)
+            _write_atomic(work.path.with_suffix(".values.yaml"), charts.values_document(work.pins))
+            o.status, o.reason = "built", "packaged"
+        o.image_id = charts.sha256(tgz)  # the package's own digest, recorded with the artifact
+        if unpinned:
+            o.notes.append("not digest-pinned: " + ", ".join(unpinned) + (" (no registry)" if ctx.registry is None else " (not in the registry: use --push)"))
+        if ctx.push and ctx.registry is not None:
+            o.digest, o.pushed = push_chart(ctx, tp, tgz)
+            o.notes.append(f"chart pushed to {ctx.registry.name}" if o.pushed else f"chart already in {ctx.registry.name}")
+    except OllyError as exc:
+        o.status, o.reason = "failed", exc.message
+    return finish(o)
+
+
+def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
+    """Push as ``helm push`` does; skip when the registry already has this exact manifest."""
+    registry = ctx.registry
+    assert registry is not None and tp.chart is not None
+    meta = charts.read_chart_meta(tgz, tp.chart.name)
+    config, manifest = charts.oci_artifact(tgz, meta)
+    name = registry.push_repository(f"{registry.charts}/{tp.chart.name}")
+    tag = oci_tag(str(meta["version"]))
+    client = client_for(registry)
+    digest = charts.sha256(manifest)
+    if client.manifest_digest(name, tag) == digest:
+        return digest, False
+    client.push_blob(name, config)
+    client.push_blob(name, tgz)
+    return client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE), True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename: a crash never leaves a half-written package."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".olly-tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OllyError("io-error", f"cannot write {path}: {exc.strerror}")

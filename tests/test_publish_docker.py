@@ -1,0 +1,179 @@
+"""Registries and charts against a real engine and a real local registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_workspace
+from olly import api, charts
+from olly.errors import OllyError
+from olly.registry import Endpoint, RegistryClient
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+
+def pub(tmp_path: Path, busybox: Path, prefix: str, host: str, name: str = "ws") -> Path:
+    root = copy_workspace("pub", tmp_path / name, busybox, prefix)
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace("REGISTRY_HOST", host))
+    return root
+
+
+@pytest.fixture
+def ws(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str, registry) -> Path:
+    return pub(tmp_path, busybox, unique_prefix, registry.host)
+
+
+def by_label(result: api.MakeResult) -> dict:
+    return {o.label: o for o in result.outcomes}
+
+
+def skopeo_raw(ref: str) -> bytes:
+    return subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                          check=True, capture_output=True, timeout=60).stdout
+
+
+def chart_values(tgz: Path, name: str = "fixture") -> dict:
+    return yaml.safe_load(charts.read_members(tgz.read_bytes())[f"{name}/values.yaml"])
+
+
+def test_push_records_registry_digest_and_pins_chart(ws: Path, registry, unique_prefix: str) -> None:
+    result = api.make(ws, [], registry="test", push=True, version="v1.2.3")
+    o = by_label(result)
+    assert [o[t].status for t in ("base", "web", "chart")] == ["built", "built", "built"], [x.reason for x in result.outcomes]
+    web_ref = f"{registry.host}/{unique_prefix}/web"
+    manifest = skopeo_raw(f"{web_ref}:{o['web'].ref.rsplit(':', 1)[1]}")
+    assert o["web"].digest == charts.sha256(manifest)  # the registry's digest, not the image id
+    assert charts.sha256(skopeo_raw(f"{web_ref}:v1.2.3")) == o["web"].digest  # version tag, same image
+    tgz = Path(o["chart"].artifact)
+    assert tgz.name == "fixture-1.2.3.tgz"
+    values = chart_values(tgz)
+    assert values["web"]["image"] == {"repository": web_ref, "tag": f"{o['web'].ref.rsplit(':', 1)[1]}@{o['web'].digest}"}
+    assert values["web"]["port"] == 8080
+    text = charts.read_members(tgz.read_bytes())["fixture/values.yaml"].decode()
+    assert "# the web server image" in text  # comments survive pinning
+    members = charts.read_members(tgz.read_bytes())
+    assert "fixture/notes/todo.txt" not in members and "fixture/values.yaml.swp" not in members
+    meta = yaml.safe_load(members["fixture/Chart.yaml"])
+    assert (meta["version"], meta["appVersion"]) == ("1.2.3", "v1.2.3")
+    assert "version: 0.3.0" in (ws / "chart" / "Chart.yaml").read_text()  # source untouched
+    # The chart in the registry, as Helm would have pushed it.
+    raw = json.loads(skopeo_raw(f"{registry.host}/charts/fixture:1.2.3"))
+    assert raw["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    assert raw["layers"][0]["mediaType"] == "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+    assert raw["layers"][0]["digest"] == charts.sha256(tgz.read_bytes())
+    assert "org.opencontainers.image.created" not in raw.get("annotations", {})
+    # Second run: nothing built, nothing pushed.
+    again = by_label(api.make(ws, [], registry="test", push=True, version="v1.2.3"))
+    assert {x.status for x in again.values()} == {"cached"}
+    assert all(not x.pushed for x in again.values())
+
+
+def test_second_cache_dir_builds_nothing(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str, registry) -> None:
+    a = pub(tmp_path, busybox, unique_prefix, registry.host, "machine-a")
+    first = by_label(api.make(a, ["web"], registry="test", push=True))
+    # Machine B: another checkout path, its own empty .cache, and none of A's images locally.
+    for o in reversed(list(first.values())):  # dependents first
+        docker_client.images.remove(o.image_id, force=True)
+    b = pub(tmp_path, busybox, unique_prefix, registry.host, "machine-b")
+    second = by_label(api.make(b, ["web"], registry="test"))
+    assert {o.status for o in second.values()} == {"cached"}
+    assert all("found in registry 'test'" in o.reason for o in second.values())
+    assert second["web"].digest == first["web"].digest
+
+
+def test_remote_hit_dependency_is_pulled_for_a_dependent_build(tmp_path: Path, docker_client, busybox: Path,
+                                                               unique_prefix: str, registry) -> None:
+    a = pub(tmp_path, busybox, unique_prefix, registry.host, "machine-a")
+    first = by_label(api.make(a, ["base"], registry="test", push=True))
+    docker_client.images.remove(first["base"].image_id, force=True)
+    b = pub(tmp_path, busybox, unique_prefix, registry.host, "machine-b")
+    result = by_label(api.make(b, ["web"], registry="test"))
+    assert result["base"].status == "cached" and result["web"].status == "built", [o.reason for o in result.values()]
+
+
+def test_deleted_remote_tag_is_pushed_again(ws: Path, registry, unique_prefix: str) -> None:
+    first = by_label(api.make(ws, ["base"], registry="test", push=True))
+    client = RegistryClient(Endpoint("test", registry.host, insecure=True))
+    client.delete_manifest(f"{unique_prefix}/base", first["base"].digest)
+    again = by_label(api.make(ws, ["base"], registry="test", push=True))
+    assert again["base"].pushed and again["base"].status == "cached"
+    assert client.manifest_digest(f"{unique_prefix}/base", first["base"].ref.rsplit(":", 1)[1]) == again["base"].digest
+
+
+def test_chart_packaging_is_reproducible_across_paths(tmp_path: Path, docker_client, busybox: Path,
+                                                     unique_prefix: str, registry) -> None:
+    a = pub(tmp_path, busybox, unique_prefix, registry.host, "one")
+    b = pub(tmp_path, busybox, unique_prefix, registry.host, "two")
+    ra = by_label(api.make(a, [], registry="test", push=True, version="v0.9.0"))
+    rb = by_label(api.make(b, [], registry="test", version="v0.9.0"))
+    assert rb["chart"].status == "built"
+    assert Path(ra["chart"].artifact).read_bytes() == Path(rb["chart"].artifact).read_bytes()
+    assert ra["chart"].key == rb["chart"].key
+
+
+def test_new_image_digest_rebuilds_chart(ws: Path) -> None:
+    api.make(ws, [], registry="test", push=True, version="v1.0.0")
+    (ws / "web" / "index.html").write_text("<h1>v2</h1>\n")
+    result = by_label(api.make(ws, [], registry="test", push=True, version="v1.0.0"))
+    assert (result["base"].status, result["web"].status, result["chart"].status) == ("cached", "built", "built")
+
+
+def test_split_endpoints_pin_the_pull_endpoint(ws: Path, registry, unique_prefix: str) -> None:
+    result = by_label(api.make(ws, [], registry="split", push=True, version="v1.0.0"))
+    assert result["chart"].status == "built", result["chart"].reason
+    values = chart_values(Path(result["chart"].artifact))
+    assert values["web"]["image"]["repository"] == f"registry.cluster.local:5000/team/{unique_prefix}/web"
+    text = b"".join(charts.read_members(Path(result["chart"].artifact).read_bytes()).values()).decode()
+    assert registry.host not in text
+    assert json.loads(skopeo_raw(f"{registry.host}/team/team/charts/fixture:1.0.0"))["layers"]
+
+
+def test_push_endpoint_in_chart_fails_the_build(ws: Path, registry) -> None:
+    values = ws / "chart" / "values.yaml"
+    values.write_text(values.read_text() + f"redis:\n  image: {registry.host}/team/redis:7\n")
+    result = by_label(api.make(ws, ["chart"], registry="split", version="v1.0.0"))
+    assert result["chart"].status == "failed"
+    assert "push endpoint of registry 'split'" in result["chart"].reason
+    assert "pods pull from registry.cluster.local:5000/team" in result["chart"].reason
+    assert not list((ws / "dist").rglob("*.tgz"))
+
+
+def test_without_registry_chart_pins_tag_and_says_so(ws: Path) -> None:
+    result = by_label(api.make(ws, [], version="v1.0.0"))
+    assert result["chart"].status == "built"
+    assert any("not digest-pinned" in n for n in result["chart"].notes)
+    values = chart_values(Path(result["chart"].artifact))
+    assert "@sha256:" not in values["web"]["image"]["tag"]
+
+
+def test_registry_down_is_a_clear_error(ws: Path, registry) -> None:
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace(f'push = "{registry.host}"', 'push = "127.0.0.1:1"', 1))
+    with pytest.raises(OllyError) as info:
+        api.make(ws, ["base"], registry="test", push=True)
+    assert info.value.reason == "registry-unreachable"
+    assert "registry 'test' (127.0.0.1:1)" in info.value.message
+    assert api.why(ws, "base")["built_before"] is False  # nothing recorded
+
+
+def test_registry_401_is_a_clear_error(ws: Path, tmp_path: Path, registry) -> None:
+    from registry_server import start_registry
+
+    locked = start_registry(tmp_path / "locked", htpasswd=("olly", "s3cret-pass"))
+    try:
+        build = ws / "BUILD.toml"
+        build.write_text(build.read_text().replace(f'push = "{registry.host}"', f'push = "{locked.host}"', 1))
+        with pytest.raises(OllyError) as info:
+            api.make(ws, ["base"], registry="test", push=True)
+        assert info.value.reason == "registry-denied"
+        assert "HTTP 401" in info.value.message and locked.host in info.value.message
+        assert api.why(ws, "base")["built_before"] is False
+    finally:
+        locked.stop()
