@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import platform as _platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from olly import keys

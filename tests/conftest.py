@@ -3,7 +3,6 @@ and carry ``@pytest.mark.docker``; with CI=true a missing engine fails them."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -11,19 +10,10 @@ from pathlib import Path
 import pytest
 
 from registry_server import registry, start_registry  # noqa: F401  (shared fixtures)
+from support import unavailable as _unavailable
 
 DATA = Path(__file__).parent / "data"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _unavailable(what: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{what} (CI=true: this is a failure, not a skip)")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")

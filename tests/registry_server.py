@@ -10,7 +10,6 @@ manager). When ``docker-registry`` is missing the tests skip, or fail with CI=tr
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,19 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from support import unavailable as _unavailable
+
 BINARY = "docker-registry"
 START_TIMEOUT = 15.0
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _unavailable(what: str) -> None:
-    """Skip locally; fail under CI (same rule as conftest._unavailable)."""
-    if _in_ci():
-        pytest.fail(f"{what} (CI=true: this is a failure, not a skip)")
-    pytest.skip(what)
 
 
 def _free_port() -> int:

@@ -22,7 +22,8 @@ import requests
 
 from olly.errors import OllyError
 from olly.registry import OCI_MANIFEST, Endpoint, RegistryClient, sha256_digest
-from registry_server import _unavailable, registry, start_registry  # noqa: F401  (fixture)
+from registry_server import start_registry
+from support import unavailable as _unavailable
 
 USER, PASSWORD = "olly", "s3cret-Pa55word-xyz"
 
