@@ -43,6 +43,7 @@ class ImageSpec(_Strict):
     context: str | None = None
     dockerfile: str | None = None
     args: dict[str, str] = {}
+    secrets: list[str] = []
     target: str | None = None
     inputs: list[str] = []
     depends_on: list[str] = []
@@ -81,6 +82,7 @@ class ImageTarget:
     depends_on: list[str]
     platform: str | None
     network: str | None
+    secrets: list[str] = field(default_factory=list)  # build args read from the environment
     kind: str = "image"
 
 
@@ -335,12 +337,18 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     for name in spec.args:
         if not _ARG_NAME.match(name):
             raise loader.error(key + ("args", name), "invalid build-arg name")
+    for name in spec.secrets:
+        if not _ARG_NAME.match(name):
+            raise loader.error(key + ("secrets",), f"invalid build-arg name {name!r}")
+        if name in spec.args:
+            raise loader.error(key + ("secrets",), f"{name} is both a secret and a plain build arg")
     for i, pattern in enumerate(spec.inputs):
         loader.rel_path(key + ("inputs",), pattern, f"inputs[{i}]")
     return ImageTarget(
         label=label, repository=spec.repository, context=context, dockerfile=dockerfile,
         args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
         depends_on=list(spec.depends_on), platform=spec.platform, network=spec.network,
+        secrets=sorted(set(spec.secrets)),
     )
 
 
@@ -373,7 +381,7 @@ def _check_references(loader: _Loader, ws: Workspace) -> None:
             arg = dep_arg_name(dep)
             if arg in seen:
                 raise loader.error(where, f"dependencies {seen[arg]!r} and {dep!r} would both pass build arg {arg}")
-            if arg in t.args:
+            if arg in t.args or arg in t.secrets:
                 raise loader.error(("images", t.label, "args", arg), f"build arg {arg} is set by dependency {dep!r}")
             seen[arg] = dep
     for t in ws.targets.values():

@@ -8,6 +8,7 @@ The encoding is specified in docs/keys.md; golden tests pin its output.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any
 
@@ -87,13 +88,15 @@ def image_record(
     inputs: list[list[Any]],
     deps: dict[str, str],
     labels: dict[str, str],
+    secrets: dict[str, str],
 ) -> dict[str, Any]:
     """The explicit record of an image target (see docs/keys.md for each field).
 
     ``files`` rows are ``[path, type, executable, hash-or-link-target]`` sorted by
     path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
     ``args`` are the user's build args only (a dependency's arg is derived from its
-    key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets.
+    key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets;
+    ``secrets`` maps secret build-arg names to ``secret_digest`` of their values.
     """
     return {
         "schema": KEY_SCHEMA,
@@ -106,4 +109,14 @@ def image_record(
         "inputs": inputs,
         "deps": dict(deps),
         "labels": dict(labels),
+        "secrets": dict(secrets),
     }
+
+
+def secret_digest(name: str, value: str) -> str:
+    """What a key (and the cache) keep of a secret build arg: a salted SHA-256, never the value.
+
+    SHA-256 rather than xxh3: the digest is stored, and must not help recover the value.
+    """
+    data = b"olly-secret\0" + name.encode() + b"\0" + value.encode("utf-8", "surrogateescape")
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -6,6 +6,7 @@ A plan is data: for each target its key, inputs manifest and an action
 
 from __future__ import annotations
 
+import os
 import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from olly.charts import ChartSource, load_chart
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine
+from olly.errors import OllyError
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
 from olly.manifest import diff_manifests, summarize
@@ -70,22 +72,34 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     plat = t.platform or native_platform()
     files = [e.row() for e in ctx.entries]
     labels = image_labels(ws, t)
+    secret_values = _secret_values(t)
+    secrets = {name: keys.secret_digest(name, value) for name, value in secret_values.items()}
     record = keys.image_record(
         files=files, dockerfile=ctx.dockerfile, args=t.args, target=t.target,
-        platform=plat, inputs=inputs, deps=deps, labels=labels,
+        platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets,
     )
     key = keys.compute_key(record)
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(ctx.dockerfile),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
-        "labels": labels,
+        "labels": labels, "secrets": secrets,
     }
-    # What the engine gets: the user's args plus each dependency's local image reference.
-    args = dict(t.args) | {dep_arg_name(d): dep_plans[d].ref for d in t.depends_on}
+    # What the engine gets: the user's args, the secrets, each dependency's local image reference.
+    args = dict(t.args) | secret_values | {dep_arg_name(d): dep_plans[d].ref for d in t.depends_on}
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
         tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t,
     )
+
+
+def _secret_values(t: ImageTarget) -> dict[str, str]:
+    values = {}
+    for name in t.secrets:
+        value = os.environ.get(name)
+        if value is None:
+            raise OllyError("secret-missing", f'images."{t.label}".secrets: {name} is not set in the environment')
+        values[name] = value
+    return values
 
 
 def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:

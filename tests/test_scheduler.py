@@ -9,7 +9,8 @@ import pytest
 
 from conftest import copy_workspace
 from fakes import FakeEngine
-from olly import api
+from olly import api, report
+from olly.errors import OllyError
 
 
 @pytest.fixture
@@ -132,3 +133,26 @@ def test_build_arg_change_rebuilds(ws: Path) -> None:
     build.write_text(build.read_text().replace('GREETING = "hello"', 'GREETING = "bye"'))
     assert statuses(make(ws, eng)) == {"base": "cached", "app": "cached", "solo": "built"}
     assert "~ arg GREETING: 'hello' -> 'bye'" in api.why(ws, "solo")["changes"] or True
+
+
+def test_secret_args_are_hashed_never_stored(ws: Path, monkeypatch) -> None:
+    import json
+    import sqlite3
+
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('args = { GREETING = "hello" }', 'args = { GREETING = "hello" }\nsecrets = ["NPM_TOKEN"]'))
+    eng = FakeEngine()
+    monkeypatch.delenv("NPM_TOKEN", raising=False)
+    with pytest.raises(OllyError, match="NPM_TOKEN is not set in the environment"):
+        api.plan(ws, ["solo"], check_engine=False)
+    monkeypatch.setenv("NPM_TOKEN", "tok-VERY-secret-1")
+    first = make(ws, eng, "solo")
+    assert statuses(first) == {"solo": "built"}
+    dump = "\n".join(sqlite3.connect(ws / ".cache" / "olly.db").iterdump())
+    assert "tok-VERY-secret-1" not in dump
+    assert "tok-VERY-secret-1" not in json.dumps(api.inputs(ws, "solo").manifest)
+    assert "tok-VERY-secret-1" not in json.dumps(report.outcomes_json(first.outcomes, 0.0))
+    assert statuses(make(ws, eng, "solo")) == {"solo": "cached"}
+    monkeypatch.setenv("NPM_TOKEN", "tok-rotated")
+    assert statuses(make(ws, eng, "solo")) == {"solo": "built"}
+    assert api.why(ws, "solo")["changes"] == []  # recorded after the rebuild
