@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from olly.cache import Cache, workspace_lock
+from olly.cache import Cache, export_cache, import_cache, workspace_lock
 from olly.config import ImageTarget, Workspace, load_workspace
 from olly.engine import Engine
 from olly.errors import OllyError
@@ -79,7 +79,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
             the_plan = make_plan(ws, graph, labels, cache, engine, reg)
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
                              network=network or ws.network, log_dir=ws.cache_dir / "logs",
-                             out_dir=out_dir or ws.root / "dist")
+                             out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts")
             opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going)
             outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome).run()
         finally:
@@ -124,6 +124,20 @@ def why(root: Path, label: str) -> dict[str, Any]:
         return {"label": target.label, "key": current.key, "previous_key": None, "changes": [], "built_before": False}
     return {"label": target.label, "key": current.key, "previous_key": previous.get("key"),
             "changes": diff_manifests(previous, current.manifest), "built_before": True}
+
+
+def cache_export(root: Path, dest: Path, say: Say = _quiet) -> dict[str, int]:
+    """Snapshot this workspace's cache (results, manifests, pushes, packages) into ``dest``."""
+    ws = load_workspace(root)
+    with workspace_lock(ws.cache_dir, say):
+        return export_cache(ws.cache_dir, dest)
+
+
+def cache_import(root: Path, src: Path, say: Say = _quiet) -> dict[str, int]:
+    """Merge a cache export (e.g. restored by CI) into this workspace's cache."""
+    ws = load_workspace(root)
+    with workspace_lock(ws.cache_dir, say):
+        return import_cache(ws.cache_dir, src)
 
 
 def graph_text(root: Path, patterns: list[str], fmt: str) -> str:

@@ -8,21 +8,42 @@ or corrupt db is one clear OllyError naming the file, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import sqlite_utils
 
+from olly import failpoints
 from olly.errors import OllyError
 
 CACHE_SCHEMA = 1
 DB_NAME = "olly.db"
 LOCK_NAME = "lock"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(method: F) -> F:
+    """sqlite failures (disk full, I/O error, corruption found late) become one OllyError."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Cache", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "full" in text or "disk I/O" in text or isinstance(exc, sqlite3.OperationalError):
+                raise OllyError("cache-write-failed", f"cache database {self.path}: {text}; nothing was recorded") from exc
+            raise self._corrupt(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Cache:
@@ -107,10 +128,12 @@ class Cache:
 
     # -- stat cache ----------------------------------------------------------
 
+    @_guarded
     def load_stats(self) -> dict[str, tuple[int, int, int, int, int, str]]:
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, mode, hash FROM stat")
         return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
+    @_guarded
     def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
         if not rows and not forget:
             return
@@ -125,6 +148,7 @@ class Cache:
 
     # -- results and manifests -----------------------------------------------
 
+    @_guarded
     def result(self, target: str, key: str) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT image_id, tag, built_at, duration_s FROM results WHERE target = ? AND key = ?", [target, key]
@@ -133,6 +157,7 @@ class Cache:
             return None
         return {"image_id": row[0], "tag": row[1], "built_at": row[2], "duration_s": row[3]}
 
+    @_guarded
     def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any]) -> None:
         """Record a verified build and its input manifest atomically."""
         with self.transaction():
@@ -141,38 +166,110 @@ class Cache:
                  "built_at": time.time(), "duration_s": round(duration_s, 3)},
                 pk=("target", "key"),
             )
+            failpoints.hit("record")  # between the two writes of one transaction
             self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest)}, pk="target")
 
+    @_guarded
     def push(self, target: str, key: str, registry: str) -> str | None:
         row = self.db.execute("SELECT digest FROM pushes WHERE target = ? AND key = ? AND registry = ?",
                               [target, key, registry]).fetchone()
         return row[0] if row else None
 
+    @_guarded
     def record_push(self, target: str, key: str, registry: str, ref: str, digest: str) -> None:
         with self.transaction():
             self.db["pushes"].upsert({"target": target, "key": key, "registry": registry, "ref": ref,
                                       "digest": digest, "pushed_at": time.time()}, pk=("target", "key", "registry"))
 
+    @_guarded
     def artifact(self, target: str, key: str, registry: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT path, digest, version FROM artifacts WHERE target = ? AND key = ? AND registry = ?",
                               [target, key, registry]).fetchone()
         return {"path": row[0], "digest": row[1], "version": row[2]} if row else None
 
+    @_guarded
     def record_artifact(self, target: str, key: str, registry: str, path: str, digest: str, version: str) -> None:
         with self.transaction():
             self.db["artifacts"].upsert({"target": target, "key": key, "registry": registry, "path": path,
                                          "digest": digest, "version": version}, pk=("target", "key", "registry"))
 
+    @_guarded
     def forget_result(self, target: str, key: str) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM results WHERE target = ? AND key = ?", [target, key])
 
+    @_guarded
     def manifest(self, target: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT manifest FROM manifests WHERE target = ?", [target]).fetchone()
         return json.loads(row[0]) if row else None
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+# Tables that travel between machines; the stat cache does not (inodes and ctimes are local).
+_PORTABLE = {
+    "results": ("target", "key", "image_id", "tag", "built_at", "duration_s"),
+    "manifests": ("target", "key", "manifest"),
+    "pushes": ("target", "key", "registry", "ref", "digest", "pushed_at"),
+    "artifacts": ("target", "key", "registry", "path", "digest", "version"),
+}
+
+
+def export_cache(cache_dir: Path, dest: Path) -> dict[str, int]:
+    """Write a consistent snapshot of the portable tables to ``dest`` (for CI caches)."""
+    if not (cache_dir / DB_NAME).exists():
+        raise OllyError("cache-missing", f"no cache to export: {cache_dir / DB_NAME} does not exist")
+    cache = Cache(cache_dir)
+    tmp = dest.with_name(dest.name + ".olly-tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        out = sqlite3.connect(tmp)
+        cache.db.conn.backup(out)  # sqlite's online backup: consistent even while others write
+        out.execute("DELETE FROM stat")
+        out.commit()
+        out.execute("VACUUM")
+        counts = {t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _PORTABLE}
+        out.close()
+        os.replace(tmp, dest)
+    except (OSError, sqlite3.Error) as exc:
+        tmp.unlink(missing_ok=True)
+        raise OllyError("io-error", f"cannot export the cache to {dest}: {exc}")
+    finally:
+        cache.close()
+    return counts
+
+
+def import_cache(cache_dir: Path, src: Path) -> dict[str, int]:
+    """Merge another cache's results into this one; local rows win on conflict.
+
+    Imported results are hints, not trust: an image id that this engine does not
+    have is rebuilt (or adopted by tag and label), a registry digest is re-checked.
+    """
+    try:
+        probe = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+        row = probe.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        probe.close()
+    except sqlite3.Error as exc:
+        raise OllyError("cache-corrupt", f"{src} is not an olly cache export ({exc})")
+    if not row or int(row[0]) != CACHE_SCHEMA:
+        raise OllyError("cache-incompatible", f"{src} has cache schema {row[0] if row else None}, this olly needs {CACHE_SCHEMA}")
+    cache = Cache(cache_dir)
+    conn = cache.db.conn
+    counts = {}
+    try:
+        conn.execute("ATTACH DATABASE ? AS incoming", [f"file:{src}?mode=ro"])
+        with cache.transaction():
+            for table, cols in _PORTABLE.items():
+                names = ", ".join(cols)
+                cur = conn.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM incoming.{table}")
+                counts[table] = cur.rowcount
+        conn.execute("DETACH DATABASE incoming")
+    except sqlite3.Error as exc:
+        raise OllyError("cache-write-failed", f"cannot import {src} into {cache.path}: {exc}")
+    finally:
+        cache.close()
+    return counts
 
 
 def _make_dir(path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import xxhash
 
+from olly import failpoints
 from olly.config import ImageTarget
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
@@ -182,6 +183,7 @@ class TarStream:
     def __iter__(self) -> Iterator[bytes]:
         for entry in [*self.ctx.entries, *self.ctx.extras]:
             yield from self._emit(entry)
+            failpoints.hit("stream")
         yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
     def _emit(self, entry: Entry) -> Iterator[bytes]:

@@ -134,7 +134,8 @@ class Engine:
         image_id: str | None = None
         tail: list[str] = []
         steps: list[str] = []
-        with open(req.log_path, "w", encoding="utf-8", errors="replace") as log:
+        # Line-buffered: `tail -f` on the log follows the build live.
+        with open(req.log_path, "w", encoding="utf-8", errors="replace", buffering=1) as log:
             try:
                 stream = self._client().build(
                     fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,

@@ -19,6 +19,7 @@ _ENVIRONMENT_REASONS = {
     "cache-corrupt",
     "cache-incompatible",
     "cache-locked",
+    "cache-write-failed",
     "io-error",
     "registry-unreachable",
     "registry-denied",

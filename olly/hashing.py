@@ -15,6 +15,7 @@ from typing import Any
 
 import xxhash
 
+from olly import failpoints
 from olly.errors import OllyError
 
 # Timestamps newer than (hash start - RACY_NS) are not trusted: covers filesystems
@@ -50,6 +51,7 @@ class FileHasher:
         started = time.time_ns()
         digest = hash_file(self.root / rel, rel)
         self.files_read += 1
+        failpoints.hit("hash")
         newest = max(st.st_mtime_ns, st.st_ctime_ns)
         if newest < started - RACY_NS:
             row = dict(zip(("size", "mtime_ns", "ino", "ctime_ns", "mode"), sig), path=rel, hash=digest)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from olly import charts
+from olly import charts, failpoints
 from olly.charts import Pin
 from olly.config import ImageTarget, Registry
 from olly.context import TarStream
@@ -54,7 +54,8 @@ class RunContext:
     version: str | None
     network: str | None
     log_dir: Path
-    out_dir: Path
+    out_dir: Path  # dist/: user-facing outputs
+    store_dir: Path  # .cache/charts/: packages by key
 
 
 def log_name(label: str) -> str:
@@ -86,6 +87,7 @@ def build_image(ctx: RunContext, tp: TargetPlan) -> str:
         log_path=ctx.log_dir / log_name(tp.label),
     )
     image_id = ctx.engine.build(req)
+    failpoints.hit("built")
     if stream.changed:
         raise BuildFailed(f"input changed during the build ({', '.join(stream.changed[:3])}); result discarded, run again", [])
     ctx.engine.tag(image_id, tp.repository, tp.tag)
@@ -104,6 +106,7 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, boo
         remote_repo = registry.push_ref(tp.repository)
         ctx.engine.tag(image_id, remote_repo, tp.tag)
         digest = ctx.engine.push(remote_repo, tp.tag, registry.name)
+        failpoints.hit("pushed")
         pushed = True
     if ctx.version:
         vtag = image_tag(ctx.version)
@@ -158,8 +161,9 @@ class ChartWork:
     key: str
     version: str
     app_version: str
-    path: Path  # where the .tgz goes
-    cached_digest: str | None  # sha256 of an existing, recorded package at ``path``
+    store: Path  # the package of this key in the cache: written once, never overwritten
+    path: Path  # the user-facing copy, dist/charts/<registry>/<name>-<version>.tgz
+    cached_digest: str | None  # sha256 of the recorded, intact package at ``store``
 
 
 def chart_pins(ctx: RunContext, tp: TargetPlan, images: dict[str, Outcome], repos: dict[str, str]) -> dict[str, Pin]:
@@ -185,11 +189,12 @@ def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
     recorded = recorded_for(key)
     where = ctx.registry.name if ctx.registry else "local"
     path = ctx.out_dir / "charts" / where / f"{tp.chart.name}-{version}.tgz"
+    store = ctx.store_dir / f"{key}.tgz"
     cached = None
-    if recorded and Path(recorded["path"]) == path and path.is_file():
-        if charts.sha256(path.read_bytes()) == recorded["digest"]:
+    if recorded and ctx.root / recorded["path"] == store and store.is_file():
+        if charts.sha256(store.read_bytes()) == recorded["digest"]:
             cached = recorded["digest"]
-    return ChartWork(pins, key, version, app_version, path, cached)
+    return ChartWork(pins, key, version, app_version, store, path, cached)
 
 
 def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
@@ -199,14 +204,15 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
     unpinned = sorted(p for p, pin in work.pins.items() if not pin.pinned)
     try:
         if work.cached_digest is not None:
-            tgz = work.path.read_bytes()
+            tgz = work.store.read_bytes()
         else:
             tgz, _ = charts.package(tp.chart, work.pins, work.version, work.app_version)
             if ctx.registry is not None:
                 charts.check_endpoints(tgz, ctx.registry, tp.chart.dir)
-            _write_atomic(work.path, tgz)
-            _write_atomic(work.path.with_suffix(".values.yaml"), charts.values_document(work.pins))
+            _write_atomic(work.store, tgz)
             o.status, o.reason = "built", "packaged"
+        _write_if_changed(work.path, tgz)
+        _write_if_changed(work.path.with_suffix(".values.yaml"), charts.values_document(work.pins))
         o.image_id = charts.sha256(tgz)  # the package's own digest, recorded with the artifact
         if unpinned:
             o.notes.append("not digest-pinned: " + ", ".join(unpinned) + (" (no registry)" if ctx.registry is None else " (not in the registry: use --push)"))
@@ -235,6 +241,15 @@ def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
     return client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE), True
 
 
+def _write_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.is_file() and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    _write_atomic(path, data)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename: a crash never leaves a half-written package."""
     try:
@@ -243,6 +258,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            failpoints.hit("write")
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:

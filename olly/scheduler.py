@@ -43,7 +43,9 @@ class Scheduler:
                 pending = self._start_ready(pending, running, pool)
                 if not running:
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                # A timeout, so the main thread regularly runs Python code: a Ctrl-C that the
+                # OS delivered to a worker thread is then handled here promptly.
+                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
                     tp, work = running.pop(fut)
                     self._finish(tp, work, fut.result())
@@ -96,7 +98,8 @@ class Scheduler:
         elif o.status == "cached" and tp.kind == "image" and tp.reasons == ["found in engine with this key"]:
             self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, 0.0, tp.manifest)
         if o.status != "failed" and work is not None:
-            self.cache.record_artifact(tp.label, work.key, registry, str(work.path), o.image_id, work.version)
+            rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)
+            self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
             self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)
         if o.status == "failed" and self.stopped_by is None:

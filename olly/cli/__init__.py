@@ -178,6 +178,37 @@ def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
     _run(ctx, lambda: click.echo(api.graph_text(ctx.obj.root(), list(targets), fmt)))
 
 
+@cli.group()
+def cache() -> None:
+    """Move the build cache between machines (e.g. CI runs)."""
+
+
+@cache.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def cache_export(ctx: click.Context, file: Path) -> None:
+    """Write a snapshot of the cache to FILE (results, manifests, pushes, packages)."""
+
+    def run() -> None:
+        counts = api.cache_export(ctx.obj.root(), file, say=lambda m: click.echo(f"olly: {m}", err=True))
+        click.echo(f"exported {counts['results']} build result(s), {counts['pushes']} push(es), {counts['artifacts']} package(s) to {file}")
+
+    _run(ctx, run)
+
+
+@cache.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def cache_import(ctx: click.Context, file: Path) -> None:
+    """Merge a cache snapshot from FILE into this workspace's cache (local entries win)."""
+
+    def run() -> None:
+        counts = api.cache_import(ctx.obj.root(), file, say=lambda m: click.echo(f"olly: {m}", err=True))
+        click.echo(f"imported {counts['results']} build result(s), {counts['pushes']} push(es), {counts['artifacts']} package(s)")
+
+    _run(ctx, run)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="olly", standalone_mode=False)
