@@ -118,12 +118,15 @@ def why(root: Path, label: str) -> dict[str, Any]:
     try:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
         previous = cache.manifest(target.label)
+        built_now = cache.result(target.label, current.key) is not None
     finally:
         cache.close()
-    if previous is None:
-        return {"label": target.label, "key": current.key, "previous_key": None, "changes": [], "built_before": False}
-    return {"label": target.label, "key": current.key, "previous_key": previous.get("key"),
-            "changes": diff_manifests(previous, current.manifest), "built_before": True}
+    info: dict[str, Any] = {"label": target.label, "key": current.key, "built_before": previous is not None,
+                            "current_key_built": built_now, "previous_key": None, "changes": []}
+    if previous is not None and not built_now:
+        info["previous_key"] = previous.get("key")
+        info["changes"] = diff_manifests(previous, current.manifest)
+    return info
 
 
 def cache_export(root: Path, dest: Path, say: Say = _quiet) -> dict[str, int]:

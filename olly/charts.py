@@ -82,6 +82,9 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
     for required in ("Chart.yaml", "values.yaml"):
         if required not in names:
             raise OllyError("chart-invalid", f"{target.path}: {required} is missing or excluded by .helmignore")
+    values = _load_yaml((chart_dir / "values.yaml").read_bytes(), f"{target.path}/values.yaml")
+    for path in target.images:
+        _values_node(values, path, f"{target.path}/values.yaml")  # caught at plan time, not after the builds
     meta = _load_yaml((chart_dir / "Chart.yaml").read_bytes(), f"{target.path}/Chart.yaml")
     if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
@@ -101,15 +104,21 @@ def chart_key(src: ChartSource, pins: dict[str, Pin], version: str, app_version:
     })
 
 
+def _values_node(values: Any, path: str, display: str) -> dict[str, Any]:
+    """The mapping at a dotted values path; an error if it is absent (never a silent no-op)."""
+    node = values
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise OllyError("chart-invalid", f"{display}: values path {path!r} does not exist (declared in BUILD.toml charts images)")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise OllyError("chart-invalid", f"{display}: values path {path!r} is not a mapping with repository/tag")
+    return node
+
+
 def _set_pins(values: Any, pins: dict[str, Pin], display: str) -> None:
     for path, pin in sorted(pins.items()):
-        node = values
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise OllyError("chart-invalid", f"{display}: values path {path!r} does not exist (declared in BUILD.toml charts images)")
-            node = node[part]
-        if not isinstance(node, dict):
-            raise OllyError("chart-invalid", f"{display}: values path {path!r} is not a mapping with repository/tag")
+        node = _values_node(values, path, display)
         node["repository"] = pin.repository
         node["tag"] = pin.tag
 

@@ -213,8 +213,9 @@ def locate_line(text: str, keypath: tuple[Any, ...]) -> int | None:
     want = tuple(str(p) for p in keypath)
     best, best_len = None, 0
     for number, path in _line_paths(text):
-        n = len(path)
-        if n > best_len and want[:n] == path:
+        # A line defines a prefix of the key path (its table or key), or lies under it.
+        n = min(len(path), len(want))
+        if n > best_len and want[:n] == path[:n]:
             best, best_len = number, n
     return best
 
@@ -280,7 +281,9 @@ def load_workspace(root: Path) -> Workspace:
     try:
         spec = BuildFileSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # An unknown key explains a "missing" one (a typo), so report it first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
         raise loader.error(tuple(first["loc"]), _pydantic_message(first))
     return _resolve(loader, spec)
 
@@ -308,8 +311,12 @@ def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
         raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
     for name, reg in spec.registries.items():
         ws.registries[name] = _resolve_registry(loader, name, reg)
+    repos: dict[str, str] = {}
     for label, image in spec.images.items():
         ws.targets[loader.label("images", label)] = _resolve_image(loader, label, image)
+        if image.repository in repos:
+            raise loader.error(("images", label, "repository"), f"repository {image.repository!r} is already used by {repos[image.repository]!r} (their version tags would collide)")
+        repos[image.repository] = label
     for label, chart in spec.charts.items():
         loader.label("charts", label)
         if label in ws.targets:

@@ -164,7 +164,8 @@ class Engine:
                 raise
             except Exception as exc:
                 log.write(f"ERROR: {exc}\n")
-                raise BuildFailed(f"engine error during build: {_short(exc)}", tail)
+                short = _short(exc)
+                raise BuildFailed(f"engine error during build: {short}", tail + [short])
         if image_id is None:
             raise BuildFailed("the engine reported no image id", tail)
         return image_id
@@ -195,5 +196,27 @@ def _from_line(dockerfile: bytes, index: int) -> tuple[int | None, str]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """One readable line: the engine's own explanation, or the OS-level cause of a
+    connection failure, instead of a chain of wrapped exception reprs."""
+    explanation = getattr(exc, "explanation", None)
+    if explanation:
+        text = str(explanation)
+    else:
+        root = _os_cause(exc, set())
+        text = root.strerror if root is not None and root.strerror else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _os_cause(exc: BaseException, seen: set[int]) -> OSError | None:
+    if id(exc) in seen:
+        return None
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc
+    nested = [a for a in exc.args if isinstance(a, BaseException)] + [c for c in (exc.__cause__, exc.__context__) if c]
+    for inner in nested:
+        found = _os_cause(inner, seen)
+        if found is not None:
+            return found
+    return None

@@ -11,7 +11,7 @@ from olly.errors import OllyError
 
 def suggest(label: str, known: list[str]) -> str:
     """A ``; did you mean ...?`` suffix with close matches, or an empty string."""
-    close = difflib.get_close_matches(label, known, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(label, known, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 

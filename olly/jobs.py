@@ -22,7 +22,7 @@ from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
 from olly.errors import OllyError
 from olly.plan import TargetPlan
 from olly.registry import Endpoint, RegistryClient
-from olly.versions import chart_version, image_tag, oci_tag
+from olly.versions import chart_version, image_tag, is_release, oci_tag
 
 
 @dataclass
@@ -110,10 +110,19 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, boo
         pushed = True
     if ctx.version:
         vtag = image_tag(ctx.version)
-        if client.manifest_digest(name, vtag) != digest:
+        current = client.manifest_digest(name, vtag)
+        if current != digest:
+            _refuse_release_overwrite(registry, f"{name}:{vtag}", current, ctx.version)
             body, media_type, _ = client.get_manifest(name, digest)
             client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
     return digest, pushed
+
+
+def _refuse_release_overwrite(registry: Registry, ref: str, current: str | None, version: str) -> None:
+    """A release version names one artifact forever; dev versions may be re-pointed."""
+    if current is not None and is_release(version):
+        raise OllyError("release-exists", f"registry {registry.name!r} already has {ref} with other content "
+                        f"({current[:19]}…); a released version is never overwritten: publish a new version")
 
 
 def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> Outcome:
@@ -234,8 +243,10 @@ def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
     tag = oci_tag(str(meta["version"]))
     client = client_for(registry)
     digest = charts.sha256(manifest)
-    if client.manifest_digest(name, tag) == digest:
+    current = client.manifest_digest(name, tag)
+    if current == digest:
         return digest, False
+    _refuse_release_overwrite(registry, f"{name}:{tag}", current, str(meta["version"]))
     client.push_blob(name, config)
     client.push_blob(name, tgz)
     return client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE), True

@@ -40,8 +40,11 @@ class Scheduler:
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
         try:
             while pending or running:
+                before = len(pending)
                 pending = self._start_ready(pending, running, pool)
                 if not running:
+                    if pending and len(pending) == before:
+                        raise RuntimeError(f"scheduler made no progress on {[t.label for t in pending]}")
                     continue
                 # A timeout, so the main thread regularly runs Python code: a Ctrl-C that the
                 # OS delivered to a worker thread is then handled here promptly.
@@ -64,6 +67,8 @@ class Scheduler:
                 self._set(Outcome(tp.label, "skipped", f"stopped after {self.stopped_by} failed (use --keep-going)", key=tp.key))
             elif any(d not in self.outcomes for d in deps):
                 still.append(tp)
+            elif len(running) >= self.opts.jobs and (isinstance(tp.target, ChartTarget) or self._needs_worker(tp)):
+                still.append(tp)  # no free slot: submitting now would queue it past a failure
             elif isinstance(tp.target, ChartTarget):
                 work = self._prepare_chart(tp)
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)

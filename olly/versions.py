@@ -12,7 +12,9 @@ from pathlib import Path
 
 from olly.errors import OllyError
 
-_RELEASE = re.compile(r"^v?(\d+\.\d+\.\d+)$")
+# A release, possibly a pre-release of one (v1.0.0-rc.1) or with build metadata; not a
+# `git describe` suffix (v1.0.0-3-gabc123, -dirty), which comes after the release.
+_RELEASE = re.compile(r"^v?(\d+\.\d+\.\d+(?:-(?:alpha|beta|rc|pre)[0-9A-Za-z.]*)?(?:\+[0-9A-Za-z.-]+)?)$")
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -39,8 +41,14 @@ def resolve_version(root: Path, explicit: str | None) -> str:
     return version
 
 
+def is_release(version: str) -> bool:
+    """A release version names one immutable artifact: never overwritten in a registry."""
+    return bool(_RELEASE.match(version)) and "+" not in version
+
+
 def chart_version(chart_base: str, version: str) -> str:
-    """The chart's SemVer: ``2.1.8`` for a release ``v2.1.8``; otherwise the chart's own
+    """The chart's SemVer: ``2.1.8`` for a release ``v2.1.8`` (``1.0.0-rc.1`` for
+    ``v1.0.0-rc.1``); otherwise the chart's own
     ``X.Y.Z`` with the version as pre-release, the seed's ``0.1.1-v2.1.x-description``."""
     release = _RELEASE.match(version)
     if release:

@@ -176,3 +176,16 @@ def test_registry_401_is_a_clear_error(ws: Path, tmp_path: Path, registry) -> No
         assert api.why(ws, "base")["built_before"] is False
     finally:
         locked.stop()
+
+
+def test_released_versions_are_never_overwritten(ws: Path, registry) -> None:
+    api.make(ws, [], registry="test", push=True, version="v3.0.0")
+    (ws / "chart" / "templates" / "extra.yaml").write_text("kind: ConfigMap\n")
+    result = by_label(api.make(ws, [], registry="test", push=True, version="v3.0.0"))
+    assert result["chart"].status == "failed"
+    assert "never overwritten" in result["chart"].reason and "charts/fixture:3.0.0" in result["chart"].reason
+    # A development version may be re-pointed.
+    api.make(ws, [], registry="test", push=True, version="v3.0.x-dev")
+    (ws / "chart" / "templates" / "extra.yaml").write_text("kind: Secret\n")
+    again = by_label(api.make(ws, [], registry="test", push=True, version="v3.0.x-dev"))
+    assert again["chart"].status == "built" and again["chart"].pushed

@@ -156,3 +156,23 @@ def test_secret_args_are_hashed_never_stored(ws: Path, monkeypatch) -> None:
     monkeypatch.setenv("NPM_TOKEN", "tok-rotated")
     assert statuses(make(ws, eng, "solo")) == {"solo": "built"}
     assert api.why(ws, "solo")["changes"] == []  # recorded after the rebuild
+
+
+def test_first_failure_stops_new_work_without_keep_going(ws: Path) -> None:
+    eng = FakeEngine()
+    df = ws / "base" / "Dockerfile"
+    df.write_text(df.read_text() + "RUN FAIL\n")
+    result = api.make(ws, [], engine=eng, jobs=1)
+    st = statuses(result)
+    assert st["base"] == "failed" and st["app"] == "skipped"
+    assert st["solo"] == "skipped"
+    assert "use --keep-going" in next(o.reason for o in result.outcomes if o.label == "solo")
+
+
+def test_unknown_values_path_fails_at_plan_time(tmp_path: Path) -> None:
+    root = copy_workspace("pub", tmp_path)
+    build = root / "BUILD.toml"
+    text = build.read_text().replace("REGISTRY_HOST", "127.0.0.1:5000")
+    build.write_text(text.replace('"web.image" = "web"', '"wbe.image" = "web"'))
+    with pytest.raises(OllyError, match="values path 'wbe.image' does not exist"):
+        api.plan(root, [], check_engine=False)

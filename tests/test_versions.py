@@ -15,6 +15,9 @@ from olly.versions import chart_version, image_tag, oci_tag, resolve_version
     ("0.1.1", "v2.1.x-description", "0.1.1-v2.1.x-description"),
     ("0.1.1-rc1", "v2.1.8-3-gabc123-dirty", "0.1.1-v2.1.8-3-gabc123-dirty"),
     ("0.1.5", "feature/x+y", "0.1.5-feature-x-y"),
+    ("0.1.1", "v1.0.0-rc.1", "1.0.0-rc.1"),
+    ("0.1.1", "v1.0.0+build.7", "1.0.0+build.7"),
+    ("0.1.1", "v2.1.8-3-gabc123", "0.1.1-v2.1.8-3-gabc123"),
 ])
 def test_chart_version(base: str, version: str, expected: str) -> None:
     assert chart_version(base, version) == expected

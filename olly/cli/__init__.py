@@ -27,6 +27,8 @@ class _State:
         self.directory = directory
 
     def root(self) -> Path:
+        if self.directory and not Path(self.directory).is_dir():
+            raise OllyError("usage", f"-C {self.directory}: no such directory")
         return find_workspace(Path(self.directory or os.getcwd()))
 
 
@@ -125,10 +127,12 @@ def why(ctx: click.Context, target: str, as_json: bool) -> None:
         info = api.why(ctx.obj.root(), target)
         if as_json:
             _emit_json(info)
+        elif info["current_key_built"]:
+            click.echo(f"{info['label']}: up to date: these inputs were built before (key {info['key']})")
         elif not info["built_before"]:
             click.echo(f"{info['label']}: never built in this workspace's cache (key {info['key']})")
         elif not info["changes"]:
-            click.echo(f"{info['label']}: no input changed since the last build (key {info['key']})")
+            click.echo(f"{info['label']}: inputs unchanged since the last build, but it was not recorded (key {info['key']})")
         else:
             click.echo(f"{info['label']}: key {info['previous_key']} -> {info['key']}")
             click.echo("\n".join(f"  {line}" for line in info["changes"]))
@@ -213,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="olly", standalone_mode=False)
     except click.ClickException as exc:
-        exc.show()
+        # Usage errors in olly's one-line form; `olly <command> --help` shows the options.
+        click.echo(f"olly: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         click.echo("olly: interrupted", err=True)
