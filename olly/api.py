@@ -39,14 +39,16 @@ def _optional_engine() -> Engine | None:
         return None
 
 
-def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None) -> Plan:
+def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None,
+         version: str | None = None) -> Plan:
     """What ``make`` would do, without building. Works without an engine."""
     ws, graph = load(root)
     labels = graph.select(patterns)
     reg = ws.registry(registry) if registry else None
+    the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     cache = Cache(ws.cache_dir)
     try:
-        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg)
+        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg, the_version)
     finally:
         cache.close()
 
@@ -76,7 +78,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     with workspace_lock(ws.cache_dir, say):
         cache = Cache(ws.cache_dir)
         try:
-            the_plan = make_plan(ws, graph, labels, cache, engine, reg)
+            the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version)
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
                              network=network or ws.network, log_dir=ws.cache_dir / "logs",
                              out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts")

@@ -24,6 +24,7 @@ from olly.config import ChartTarget, Registry
 from olly.errors import OllyError
 from olly.hashing import FileHasher
 from olly.helmignore import HelmIgnore
+from olly.versions import chart_version
 
 CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
@@ -90,6 +91,24 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
     return ChartSource(target.label, target.path, str(meta["name"]), str(meta["version"]),
                        str(meta.get("appVersion", "")), files)
+
+
+def make_pins(images: dict[str, str], refs: dict[str, tuple[str, str, str | None]],
+              registry: Registry | None) -> dict[str, Pin]:
+    """Pins for a chart's values paths from its images' (repository, content tag, digest)."""
+    pins = {}
+    for values_path, label in images.items():
+        repository, tag, digest = refs[label]
+        repo = registry.pull_ref(repository) if registry else repository
+        pins[values_path] = Pin(repo, f"{tag}@{digest}" if digest else tag, bool(digest))
+    return pins
+
+
+def stamp(src: ChartSource, version: str | None) -> tuple[str, str]:
+    """(chart version, appVersion) for a release version; the chart's own without one."""
+    if version is None:
+        return src.base_version, src.app_version
+    return chart_version(src.base_version, version), version
 
 
 def chart_key(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str) -> str:

@@ -22,7 +22,7 @@ from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
 from olly.errors import OllyError
 from olly.plan import TargetPlan
 from olly.registry import Endpoint, RegistryClient
-from olly.versions import chart_version, image_tag, is_release, oci_tag
+from olly.versions import image_tag, is_release, oci_tag
 
 
 @dataclass
@@ -176,24 +176,15 @@ class ChartWork:
 
 
 def chart_pins(ctx: RunContext, tp: TargetPlan, images: dict[str, Outcome], repos: dict[str, str]) -> dict[str, Pin]:
-    pins = {}
-    assert tp.target is not None
-    for values_path, label in tp.target.images.items():  # type: ignore[union-attr]
-        o = images[label]
-        tag = o.ref.rsplit(":", 1)[1]
-        repository = ctx.registry.pull_ref(repos[label]) if ctx.registry else repos[label]
-        pins[values_path] = Pin(repository, f"{tag}@{o.digest}" if o.digest else tag, bool(o.digest))
-    return pins
+    refs = {label: (repos[label], o.ref.rsplit(":", 1)[1], o.digest or None) for label, o in images.items()}
+    return charts.make_pins(tp.target.images, refs, ctx.registry)  # type: ignore[union-attr]
 
 
 def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
                   recorded_for: Callable[[str], dict[str, str] | None]) -> ChartWork:
     """Key, version and output path of a chart; reuse the recorded package if still intact."""
     assert tp.chart is not None
-    if ctx.version is None:  # no --version and no git: the chart's own version stands
-        version, app_version = tp.chart.base_version, tp.chart.app_version
-    else:
-        version, app_version = chart_version(tp.chart.base_version, ctx.version), ctx.version
+    version, app_version = charts.stamp(tp.chart, ctx.version)
     key = charts.chart_key(tp.chart, pins, version, app_version)
     recorded = recorded_for(key)
     where = ctx.registry.name if ctx.registry else "local"

@@ -13,7 +13,7 @@ from typing import Any
 
 from olly import keys
 from olly.cache import Cache
-from olly.charts import ChartSource, load_chart
+from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine
@@ -111,7 +111,7 @@ def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:
 
 
 def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None,
-              registry: Registry | None = None) -> Plan:
+              registry: Registry | None = None, version: str | None = None) -> Plan:
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.load_stats())
@@ -120,8 +120,9 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     for label in labels:
         t = ws.targets[label]
         if isinstance(t, ChartTarget):
-            plans[label] = TargetPlan(label, "chart", "package", ["packaged once its images are known"],
-                                      target=t, chart=load_chart(ws.root, t, hasher))
+            tp = TargetPlan(label, "chart", "package", [], target=t, chart=load_chart(ws.root, t, hasher))
+            _decide_chart(ws, tp, plans, cache, registry, version)
+            plans[label] = tp
             continue
         tp = compute_inputs(ws, t, hasher, plans)
         if client is not None and registry is not None:
@@ -133,11 +134,35 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
                 files_read=hasher.files_read, registry=registry)
 
 
+def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], cache: Cache,
+                  registry: Registry | None, version: str | None) -> None:
+    """A chart's key is known before the run only if none of its images will change."""
+    assert isinstance(tp.target, ChartTarget) and tp.chart is not None
+    images = {label: plans[label] for label in tp.target.depends_on}
+    if any(p.action == "build" for p in images.values()):
+        tp.reasons = ["an image it pins will be rebuilt"]
+        return
+    if registry is not None and any(not p.remote_digest for p in images.values()):
+        tp.reasons = [f"an image it pins is not in registry {registry.name!r} yet"]
+        return
+    refs = {label: (p.repository, p.tag, p.remote_digest) for label, p in images.items()}
+    pins = make_pins(tp.target.images, refs, registry)
+    chart_version, app_version = stamp(tp.chart, version)
+    tp.key = chart_key(tp.chart, pins, chart_version, app_version)
+    recorded = cache.artifact(tp.label, tp.key, registry.push if registry else "")
+    if recorded and (ws.root / recorded["path"]).is_file():
+        tp.action, tp.reasons = "cached", [f"packaged before as {tp.chart.name}-{chart_version}"]
+    else:
+        tp.reasons = [f"no package of {tp.chart.name}-{chart_version} for these inputs"]
+
+
 def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None, registry: Registry | None) -> None:
     _decide_local(tp, cache, engine)
     if tp.action == "build" and tp.remote_digest and registry is not None:
         # Remote-cache hit: another machine built this key and pushed it.
         tp.action, tp.reasons = "remote", [f"found in registry {registry.name!r}"]
+    elif registry is not None and not tp.remote_digest:
+        tp.reasons.append(f"not in registry {registry.name!r}")
 
 
 def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:

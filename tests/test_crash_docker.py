@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry]
 def workspace(tmp_path: Path, busybox: Path, prefix: str, host: str) -> Path:
     root = copy_workspace("pub", tmp_path, busybox, prefix)
     build = root / "BUILD.toml"
-    build.write_text(build.read_text().replace("REGISTRY_HOST", host))
+    build.write_text(build.read_text().replace("REGISTRY_HOST", host).replace("CHARTS_PREFIX", prefix))
     return root
 
 
@@ -37,7 +37,7 @@ def run(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.C
                           env={**os.environ, **(env or {})})
 
 
-MAKE = ("make", "--registry", "test", "--push", "--version", "v1.0.0")
+MAKE = ("make", "--registry", "test", "--push", "--version", "v1.0.x-crash")  # a dev version: re-pointable
 
 
 def assert_consistent(ws: Path, docker_client, host: str) -> None:

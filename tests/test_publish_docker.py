@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry]
 def pub(tmp_path: Path, busybox: Path, prefix: str, host: str, name: str = "ws") -> Path:
     root = copy_workspace("pub", tmp_path / name, busybox, prefix)
     build = root / "BUILD.toml"
-    build.write_text(build.read_text().replace("REGISTRY_HOST", host))
+    build.write_text(build.read_text().replace("REGISTRY_HOST", host).replace("CHARTS_PREFIX", prefix))
     return root
 
 
@@ -63,7 +63,7 @@ def test_push_records_registry_digest_and_pins_chart(ws: Path, registry, unique_
     assert (meta["version"], meta["appVersion"]) == ("1.2.3", "v1.2.3")
     assert "version: 0.3.0" in (ws / "chart" / "Chart.yaml").read_text()  # source untouched
     # The chart in the registry, as Helm would have pushed it.
-    raw = json.loads(skopeo_raw(f"{registry.host}/charts/fixture:1.2.3"))
+    raw = json.loads(skopeo_raw(f"{registry.host}/{unique_prefix}/charts/fixture:1.2.3"))
     assert raw["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
     assert raw["layers"][0]["mediaType"] == "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
     assert raw["layers"][0]["digest"] == charts.sha256(tgz.read_bytes())
@@ -118,9 +118,9 @@ def test_chart_packaging_is_reproducible_across_paths(tmp_path: Path, docker_cli
 
 
 def test_new_image_digest_rebuilds_chart(ws: Path) -> None:
-    api.make(ws, [], registry="test", push=True, version="v1.0.0")
+    api.make(ws, [], registry="test", push=True, version="v1.0.x-dev")
     (ws / "web" / "index.html").write_text("<h1>v2</h1>\n")
-    result = by_label(api.make(ws, [], registry="test", push=True, version="v1.0.0"))
+    result = by_label(api.make(ws, [], registry="test", push=True, version="v1.0.x-dev"))
     assert (result["base"].status, result["web"].status, result["chart"].status) == ("cached", "built", "built")
 
 
@@ -131,7 +131,7 @@ def test_split_endpoints_pin_the_pull_endpoint(ws: Path, registry, unique_prefix
     assert values["web"]["image"]["repository"] == f"registry.cluster.local:5000/team/{unique_prefix}/web"
     text = b"".join(charts.read_members(Path(result["chart"].artifact).read_bytes()).values()).decode()
     assert registry.host not in text
-    assert json.loads(skopeo_raw(f"{registry.host}/team/team/charts/fixture:1.0.0"))["layers"]
+    assert json.loads(skopeo_raw(f"{registry.host}/team/team/{unique_prefix}/charts/fixture:1.0.0"))["layers"]
 
 
 def test_push_endpoint_in_chart_fails_the_build(ws: Path, registry) -> None:
@@ -183,9 +183,20 @@ def test_released_versions_are_never_overwritten(ws: Path, registry) -> None:
     (ws / "chart" / "templates" / "extra.yaml").write_text("kind: ConfigMap\n")
     result = by_label(api.make(ws, [], registry="test", push=True, version="v3.0.0"))
     assert result["chart"].status == "failed"
-    assert "never overwritten" in result["chart"].reason and "charts/fixture:3.0.0" in result["chart"].reason
+    assert "never overwritten" in result["chart"].reason and "/charts/fixture:3.0.0" in result["chart"].reason
     # A development version may be re-pointed.
     api.make(ws, [], registry="test", push=True, version="v3.0.x-dev")
     (ws / "chart" / "templates" / "extra.yaml").write_text("kind: Secret\n")
     again = by_label(api.make(ws, [], registry="test", push=True, version="v3.0.x-dev"))
     assert again["chart"].status == "built" and again["chart"].pushed
+
+
+def test_plan_predicts_charts_and_missing_pushes(ws: Path, registry, unique_prefix: str) -> None:
+    api.make(ws, [], registry="test", push=True, version="v1.0.0")
+    plan = api.plan(ws, [], registry="test", version="v1.0.0").by_label()
+    assert [plan[t].action for t in ("base", "web", "chart")] == ["cached", "cached", "cached"]
+    client = RegistryClient(Endpoint("test", registry.host, insecure=True))
+    client.delete_manifest(f"{unique_prefix}/web", plan["web"].remote_digest)
+    plan = api.plan(ws, [], registry="test", version="v1.0.0").by_label()
+    assert "not in registry 'test'" in plan["web"].reasons
+    assert plan["chart"].action == "package"

@@ -172,7 +172,7 @@ def test_first_failure_stops_new_work_without_keep_going(ws: Path) -> None:
 def test_unknown_values_path_fails_at_plan_time(tmp_path: Path) -> None:
     root = copy_workspace("pub", tmp_path)
     build = root / "BUILD.toml"
-    text = build.read_text().replace("REGISTRY_HOST", "127.0.0.1:5000")
+    text = build.read_text().replace("REGISTRY_HOST", "127.0.0.1:5000").replace("CHARTS_PREFIX", "x")
     build.write_text(text.replace('"web.image" = "web"', '"wbe.image" = "web"'))
     with pytest.raises(OllyError, match="values path 'wbe.image' does not exist"):
         api.plan(root, [], check_engine=False)

@@ -101,13 +101,14 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
 @cli.command()
 @click.argument("targets", nargs=-1)
 @click.option("--registry", metavar="NAME", help="Also check which images that registry already holds.")
+@click.option("--version", "version", metavar="VERSION", help="Release version, as for make.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
-def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, as_json: bool) -> None:
+def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, version: str | None, as_json: bool) -> None:
     """Show what `make` would build and why, without building."""
 
     def run() -> None:
-        the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry)
+        the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry, version=version)
         if as_json:
             _emit_json(report.plan_json(the_plan))
         else:
