@@ -63,8 +63,10 @@ class Cache:
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.OperationalError as exc:
+            raise OllyError("cache-write-failed", f"cannot open cache database {self.path}: {exc}")
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
         return sqlite_utils.Database(conn)
@@ -77,42 +79,49 @@ class Cache:
 
     def _init_schema(self) -> None:
         try:
-            tables = set(self.db.table_names())
-            if "meta" in tables:
-                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                version = int(row[0]) if row else None
-                if version != CACHE_SCHEMA:
-                    raise OllyError(
-                        "cache-incompatible",
-                        f"cache database {self.path} has schema {version}, this olly needs {CACHE_SCHEMA}; "
-                        f"delete {self.dir} (olly rebuilds what it needs)",
-                    )
-                return
-            if tables:
-                raise OllyError("cache-incompatible", f"{self.path} is not an olly cache database; delete it to start fresh")
+            # One transaction: two olly processes starting on a fresh workspace serialise
+            # here instead of both creating the tables.
             with self.transaction():
-                self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
-                self.db["stat"].create(
-                    {"path": str, "size": int, "mtime_ns": int, "ino": int, "ctime_ns": int, "mode": int, "hash": str},
-                    pk="path",
+                tables = set(self.db.table_names())
+                if "meta" not in tables:
+                    if tables:
+                        raise OllyError("cache-incompatible", f"{self.path} is not an olly cache database; delete it to start fresh")
+                    self._create_tables()
+                    return
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            version = int(row[0]) if row else None
+            if version != CACHE_SCHEMA:
+                raise OllyError(
+                    "cache-incompatible",
+                    f"cache database {self.path} has schema {version}, this olly needs {CACHE_SCHEMA}; "
+                    f"delete {self.dir} (olly rebuilds what it needs)",
                 )
-                self.db["results"].create(
-                    {"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
-                    pk=("target", "key"),
-                )
-                self.db["manifests"].create({"target": str, "key": str, "manifest": str}, pk="target")
-                # Registry manifest digests, per push endpoint (never `docker inspect .Id`).
-                self.db["pushes"].create(
-                    {"target": str, "key": str, "registry": str, "ref": str, "digest": str, "pushed_at": float},
-                    pk=("target", "key", "registry"),
-                )
-                # Packaged charts: where the .tgz is and its sha256, per registry ("" = local).
-                self.db["artifacts"].create(
-                    {"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
-                    pk=("target", "key", "registry"),
-                )
+        except sqlite3.OperationalError as exc:
+            raise OllyError("cache-write-failed", f"cannot initialise cache database {self.path}: {exc}")
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
+
+    def _create_tables(self) -> None:
+        self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
+        self.db["stat"].create(
+            {"path": str, "size": int, "mtime_ns": int, "ino": int, "ctime_ns": int, "mode": int, "hash": str},
+            pk="path",
+        )
+        self.db["results"].create(
+            {"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
+            pk=("target", "key"),
+        )
+        self.db["manifests"].create({"target": str, "key": str, "manifest": str}, pk="target")
+        # Registry manifest digests, per push endpoint (never `docker inspect .Id`).
+        self.db["pushes"].create(
+            {"target": str, "key": str, "registry": str, "ref": str, "digest": str, "pushed_at": float},
+            pk=("target", "key", "registry"),
+        )
+        # Packaged charts: where the .tgz is and its sha256, per registry ("" = local).
+        self.db["artifacts"].create(
+            {"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
+            pk=("target", "key", "registry"),
+        )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -131,7 +140,7 @@ class Cache:
     @_guarded
     def load_stats(self) -> dict[str, tuple[int, int, int, int, int, str]]:
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, mode, hash FROM stat")
-        return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
+        return {_path_out(r[0]): tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
     @_guarded
     def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
@@ -142,9 +151,9 @@ class Cache:
             # Plain executemany: sqlite-utils' upsert_all is ~10x slower for 10^4 rows.
             self.db.conn.executemany(
                 f"INSERT OR REPLACE INTO stat ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [tuple(r[c] for c in cols) for r in rows],
+                [(_path_in(r["path"]), *(r[c] for c in cols[1:])) for r in rows],
             )
-            self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(p,) for p in forget])
+            self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(_path_in(p),) for p in forget])
 
     # -- results and manifests -----------------------------------------------
 
@@ -258,7 +267,7 @@ def import_cache(cache_dir: Path, src: Path) -> dict[str, int]:
     conn = cache.db.conn
     counts = {}
     try:
-        conn.execute("ATTACH DATABASE ? AS incoming", [f"file:{src}?mode=ro"])
+        conn.execute("ATTACH DATABASE ? AS incoming", [str(src)])
         with cache.transaction():
             for table, cols in _PORTABLE.items():
                 names = ", ".join(cols)
@@ -270,6 +279,30 @@ def import_cache(cache_dir: Path, src: Path) -> dict[str, int]:
     finally:
         cache.close()
     return counts
+
+
+def _retry_locked(action: Callable[[], Any], deadline_s: float = 30.0) -> Any:
+    """Some pragmas fail with "database is locked" at once instead of honouring busy_timeout."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _path_in(path: str) -> str | bytes:
+    """A path for sqlite: text when it is valid UTF-8, else its raw bytes (a BLOB)."""
+    try:
+        return path.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _path_out(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _make_dir(path: Path) -> None:

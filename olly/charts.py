@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from ruamel.yaml.error import YAMLError
 from olly import keys
 from olly.config import ChartTarget, Registry
 from olly.errors import OllyError
-from olly.hashing import FileHasher
+from olly.hashing import FileHasher, hash_bytes
 from olly.helmignore import HelmIgnore
 from olly.versions import chart_version
 
@@ -30,6 +31,8 @@ CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 PACKAGE_MTIME = 946684800  # 2000-01-01T00:00:00Z, as for image contexts
+_CHART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # no '/', no '..'
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
     meta = _load_yaml((chart_dir / "Chart.yaml").read_bytes(), f"{target.path}/Chart.yaml")
     if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
+    if not _CHART_NAME.match(str(meta["name"])):
+        raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: invalid chart name {meta['name']!r} (letters, digits, '-', '_', '.')")
+    if not _SEMVER.match(str(meta["version"])):
+        raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: version {meta['version']!r} is not SemVer (X.Y.Z)")
     return ChartSource(target.label, target.path, str(meta["name"]), str(meta["version"]),
                        str(meta.get("appVersion", "")), files)
 
@@ -146,8 +153,13 @@ def package(src: ChartSource, pins: dict[str, Pin], version: str, app_version: s
     """The ``.tgz`` bytes (laid out as ``helm package`` does) and the stamped Chart.yaml as a dict."""
     members: dict[str, bytes] = {}
     meta: dict[str, Any] = {}
-    for rel, real, _ in src.files:
-        data = real.read_bytes()
+    for rel, real, digest in src.files:
+        try:
+            data = real.read_bytes()
+        except OSError as exc:
+            raise OllyError("input-changed", f"{src.dir}/{rel} changed during the run ({exc.strerror}); nothing recorded, run again")
+        if hash_bytes(data) != digest:  # the package must be exactly what the key describes
+            raise OllyError("input-changed", f"{src.dir}/{rel} changed during the run; nothing recorded, run again")
         if rel == "Chart.yaml":
             doc = _load_yaml(data, f"{src.dir}/Chart.yaml")
             doc["version"] = version
@@ -196,15 +208,34 @@ def check_endpoints(tgz: bytes, registry: Registry, display: str) -> None:
     if not registry.split_endpoints:
         return
     pull_host = registry.pull.split("/", 1)[0]
-    needle = registry.host if registry.host != pull_host else registry.push + "/"
-    for name, data in read_members(tgz).items():
-        text = data.decode("utf-8", "replace")
-        if needle in text.replace(registry.pull + "/", ""):
+    needle = registry.host if registry.host.lower() != pull_host.lower() else registry.push + "/"
+    # On name boundaries and case-insensitive: `registry.local` must not match inside
+    # `docker-registry.local`, and `Registry.Local` is the same host.
+    tail = "" if needle.endswith("/") else r"(?![A-Za-z0-9-])"
+    pattern = re.compile(r"(?<![A-Za-z0-9.-])" + re.escape(needle) + tail, re.IGNORECASE)
+    pull_pattern = re.compile(re.escape(registry.pull + "/"), re.IGNORECASE)
+    for name, data in _all_members(tgz):
+        text = pull_pattern.sub("", data.decode("utf-8", "replace"))
+        if pattern.search(text):
             raise OllyError(
                 "push-endpoint-in-chart",
                 f"{display}: {name} references {registry.host}, the push endpoint of registry {registry.name!r}; "
                 f"pods pull from {registry.pull} (the push endpoint is for the build machine only, the cluster cannot resolve it)",
             )
+
+
+def _all_members(tgz: bytes, prefix: str = "") -> list[tuple[str, bytes]]:
+    """Every file of a package, descending into vendored subchart packages (charts/*.tgz)."""
+    out = []
+    for name, data in read_members(tgz).items():
+        if name.endswith(".tgz") and data[:2] == b"\x1f\x8b":
+            try:
+                out += _all_members(data, f"{prefix}{name}!")
+                continue
+            except (tarfile.TarError, OSError, EOFError):
+                pass  # not a package after all: scan it as bytes
+        out.append((prefix + name, data))
+    return out
 
 
 def values_document(pins: dict[str, Pin]) -> bytes:

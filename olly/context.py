@@ -55,6 +55,21 @@ class Context:
     extras: list[Entry] = field(default_factory=list)  # sent, then removed by the daemon
     dockerfile_name: str = "Dockerfile"  # the Dockerfile's name inside the tar
     dockerfile: bytes = b""
+    dockerignore: bytes | None = None  # the context's .dockerignore as read, None if absent
+
+# olly's own state and outputs are never inputs, even in a context that contains them:
+# they change during every run.
+OWN_DIRS = (".cache", "dist")
+
+
+def _owned(ctx_dir: str) -> tuple[str, ...]:
+    """olly's own directories as paths relative to ``ctx_dir`` (those inside it)."""
+    return tuple(d if ctx_dir == "." else d[len(ctx_dir) + 1:] for d in OWN_DIRS
+                 if ctx_dir == "." or d.startswith(ctx_dir + "/"))
+
+
+def _is_owned(rel: str, owned: tuple[str, ...]) -> bool:
+    return any(rel == d or rel.startswith(d + "/") for d in owned)
 
 
 def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
@@ -73,11 +88,12 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
     if df_rel is not None:
         specials.add(df_rel)
     entries: dict[str, Entry] = {}
+    owned = _owned(ctx_dir)
     for rel, st in ignore.walk(base):
-        if rel in specials:
-            continue  # added below from the bytes read above
+        if rel in specials or _is_owned(rel, owned):
+            continue  # specials are added below from the bytes read above
         entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
-    ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile)
+    ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile, dockerignore=ignore_bytes)
     if df_rel is None:
         _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes)
     else:
@@ -158,7 +174,8 @@ def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str)
     """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
     found: dict[str, str] = {}
     for pattern in patterns:
-        matches = [m for m in glob.glob(pattern, root_dir=root, recursive=True) if (root / m).is_file()]
+        matches = [m for m in glob.glob(pattern, root_dir=root, recursive=True, include_hidden=True)
+                   if (root / m).is_file() and not _is_owned(Path(m).as_posix(), OWN_DIRS)]
         if not matches:
             raise OllyError("config-invalid", f"images.\"{label}\".inputs: {pattern!r} matches no file")
         for rel in matches:

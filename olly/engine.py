@@ -22,6 +22,9 @@ _PULL_ERRORS = ("pull access denied", "manifest unknown", "not found: manifest",
                 "tls: ", "unauthorized", "denied:")
 
 
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
 class BuildFailed(Exception):
     """A build that the engine rejected; ``message`` is one line, ``tail`` the last log lines."""
 
@@ -68,6 +71,16 @@ class Engine:
             )
         self.version = probe.api_version
         self.api = probe
+        self._platform: str | None = None
+
+    @property
+    def platform(self) -> str:
+        """The engine's own platform (``linux/amd64``): what it builds when none is asked for."""
+        if self._platform is None:
+            info = self.api.version()
+            arch = str(info.get("Arch", "")).lower()
+            self._platform = f"{str(info.get('Os', 'linux')).lower()}/{_ARCH.get(arch, arch)}"
+        return self._platform
 
     def _client(self) -> Any:
         import docker

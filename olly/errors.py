@@ -11,11 +11,15 @@ EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
+EXIT_INTERNAL = 4  # an unexpected exception: a bug in olly
 EXIT_INTERRUPTED = 130
 
 # Reasons whose exit code is not the default usage/config code (2).
 _ENVIRONMENT_REASONS = {
     "engine-unreachable",
+    "engine-error",
+    "push-failed",
+    "pull-failed",
     "cache-corrupt",
     "cache-incompatible",
     "cache-locked",

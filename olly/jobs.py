@@ -43,6 +43,15 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     log: str = ""
     tail: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # files that differed from the plan (stat rows to drop)
+
+
+class InputChanged(BuildFailed):
+    """Bytes sent differed from the bytes planned: the result must not be recorded."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"input changed during the build ({', '.join(paths[:3])}); result discarded, run again", [])
+        self.paths = paths
 
 
 @dataclass
@@ -82,14 +91,16 @@ def build_image(ctx: RunContext, tp: TargetPlan) -> str:
     stream = TarStream(ctx.root, tp.context)
     req = BuildRequest(
         context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
-        dockerfile_display=t.dockerfile, args=tp.args, target=t.target, platform=t.platform,
+        # Always explicit: the key says which platform, the engine must build exactly that.
+        dockerfile_display=t.dockerfile, args=tp.args, target=t.target, platform=tp.manifest["platform"],
         network=t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
         log_path=ctx.log_dir / log_name(tp.label),
     )
     image_id = ctx.engine.build(req)
     failpoints.hit("built")
     if stream.changed:
-        raise BuildFailed(f"input changed during the build ({', '.join(stream.changed[:3])}); result discarded, run again", [])
+        ws_paths = [p if tp.context.dir == "." else f"{tp.context.dir}/{p}" for p in stream.changed]
+        raise InputChanged(ws_paths)
     ctx.engine.tag(image_id, tp.repository, tp.tag)
     return image_id
 
@@ -142,10 +153,14 @@ def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> 
         if ctx.push and ctx.registry is not None:
             o.digest, o.pushed = push_image(ctx, tp, o.image_id)
             o.notes.append(f"pushed to {ctx.registry.name}" if o.pushed else f"already in {ctx.registry.name}")
+    except InputChanged as exc:
+        o.status, o.reason, o.changed = "failed", exc.message, exc.paths
     except BuildFailed as exc:
         o.status, o.reason, o.tail = "failed", exc.message, exc.tail
     except OllyError as exc:
         o.status, o.reason = "failed", exc.message
+    except Exception as exc:  # a bug must fail this target, not abandon the others mid-build
+        o.status, o.reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
     return finish(o)
 
 
@@ -221,6 +236,8 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
             o.notes.append(f"chart pushed to {ctx.registry.name}" if o.pushed else f"chart already in {ctx.registry.name}")
     except OllyError as exc:
         o.status, o.reason = "failed", exc.message
+    except Exception as exc:  # a bug must fail this target, not abandon the others mid-build
+        o.status, o.reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
     return finish(o)
 
 

@@ -82,6 +82,7 @@ def image_record(
     *,
     files: list[list[Any]],
     dockerfile: bytes,
+    dockerignore: bytes | None,
     args: dict[str, str],
     target: str | None,
     platform: str,
@@ -96,13 +97,16 @@ def image_record(
     path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
     ``args`` are the user's build args only (a dependency's arg is derived from its
     key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets;
-    ``secrets`` maps secret build-arg names to ``secret_digest`` of their values.
+    ``secrets`` maps secret build-arg names to ``secret_digest`` of their values;
+    ``dockerignore`` is the .dockerignore as read (None if absent): always an input,
+    because daemons older than 23.0 keep some self-excluding .dockerignore files.
     """
     return {
         "schema": KEY_SCHEMA,
         "kind": "image",
         "files": files,
         "dockerfile": dockerfile,
+        "dockerignore": dockerignore,
         "args": dict(args),
         "target": target or "",
         "platform": platform,

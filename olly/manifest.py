@@ -27,6 +27,8 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             changes.append(f"~ file {path} ({_file_change(a[path], b[path])})")
     if old.get("dockerfile") != new.get("dockerfile"):
         changes.append("~ Dockerfile content")
+    if old.get("dockerignore") != new.get("dockerignore"):
+        changes.append("~ .dockerignore content")
     changes += _dict_changes("arg", old.get("args", {}), new.get("args", {}))
     changes += _dict_changes("label", old.get("labels", {}), new.get("labels", {}))
     changes += _dict_changes("secret", old.get("secrets", {}), new.get("secrets", {}), values=False, what="value")

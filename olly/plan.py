@@ -64,23 +64,25 @@ class Plan:
         return {t.label: t for t in self.targets}
 
 
-def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan]) -> TargetPlan:
+def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan],
+                   default_platform: str) -> TargetPlan:
     """Hash a target's inputs into its key record, manifest and content tag."""
     ctx = scan(ws.root, t, hasher)
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
     deps = {d: dep_plans[d].key for d in t.depends_on}
-    plat = t.platform or native_platform()
+    plat = t.platform or default_platform
     files = [e.row() for e in ctx.entries]
     labels = image_labels(ws, t)
     secret_values = _secret_values(t)
     secrets = {name: keys.secret_digest(name, value) for name, value in secret_values.items()}
     record = keys.image_record(
-        files=files, dockerfile=ctx.dockerfile, args=t.args, target=t.target,
+        files=files, dockerfile=ctx.dockerfile, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets,
     )
     key = keys.compute_key(record)
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(ctx.dockerfile),
+        "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
         "labels": labels, "secrets": secrets,
     }
@@ -124,7 +126,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             _decide_chart(ws, tp, plans, cache, registry, version)
             plans[label] = tp
             continue
-        tp = compute_inputs(ws, t, hasher, plans)
+        tp = compute_inputs(ws, t, hasher, plans, engine.platform if engine else native_platform())
         if client is not None and registry is not None:
             tp.remote_digest = client.manifest_digest(registry.push_repository(tp.repository), tp.tag)
         _decide(tp, cache, engine, registry)
@@ -165,6 +167,11 @@ def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None, registry: Regis
         tp.reasons.append(f"not in registry {registry.name!r}")
 
 
+def _key_label(image: dict[str, Any]) -> str | None:
+    labels = (image.get("Config") or {}).get("Labels") or {}
+    return labels.get(KEY_LABEL)
+
+
 def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
     result = cache.result(tp.label, tp.key)
     if result is not None:
@@ -176,12 +183,15 @@ def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
         if image is None:
             tp.action, tp.reasons = "build", [f"image {result['image_id'][7:19]} was removed from the engine"]
             return
+        if _key_label(image) != tp.key:  # e.g. an imported cache row: a hint, never trusted blindly
+            tp.action, tp.reasons = "build", [f"image {result['image_id'][7:19]} does not carry this key"]
+            return
         has_tag = tp.ref in (image.get("RepoTags") or [])
         tp.action, tp.reasons = ("cached", ["up to date"]) if has_tag else ("retag", ["tag missing, image present"])
         return
     if engine is not None:
         found = engine.inspect(tp.ref)
-        if found and (found.get("Config") or {}).get("Labels", {}).get(KEY_LABEL) == tp.key:
+        if found and _key_label(found) == tp.key:
             tp.image_id, tp.action, tp.reasons = found["Id"], "cached", ["found in engine with this key"]
             return
     previous = cache.manifest(tp.label)

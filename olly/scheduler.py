@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from olly.cache import Cache
+from olly.errors import OllyError
 from olly.config import ChartTarget
 from olly.jobs import ChartWork, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
 from olly.plan import Plan, TargetPlan
@@ -38,6 +39,7 @@ class Scheduler:
         pending = list(self.plan.targets)
         running: dict[Future[Outcome], tuple[TargetPlan, ChartWork | None]] = {}
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        abandon = True
         try:
             while pending or running:
                 before = len(pending)
@@ -52,8 +54,13 @@ class Scheduler:
                 for fut in done:
                     tp, work = running.pop(fut)
                     self._finish(tp, work, fut.result())
+            abandon = False
+        except Exception:
+            abandon = False  # e.g. the cache became unwritable: let running builds end before the lock goes
+            raise
         finally:
-            pool.shutdown(wait=not running, cancel_futures=True)
+            # Ctrl-C abandons running builds (the process exits); anything else waits for them.
+            pool.shutdown(wait=not abandon, cancel_futures=True)
         return [self.outcomes[t.label] for t in self.plan.targets]
 
     def _start_ready(self, pending: list[TargetPlan], running: dict, pool: ThreadPoolExecutor) -> list[TargetPlan]:
@@ -70,7 +77,11 @@ class Scheduler:
             elif len(running) >= self.opts.jobs and (isinstance(tp.target, ChartTarget) or self._needs_worker(tp)):
                 still.append(tp)  # no free slot: submitting now would queue it past a failure
             elif isinstance(tp.target, ChartTarget):
-                work = self._prepare_chart(tp)
+                try:
+                    work = self._prepare_chart(tp)
+                except OllyError as exc:
+                    self._finish(tp, None, Outcome(tp.label, "failed", exc.message))
+                    continue
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
             elif self._needs_worker(tp):
                 running[pool.submit(run_image, self.ctx, tp, self._pulls_for(tp))] = (tp, None)
@@ -107,6 +118,8 @@ class Scheduler:
             self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
             self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)
+        if o.changed:  # whatever the stat cache said about these files is no longer to be trusted
+            self.cache.save_stats([], o.changed)
         if o.status == "failed" and self.stopped_by is None:
             self.stopped_by = tp.label
         self._set(o)

@@ -16,6 +16,7 @@ from olly.engine import BuildFailed, BuildRequest
 
 class FakeEngine:
     endpoint = "fake://"
+    platform = "linux/amd64"
 
     def __init__(self) -> None:
         self.images: dict[str, dict[str, Any]] = {}

@@ -181,3 +181,34 @@ def test_no_engine_is_one_line(ws: Path) -> None:
     assert "unix:///nonexistent/docker.sock" in proc.stderr and "DOCKER_HOST" in proc.stderr
     plan = olly(ws, "plan", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert plan.returncode == 0 and "engine not reachable" in plan.stdout
+
+
+def test_odd_file_names_arrive_exactly(tmp_path: Path, docker_client, unique_prefix: str) -> None:
+    root = tmp_path / "odd"
+    ctx = root / "odd"
+    raw = os.fsencode(ctx)
+    os.makedirs(raw + b"/caf\xe9")
+    for name in (b"/caf\xe9/na\xefve.txt", b"/space name.txt", b"/\xe2\x9c\x93.txt", b"/" + b"l" * 150):
+        with open(raw + name, "wb") as f:
+            f.write(name)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
+    (root / "BUILD.toml").write_text(f'[images.odd]\nrepository = "{unique_prefix}/odd"\n')
+    result = api.make(root, [])
+    assert statuses(result) == {"odd": "built"}, result.outcomes[0].reason
+    container = docker_client.containers.create(result.outcomes[0].ref, command="/nonexistent")
+    try:
+        data = b"".join(container.export())
+    finally:
+        container.remove()
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tar:
+        names = {os.fsencode(m.name) for m in tar.getmembers() if m.isfile() and m.name.startswith("ctx/")}
+    assert names == {b"ctx/caf\xe9/na\xefve.txt", b"ctx/space name.txt", b"ctx/\xe2\x9c\x93.txt",
+                     b"ctx/" + b"l" * 150, b"ctx/Dockerfile"}
+    assert statuses(api.make(root, [])) == {"odd": "cached"}
+
+
+def test_default_platform_is_the_engines(ws: Path, docker_client) -> None:
+    info = docker_client.version()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(info["Arch"], info["Arch"])
+    plan = api.plan(ws, ["solo"])
+    assert plan.targets[0].manifest["platform"] == f"{info['Os']}/{arch}"

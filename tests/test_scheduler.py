@@ -9,7 +9,7 @@ import pytest
 
 from conftest import copy_workspace
 from fakes import FakeEngine
-from olly import api, report
+from olly import api, charts, report
 from olly.errors import OllyError
 
 
@@ -176,3 +176,72 @@ def test_unknown_values_path_fails_at_plan_time(tmp_path: Path) -> None:
     build.write_text(text.replace('"web.image" = "web"', '"wbe.image" = "web"'))
     with pytest.raises(OllyError, match="values path 'wbe.image' does not exist"):
         api.plan(root, [], check_engine=False)
+
+
+def test_workspace_root_context_excludes_olly_dirs(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "Dockerfile").write_text("FROM scratch\nCOPY . /src/\n")
+    (root / "shared").mkdir()
+    (root / "shared" / ".env").write_text("A=1\n")
+    (root / "BUILD.toml").write_text('[images.app]\nrepository = "x/app"\ncontext = "."\n'
+                                     'dockerfile = "app/Dockerfile"\ninputs = ["shared/**"]\n')
+    (root / "dist").mkdir()
+    (root / "dist" / "out.txt").write_text("output\n")
+    eng = FakeEngine()
+    assert statuses(make(root, eng)) == {"app": "built"}
+    assert statuses(make(root, eng)) == {"app": "cached"}  # .cache/ changed in between
+    files = [row[0] for row in api.inputs(root, "app").manifest["files"]]
+    assert not any(f.startswith((".cache", "dist")) for f in files)
+    inputs = [row[0] for row in api.inputs(root, "app").manifest["inputs"]]
+    assert inputs == ["shared/.env"]  # dotfiles count
+
+
+def pub_ws(tmp_path: Path) -> Path:
+    root = copy_workspace("pub", tmp_path)
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace("REGISTRY_HOST", "127.0.0.1:5000").replace("CHARTS_PREFIX", "x"))
+    return root
+
+
+def test_chart_file_edited_during_the_run_is_not_recorded(tmp_path: Path) -> None:
+    root = pub_ws(tmp_path)
+    eng = FakeEngine()
+    values = root / "chart" / "values.yaml"
+    original = values.read_text()
+    eng.during_build = lambda req: values.write_text(original.replace("replicas: 1", "replicas: 5"))
+    first = {o.label: o for o in api.make(root, [], engine=eng, version="v1.0.0").outcomes}
+    assert first["chart"].status == "failed" and "changed during the run" in first["chart"].reason
+    eng.during_build = None
+    values.write_text(original)  # back to the planned content: the key of the failed run
+    again = {o.label: o for o in api.make(root, [], engine=eng, version="v1.0.0").outcomes}
+    assert again["chart"].status == "built"
+    members = charts.read_members(Path(again["chart"].artifact).read_bytes())
+    assert b"replicas: 1" in members["fixture/values.yaml"]
+
+
+def test_invalid_chart_name_is_rejected(tmp_path: Path) -> None:
+    root = pub_ws(tmp_path)
+    chart = root / "chart" / "Chart.yaml"
+    chart.write_text(chart.read_text().replace("name: fixture", "name: ../../outside"))
+    with pytest.raises(OllyError, match="invalid chart name"):
+        api.plan(root, [], check_engine=False)
+
+
+def test_unlabelled_image_under_the_content_tag_is_not_trusted(ws: Path) -> None:
+    eng = FakeEngine()
+    tp = api.plan(ws, ["solo"], check_engine=False).targets[0]
+    eng.images["sha256:foreign"] = {"Id": "sha256:foreign", "RepoTags": [tp.ref], "Config": {"Labels": None}}
+    result = make(ws, eng, "solo")
+    assert statuses(result) == {"solo": "built"}
+
+
+def test_stat_cache_stores_non_utf8_names(tmp_path: Path) -> None:
+    from olly.cache import Cache
+
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    c = Cache(tmp_path / ".cache")
+    c.save_stats([{"path": name, "size": 1, "mtime_ns": 2, "ino": 3, "ctime_ns": 4, "mode": 5, "hash": "h"}], [])
+    assert c.load_stats() == {name: (1, 2, 3, 4, 5, "h")}
+    c.save_stats([], [name])
+    assert c.load_stats() == {}

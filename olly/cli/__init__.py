@@ -17,7 +17,7 @@ import click
 
 from olly import api, report
 from olly.config import find_workspace
-from olly.errors import EXIT_INTERRUPTED, EXIT_USAGE, OllyError
+from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OllyError
 from olly.plan import TargetPlan
 
 
@@ -41,6 +41,11 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
             traceback.print_exc()
         click.echo(f"olly: error: {exc.line()}", err=True)
         code = exc.exit_code
+    except Exception as exc:  # a bug, not a user error: say so, keep the traceback for --debug
+        if state.debug:
+            traceback.print_exc()
+        click.echo(f"olly: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        code = EXIT_INTERNAL
     except KeyboardInterrupt:
         click.echo("olly: interrupted; nothing half-done was recorded", err=True)
         sys.stdout.flush()
@@ -214,7 +219,17 @@ def cache_import(ctx: click.Context, file: Path) -> None:
     _run(ctx, run)
 
 
+def _ensure_utf8_mode() -> None:
+    """File names must decode the same under every locale (keys may not depend on it):
+    re-run in Python's UTF-8 mode when the locale's filesystem encoding is not UTF-8."""
+    if sys.getfilesystemencoding().lower().replace("-", "") != "utf8" and not os.environ.get("OLLY_NO_REEXEC"):
+        os.environ["OLLY_NO_REEXEC"] = "1"
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", "-m", "olly", *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        _ensure_utf8_mode()
     try:
         code = cli.main(args=argv, prog_name="olly", standalone_mode=False)
     except click.ClickException as exc:
