@@ -1,0 +1,3 @@
+ARG MID
+FROM ${MID}
+COPY . /app/

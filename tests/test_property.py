@@ -1,0 +1,254 @@
+"""Never stale, never needlessly rebuilt: a property test against an independent model.
+
+Random sequences of edits (content, chmod, add, delete, rename, .dockerignore,
+Dockerfile, build arg, touch, ignored file, file outside every context, chart,
+passing time) are applied to the fixture workspace tests/data/prop. After each,
+`olly make` runs (on the in-memory FakeEngine: decisions, not engine speed, are under
+test) and every target's outcome is compared with a ground truth computed here,
+independently of olly: a target must build iff the inputs Docker would see for it
+(its context after .dockerignore, Dockerfile, .dockerignore, args, and its
+dependencies' inputs) were never built before.
+
+The default run is short. The long profile runs 1,000+ edits:
+    OLLY_PROPERTY_EXAMPLES=80 OLLY_PROPERTY_STEPS=15 python -m pytest tests/test_property.py
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import olly.hashing
+from fakes import FakeEngine
+from olly import api
+
+DATA = Path(__file__).parent / "data" / "prop"
+IMAGES = {"base": [], "mid": ["base"], "app": ["mid"], "solo": []}
+DOCKERFILES = {"base": "base/Dockerfile", "mid": "mid/Dockerfile", "app": "dockerfiles/app.Dockerfile",
+               "solo": "solo/Dockerfile"}
+CHART_IMAGES = ["app", "solo"]
+RELS = ["a.txt", "b.log", "keep.log", "secret.txt", "x.bak", "sub/c.txt", "sub/d.bak", "tmp/e.txt",
+        "deep/x/y.txt"]
+IGNORE_LINES = ["*.log", "tmp", "secret.txt", "**/*.bak", "!keep.log", ".dockerignore", "Dockerfile", "# note"]
+EXAMPLES = int(os.environ.get("OLLY_PROPERTY_EXAMPLES", "6"))
+STEPS = int(os.environ.get("OLLY_PROPERTY_STEPS", "12"))
+
+
+# -- the independent model ----------------------------------------------------------
+
+
+def model_excluded(rel: str, lines: list[str]) -> bool:
+    """Docker's rules for the restricted pattern vocabulary above, written from the docs:
+    anchored at the root, a match on a parent directory excludes the children, the last
+    matching line wins, `!` re-includes."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        negate, pat = line.startswith("!"), line.lstrip("!")
+        if pat == "**/*.bak":
+            hit = any(p.endswith(".bak") for p in prefixes)
+        else:
+            hit = any(fnmatch.fnmatchcase(p, pat) and "/" not in p for p in prefixes[:1]) or any(
+                p == pat for p in prefixes)
+        if hit:
+            excluded = not negate
+    return excluded
+
+
+def context_snapshot(root: Path, ctx: str) -> list[tuple[str, str, bool, bytes]]:
+    base = root / ctx
+    ignore_file = base / ".dockerignore"
+    lines = [l.strip() for l in ignore_file.read_text().splitlines()] if ignore_file.exists() else []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(base).as_posix()
+            if model_excluded(rel, lines):
+                continue
+            if path.is_dir():
+                out.append((rel, "d", False, b""))
+            else:
+                out.append((rel, "f", bool(path.stat().st_mode & 0o111), path.read_bytes()))
+    return sorted(out)
+
+
+def image_truth(root: Path, image: str, args: dict[str, str]) -> str:
+    ctx = image
+    ignore = root / ctx / ".dockerignore"
+    parts = [
+        repr(context_snapshot(root, ctx)),
+        repr((root / DOCKERFILES[image]).read_bytes()),
+        repr(ignore.read_bytes() if ignore.exists() else None),
+        repr(sorted(args.items()) if image == "solo" else []),
+        *[image_truth(root, dep, args) for dep in IMAGES[image]],
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def chart_truth(root: Path, args: dict[str, str]) -> str:
+    files = sorted((p.relative_to(root / "chart").as_posix(), p.read_bytes())
+                   for p in (root / "chart").rglob("*") if p.is_file())
+    images = [image_truth(root, i, args) for i in CHART_IMAGES]
+    return hashlib.sha256(repr((files, images)).encode()).hexdigest()
+
+
+# -- the state machine --------------------------------------------------------------
+
+
+class Edits(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="olly-prop-"))
+        self.root = self.tmp / "prop"
+        shutil.copytree(DATA, self.root)
+        self.engine = FakeEngine()
+        self.args = {"GREETING": "g0"}
+        self.built: dict[str, set[str]] = {t: set() for t in [*IMAGES, "chart"]}
+        # A fake clock: "tick" lets time pass so the stat cache is trusted (and tested);
+        # every edit stamps a fresh mtime from it, as a real edit after that time would.
+        self.clock = time.time_ns() + 10 * 10**9
+        self.real_time_ns = olly.hashing.time.time_ns
+        olly.hashing.time.time_ns = lambda: self.clock
+        self.steps = 0
+        self.check()
+
+    def teardown(self) -> None:
+        if hasattr(self, "real_time_ns"):
+            olly.hashing.time.time_ns = self.real_time_ns
+        if hasattr(self, "tmp"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stamp(self, path: Path) -> None:
+        self.clock += 1_000_000  # 1 ms per edit: distinct mtimes, as real edits have
+        os.utime(path, ns=(self.clock, self.clock), follow_symlinks=False)
+
+    def path(self, image: str, rel: str) -> Path:
+        return self.root / image / rel
+
+    # -- edits ---------------------------------------------------------------------
+
+    @rule(image=st.sampled_from(list(IMAGES)), rel=st.sampled_from(RELS), content=st.sampled_from(["1", "2", "22"]))
+    def write(self, image: str, rel: str, content: str) -> None:
+        p = self.path(image, rel)
+        if p.is_dir():
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content)
+        self.stamp(p)
+
+    @rule(image=st.sampled_from(list(IMAGES)), rel=st.sampled_from(RELS), exe=st.booleans())
+    def chmod(self, image: str, rel: str, exe: bool) -> None:
+        p = self.path(image, rel)
+        if p.is_file():
+            p.chmod(0o755 if exe else 0o644)
+
+    @rule(image=st.sampled_from(list(IMAGES)), rel=st.sampled_from(RELS))
+    def delete(self, image: str, rel: str) -> None:
+        p = self.path(image, rel)
+        if p.is_file():
+            p.unlink()
+
+    @rule(image=st.sampled_from(list(IMAGES)), src=st.sampled_from(RELS), dst=st.sampled_from(RELS))
+    def rename(self, image: str, src: str, dst: str) -> None:
+        a, b = self.path(image, src), self.path(image, dst)
+        if a.is_file() and not b.exists():
+            b.parent.mkdir(parents=True, exist_ok=True)
+            a.rename(b)
+
+    @rule(image=st.sampled_from(list(IMAGES)), rel=st.sampled_from(["emptydir", "sub/emptydir"]))
+    def mkdir(self, image: str, rel: str) -> None:
+        self.path(image, rel).mkdir(parents=True, exist_ok=True)
+
+    @rule(image=st.sampled_from(list(IMAGES)), lines=st.lists(st.sampled_from(IGNORE_LINES), max_size=4))
+    def dockerignore(self, image: str, lines: list[str]) -> None:
+        p = self.path(image, ".dockerignore")
+        p.write_text("".join(line + "\n" for line in lines))
+        self.stamp(p)
+
+    @rule(image=st.sampled_from(list(IMAGES)))
+    def edit_dockerfile(self, image: str) -> None:
+        p = self.root / DOCKERFILES[image]
+        p.write_text(p.read_text() + f"# edit {self.steps}\n")
+        self.stamp(p)
+
+    @rule(value=st.sampled_from(["g0", "g1", "g2"]))
+    def build_arg(self, value: str) -> None:
+        build = self.root / "BUILD.toml"
+        build.write_text(build.read_text().replace(f'GREETING = "{self.args["GREETING"]}"', f'GREETING = "{value}"'))
+        self.args["GREETING"] = value
+
+    @rule(image=st.sampled_from(list(IMAGES)), rel=st.sampled_from(RELS))
+    def touch(self, image: str, rel: str) -> None:
+        p = self.path(image, rel)
+        if p.is_file():
+            self.stamp(p)
+
+    @rule(content=st.sampled_from(["a", "b"]))
+    def outside(self, content: str) -> None:
+        p = self.root / "docs" / "notes.md"
+        p.write_text(content)
+        self.stamp(p)
+
+    @rule(content=st.sampled_from(["kind: ConfigMap\n", "kind: Secret\n"]))
+    def chart(self, content: str) -> None:
+        p = self.root / "chart" / "templates" / "cm.yaml"
+        p.write_text(content)
+        self.stamp(p)
+
+    @rule()
+    def tick(self) -> None:
+        self.clock += 3 * 10**9
+
+    # -- the property --------------------------------------------------------------
+
+    @invariant()
+    def check(self) -> None:
+        if not hasattr(self, "root"):
+            return
+        self.steps += 1
+        result = api.make(self.root, [], engine=self.engine, version="v1.0.0", jobs=2)
+        outcomes = {o.label: o for o in result.outcomes}
+        truths = {i: image_truth(self.root, i, self.args) for i in IMAGES} | {"chart": chart_truth(self.root, self.args)}
+        for label, truth in truths.items():
+            o = outcomes[label]
+            must_build = truth not in self.built[label]
+            assert o.status in ("built", "cached"), (label, o.status, o.reason)
+            if must_build:
+                assert o.status == "built", f"STALE: {label} inputs changed but olly said {o.status} ({o.reason})"
+            else:
+                assert o.status == "cached", f"NEEDLESS: {label} rebuilt although its inputs were built before ({o.reason})"
+            self.built[label].add(truth)
+
+
+Edits.TestCase.settings = settings(
+    max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestEdits = Edits.TestCase
+
+
+def test_model_agrees_with_olly_on_dockerignore(tmp_path: Path) -> None:
+    """The model's matcher is independent; check it agrees with olly's on the vocabulary."""
+    from itertools import combinations
+
+    from olly.dockerignore import DockerIgnore
+
+    paths = [*RELS, "sub", "tmp", "deep", "deep/x", ".dockerignore", "Dockerfile"]
+    for n in range(3):
+        for lines in combinations(IGNORE_LINES, n):
+            ours = DockerIgnore.parse("\n".join(lines))
+            for rel in paths:
+                assert ours.excluded(rel) == model_excluded(rel, list(lines)), (lines, rel)
