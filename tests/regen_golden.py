@@ -13,7 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_keys import GOLDEN, golden_keys, golden_workspace  # noqa: E402
 
+from fakes import FakeEngine  # noqa: E402
+from olly import api  # noqa: E402
+
 with tempfile.TemporaryDirectory() as tmp:
-    keys = golden_keys(golden_workspace(Path(tmp)))
+    root = golden_workspace(Path(tmp))
+    keys = golden_keys(root)
+    result = api.make(root, [], engine=FakeEngine(), version="v1.0.0")
+    keys["chart"] = next(o.key for o in result.outcomes if o.label == "chart")
 GOLDEN.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
 print(json.dumps(keys, indent=2, sort_keys=True))

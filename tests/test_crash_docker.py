@@ -156,3 +156,75 @@ def test_make_racing_cache_import(tmp_path: Path, docker_client, busybox: Path, 
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2  # old key + new key
     assert "nothing to build" in run(ws, "make").stdout
+
+
+class EngineProxy:
+    """A unix-socket proxy to the real engine that can be cut mid-run ("engine down")."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        import socket
+        import threading
+
+        self.path, self.target = path, target
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.conns: list = []
+        self.alive = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while self.alive:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.alive = False
+        for s in [self.server, *self.conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_engine_down_mid_build_fails_cleanly(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
+    ws = slow_workspace(tmp_path, busybox, unique_prefix, seconds=20)
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proc = subprocess.Popen(olly_cmd(ws, "make"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'engine.sock'}"})
+    log = ws / ".cache" / "logs" / "slow.log"
+    wait_for(lambda: log.exists() and "Step 3/" in log.read_text())
+    proxy.cut()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "failed  slow" in out and "engine error during build" in out
+    assert "Traceback" not in out + err
+    conn = sqlite3.connect(ws / ".cache" / "olly.db")
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0

@@ -68,7 +68,7 @@ def golden_keys(root: Path) -> dict[str, str]:
 
 def test_golden_keys(tmp_path: Path) -> None:
     expected = json.loads(GOLDEN.read_text())
-    assert golden_keys(golden_workspace(tmp_path)) == expected
+    assert golden_keys(golden_workspace(tmp_path)) == {k: v for k, v in expected.items() if k != "chart"}
 
 
 def test_keys_do_not_depend_on_path_or_mtime(tmp_path: Path) -> None:
@@ -78,3 +78,16 @@ def test_keys_do_not_depend_on_path_or_mtime(tmp_path: Path) -> None:
         if not path.is_symlink():
             os.utime(path, (1_000_000, 1_000_000))
     assert golden_keys(a) == golden_keys(b)
+
+
+def test_golden_chart_key(tmp_path: Path) -> None:
+    """Pins the chart key of the golden fixture (no registry: pins are content tags)."""
+    from fakes import FakeEngine
+    from olly import api
+
+    root = golden_workspace(tmp_path)
+    result = api.make(root, [], engine=FakeEngine(), version="v1.0.0")
+    chart = next(o for o in result.outcomes if o.label == "chart")
+    assert chart.status == "built", chart.reason
+    expected = json.loads(GOLDEN.read_text())
+    assert chart.key == expected["chart"]

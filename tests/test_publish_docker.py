@@ -113,8 +113,12 @@ def test_chart_packaging_is_reproducible_across_paths(tmp_path: Path, docker_cli
     ra = by_label(api.make(a, [], registry="test", push=True, version="v0.9.0"))
     rb = by_label(api.make(b, [], registry="test", version="v0.9.0"))
     assert rb["chart"].status == "built"
-    assert Path(ra["chart"].artifact).read_bytes() == Path(rb["chart"].artifact).read_bytes()
+    tgz_a, tgz_b = Path(ra["chart"].artifact).read_bytes(), Path(rb["chart"].artifact).read_bytes()
+    assert tgz_a == tgz_b
     assert ra["chart"].key == rb["chart"].key
+    # The OCI manifest (hence its digest) is reproducible too: B's equals what A pushed.
+    _, manifest_b = charts.oci_artifact(tgz_b, charts.read_chart_meta(tgz_b, "fixture"))
+    assert charts.sha256(manifest_b) == ra["chart"].digest
 
 
 def test_new_image_digest_rebuilds_chart(ws: Path) -> None:
