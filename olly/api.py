@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from olly.cache import Cache, export_cache, import_cache, workspace_lock
-from olly.config import ImageTarget, Workspace, load_workspace
+from olly.config import ImageTarget, Target, Workspace, load_workspace
 from olly.engine import Engine
 from olly.errors import OllyError
 from olly.graph import Graph
@@ -89,24 +89,25 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     return MakeResult(the_plan, outcomes, time.time() - started)
 
 
-def _one_image(ws: Workspace, graph: Graph, label: str) -> tuple[ImageTarget, list[str]]:
+def _one_target(ws: Workspace, graph: Graph, label: str, *, charts: bool = False) -> tuple[Target, list[str]]:
     matched = graph.match(label)
     if len(matched) != 1:
         raise OllyError("usage", f"{label!r} names {len(matched)} targets; give exactly one")
     (one,) = matched
     target = ws.targets[one]
-    if not isinstance(target, ImageTarget):
-        raise OllyError("usage", f"{one} is a chart; this command takes an image target")
+    if not charts and not isinstance(target, ImageTarget):
+        raise OllyError("usage", f"{one} is a chart: `olly why` explains images; see `olly plan` and `olly inputs {one}`")
     return target, graph.order(graph.closure({one}))
 
 
-def inputs(root: Path, label: str) -> TargetPlan:
-    """Every input of one image target, as hashed into its key."""
+def inputs(root: Path, label: str, version: str | None = None) -> TargetPlan:
+    """Every input of one target, as hashed into its key (for a chart: its files and images)."""
     ws, graph = load(root)
-    target, labels = _one_image(ws, graph, label)
+    target, labels = _one_target(ws, graph, label, charts=True)
+    the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     cache = Cache(ws.cache_dir)
     try:
-        the_plan = make_plan(ws, graph, labels, cache, None)
+        the_plan = make_plan(ws, graph, labels, cache, None, version=the_version)
     finally:
         cache.close()
     return the_plan.by_label()[target.label]
@@ -115,7 +116,7 @@ def inputs(root: Path, label: str) -> TargetPlan:
 def why(root: Path, label: str) -> dict[str, Any]:
     """What changed in one target's inputs since its last recorded build."""
     ws, graph = load(root)
-    target, labels = _one_image(ws, graph, label)
+    target, labels = _one_target(ws, graph, label)
     cache = Cache(ws.cache_dir)
     try:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]

@@ -152,7 +152,8 @@ def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> 
             o.reason = "retagged existing image"
         if ctx.push and ctx.registry is not None:
             o.digest, o.pushed = push_image(ctx, tp, o.image_id)
-            o.notes.append(f"pushed to {ctx.registry.name}" if o.pushed else f"already in {ctx.registry.name}")
+            where = f"{ctx.registry.push_ref(tp.repository)}:{tp.tag}"
+            o.notes.append(f"pushed {where}" if o.pushed else f"already in {ctx.registry.name} as {where}")
     except InputChanged as exc:
         o.status, o.reason, o.changed = "failed", exc.message, exc.paths
     except BuildFailed as exc:
@@ -233,7 +234,8 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
             o.notes.append("not digest-pinned: " + ", ".join(unpinned) + (" (no registry)" if ctx.registry is None else " (not in the registry: use --push)"))
         if ctx.push and ctx.registry is not None:
             o.digest, o.pushed = push_chart(ctx, tp, tgz)
-            o.notes.append(f"chart pushed to {ctx.registry.name}" if o.pushed else f"chart already in {ctx.registry.name}")
+            where = f"oci://{ctx.registry.push}/{ctx.registry.charts}/{tp.chart.name}:{oci_tag(work.version)}"
+            o.notes.append(f"pushed {where}" if o.pushed else f"already in {ctx.registry.name} as {where}")
     except OllyError as exc:
         o.status, o.reason = "failed", exc.message
     except Exception as exc:  # a bug must fail this target, not abandon the others mid-build

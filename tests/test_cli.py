@@ -73,3 +73,11 @@ def test_make_without_engine_exits_3() -> None:
     assert proc.returncode == 3
     assert "no Docker engine at unix:///nonexistent/olly-test.sock" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_inputs_of_a_chart() -> None:
+    proc = olly("inputs", "charts/ollyscale-demos")
+    assert proc.returncode == 0, proc.stderr
+    assert "image    frontend.image <- apps/demo" in proc.stdout and "templates/" in proc.stdout
+    why = olly("why", "charts/ollyscale")
+    assert why.returncode == 2 and "olly inputs charts/ollyscale" in why.stderr

@@ -156,9 +156,9 @@ def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
     def run() -> None:
         tp = api.inputs(ctx.obj.root(), target)
         if as_json:
-            _emit_json(tp.manifest)
+            _emit_json(tp.manifest if tp.kind == "image" else _chart_inputs(tp))
         else:
-            click.echo("\n".join(_input_lines(tp)))
+            click.echo("\n".join(_input_lines(tp) if tp.kind == "image" else _chart_lines(tp)))
 
     _run(ctx, run)
 
@@ -176,6 +176,23 @@ def _input_lines(tp: TargetPlan) -> list[str]:
     for path, kind, exe, digest in m["files"]:
         mode = {"d": "dir ", "l": "link"}.get(kind, "exec" if exe else "file")
         lines.append(f"{mode}     {digest or '-':32} {path}")
+    return lines
+
+
+def _chart_inputs(tp: TargetPlan) -> dict[str, Any]:
+    assert tp.chart is not None and tp.target is not None
+    return {"label": tp.label, "key": tp.key or None, "name": tp.chart.name, "version": tp.chart.base_version,
+            "images": dict(tp.target.images),  # type: ignore[union-attr]
+            "files": [[rel, digest] for rel, _, digest in tp.chart.files],
+            "note": None if tp.key else "key known once its images are: " + "; ".join(tp.reasons)}
+
+
+def _chart_lines(tp: TargetPlan) -> list[str]:
+    data = _chart_inputs(tp)
+    lines = [f"target   {tp.label}", f"key      {data['key'] or '(' + data['note'] + ')'}",
+             f"chart    {data['name']} {data['version']}"]
+    lines += [f"image    {path} <- {label}" for path, label in sorted(data["images"].items())]
+    lines += [f"file     {digest:32} {rel}" for rel, digest in data["files"]]
     return lines
 
 
