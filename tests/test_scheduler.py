@@ -245,3 +245,23 @@ def test_stat_cache_stores_non_utf8_names(tmp_path: Path) -> None:
     assert c.load_stats() == {name: (1, 2, 3, 4, 5, "h")}
     c.save_stats([], [name])
     assert c.load_stats() == {}
+
+
+def test_disk_full_while_writing_a_chart(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import olly.jobs
+
+    root = pub_ws(tmp_path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(olly.jobs.tempfile, "mkstemp", full)
+    result = {o.label: o for o in api.make(root, [], engine=FakeEngine(), version="v1.0.0").outcomes}
+    assert result["chart"].status == "failed" and "No space left on device" in result["chart"].reason
+    assert result["web"].status == "built"
+    assert not list(root.rglob("*.tgz"))  # no package, not even a partial one
+    monkeypatch.undo()
+    again = {o.label: o for o in api.make(root, [], engine=FakeEngine(), version="v1.0.0").outcomes}
+    assert again["chart"].status == "built"
