@@ -1,0 +1,372 @@
+"""Hostile and broken inputs, end to end through the CLI.
+
+Every broken input must give exactly one ``olly: error:`` line on stderr that names
+where the problem is (``BUILD.toml:<line>`` or the offending path), a non-zero exit
+(2 for config/usage errors, 3 for environment errors), never a traceback, and, for
+an invalid BUILD.toml, no ``.cache/olly.db``. No Docker engine is needed: ``plan``,
+``inputs`` run with DOCKER_HOST pointing at a socket that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent.sock"}
+DOCKERFILE = "FROM scratch\nCOPY . /\n"
+CHART_YAML = "apiVersion: v2\nname: c\nversion: 0.1.0\n"
+VALUES_YAML = "image:\n  repository: x\n  tag: y\n"
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def olly(ws: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+         prefix: list[str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m olly -C ws ARGS`` (default command: ``plan``) from ``ws``'s parent."""
+    cmd = [*(prefix or []), sys.executable, "-m", "olly", "-C", str(ws), *(args or ("plan",))]
+    full_env = {**os.environ, **NO_ENGINE, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, cwd=cwd or ws.parent, capture_output=True, text=True, env=full_env,
+                          timeout=120, errors="replace", **kw)
+
+
+def olly_forked(ws: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The same CLI entry point (``olly.cli.main``) in a forked child: a separate process with
+    its own exit code, stdout and stderr, without paying interpreter startup (~0.4 s) per case.
+    Used for the large case tables; representative cases also go through ``olly()``."""
+    import olly.cli  # noqa: F401  (imported before the fork, once)
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            code = 99
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False, errors="surrogateescape")
+                sys.stderr = open(2, "w", closefd=False, errors="surrogateescape")
+                os.chdir(cwd or ws.parent)
+                os.environ.update(NO_ENGINE)
+                try:
+                    sys.modules["olly.cli"].main(["-C", str(ws), *(args or ("plan",))])
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["olly", *args], os.waitstatus_to_exitcode(status),
+                                           out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+def one_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str, where: str | None = None) -> str:
+    """Assert the one-clear-line contract; return the line."""
+    detail = f"rc={proc.returncode}\nstdout={proc.stdout[-2000:]!r}\nstderr={proc.stderr[-2000:]!r}"
+    assert "Traceback" not in proc.stderr + proc.stdout, detail
+    assert proc.returncode == code, detail
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, detail
+    line = lines[0]
+    assert line.startswith("olly: error: "), detail
+    assert "internal error" not in line, detail
+    if where is not None:
+        assert re.search(where, line), f"location {where!r} missing from {line!r}"
+    for needle in needles:
+        assert needle.lower() in line.lower(), f"{needle!r} missing from {line!r}"
+    return line
+
+
+def no_db(ws: Path) -> None:
+    assert not (ws / ".cache" / "olly.db").exists(), "an invalid workspace must not create the cache"
+
+
+def nothing_recorded(ws: Path) -> None:
+    """The cache may exist (opened before the inputs were scanned) but holds no rows."""
+    db = ws / ".cache" / "olly.db"
+    if not db.exists():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        for table in ("stat", "results", "manifests", "pushes", "artifacts"):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    finally:
+        conn.close()
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def workspace(tmp_path: Path, build: str | bytes, images: tuple[str, ...] = ("a",), charts: tuple[str, ...] = ()) -> Path:
+    """``tmp_path/ws`` with BUILD.toml = ``build``, a Dockerfile per image dir and a chart per chart dir."""
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    for d in images:
+        write(ws / d / "Dockerfile", DOCKERFILE)
+    for d in charts:
+        write(ws / d / "Chart.yaml", CHART_YAML)
+        write(ws / d / "values.yaml", VALUES_YAML)
+    write(ws / "BUILD.toml", build)
+    return ws
+
+
+IMAGE_A = '[images.a]\nrepository = "x/a"\n'
+NO_LINE = r"error: (\S*/)?BUILD\.toml: "  # located at the file, no line to point at
+
+
+def test_baseline_workspace_plans(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A + '[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    proc = olly(ws)
+    assert proc.returncode == 0, proc.stderr
+    assert "build   a  x/a:olly-" in proc.stdout and "package c" in proc.stdout
+    assert (ws / ".cache" / "olly.db").exists()
+
+
+# -- group 1: BUILD.toml ------------------------------------------------------
+
+# (id, BUILD.toml text, expected location regex, words the line must contain)
+CONFIG_CASES = [
+    ("invalid-toml", '[images."a"\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["invalid TOML"]),
+    ("invalid-toml-later-line", IMAGE_A + 'args = { A = "1"\n', r"BUILD\.toml:3: ", ["invalid TOML"]),
+    ("unterminated-string", '[images.a]\nrepository = "x/a\n', r"BUILD\.toml:2: ", ["invalid TOML"]),
+    ("bom", '\ufeff' + IMAGE_A, r"BUILD\.toml:1: ", ["invalid TOML"]),
+    ("nul-in-toml", IMAGE_A + 'x = "\x00"\n', r"BUILD\.toml:3: ", ["invalid TOML"]),
+    ("wrong-type-repository", '[images.a]\nrepository = 3\n', r"BUILD\.toml:2: ", ["images.a.repository", "string"]),
+    ("wrong-type-args", IMAGE_A + 'args = { A = 1 }\n', r"BUILD\.toml:3: ", ["images.a.args.A", "string"]),
+    ("wrong-type-args-list", IMAGE_A + 'args = ["A=1"]\n', r"BUILD\.toml:3: ", ["images.a.args", "dictionary"]),
+    ("wrong-type-depends-on", IMAGE_A + 'depends_on = "b"\n', r"BUILD\.toml:3: ", ["images.a.depends_on", "list"]),
+    ("wrong-type-secrets", IMAGE_A + 'secrets = "X"\n', r"BUILD\.toml:3: ", ["images.a.secrets", "list"]),
+    ("wrong-type-inputs-item", IMAGE_A + 'inputs = [1]\n', r"BUILD\.toml:3: ", ["images.a.inputs", "string"]),
+    ("wrong-type-platform", IMAGE_A + 'platform = true\n', r"BUILD\.toml:3: ", ["images.a.platform"]),
+    ("wrong-type-image-table", '[images]\na = 3\n', r"BUILD\.toml:2: ", ["images.a"]),
+    ("wrong-type-images", 'images = 3\n', r"BUILD\.toml:1: ", ["images"]),
+    ("wrong-type-workspace", 'workspace = "w"\n' + IMAGE_A, r"BUILD\.toml:1: ", ["workspace"]),
+    ("wrong-type-insecure", '[registries.r]\npush = "r.example"\ninsecure = "yes"\n' + IMAGE_A, r"BUILD\.toml:3: ",
+     ["registries.r.insecure", "boolean"]),
+    ("wrong-type-chart-images", IMAGE_A + '[charts.c]\nimages = { "image" = 1 }\n', r"BUILD\.toml:4: ",
+     ["charts.c.images.image", "string"]),
+    ("array-of-tables", '[[images]]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["images"]),
+    ("unknown-key", IMAGE_A + 'foo = 1\n', r"BUILD\.toml:3: ", ["images.a.foo", "unknown key"]),
+    ("unknown-key-dotted", 'images.a.repository = "x/a"\nimages.a.dockerfle = "a/Dockerfile"\n', r"BUILD\.toml:2: ",
+     ["images.a.dockerfle", "unknown key"]),
+    ("unknown-section", IMAGE_A + '[imagez.b]\nrepository = "x/b"\n', r"BUILD\.toml:3: ", ["imagez", "unknown key"]),
+    ("unknown-workspace-key", '[workspace]\nnmae = "w"\n' + IMAGE_A, r"BUILD\.toml:2: ", ["workspace.nmae", "unknown key"]),
+    ("missing-repository", '[images.a]\ncontext = "a"\n', r"BUILD\.toml:1: ", ["images.a.repository", "missing"]),
+    ("same-table-twice", IMAGE_A + '[images.a]\nrepository = "x/b"\n', r"BUILD\.toml:3: ", ["invalid TOML", "twice"]),
+    ("same-key-twice", IMAGE_A + 'repository = "x/b"\n', r"BUILD\.toml:3: ", ["invalid TOML"]),
+    ("label-image-and-chart", IMAGE_A + '[charts.a]\n', r"BUILD\.toml:3: ", ["charts.a", "already declared"]),
+    ("label-dotdot", '[images."../x"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["escapes the workspace", "../x"]),
+    ("label-dotdot-inner", '[images."a/../../x"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["escapes the workspace"]),
+    ("label-absolute", '[images."/etc"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["workspace-relative", "/etc"]),
+    ("label-backslash", '[images."a\\\\b"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["workspace-relative"]),
+    ("label-empty", '[images.""]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["workspace-relative"]),
+    ("label-dot", '[images."."]\nrepository = "x/a"\ndockerfile = "a/Dockerfile"\n', r"BUILD\.toml:1: ", ["normalised"]),
+    ("label-not-normalised", '[images."./a"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["normalised", "'a'"]),
+    ("label-trailing-slash", '[images."a/"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["normalised"]),
+    ("chart-label-dotdot", IMAGE_A + '[charts."../c"]\n', r"BUILD\.toml:3: ", ["charts", "escapes the workspace"]),
+    ("context-absolute", IMAGE_A + 'context = "/tmp"\n', r"BUILD\.toml:3: ", ["images.a.context", "/tmp"]),
+    ("dockerfile-dotdot", IMAGE_A + 'dockerfile = "../Dockerfile"\n', r"BUILD\.toml:3: ", ["images.a.dockerfile", "escapes"]),
+    ("inputs-dotdot", IMAGE_A + 'inputs = ["a/**/../../../etc/passwd"]\n', r"BUILD\.toml:3: ", ["images.a.inputs", "escapes"]),
+    ("inputs-absolute", IMAGE_A + 'inputs = ["/etc/passwd"]\n', r"BUILD\.toml:3: ", ["images.a.inputs", "/etc/passwd"]),
+    ("missing-dockerfile", '[images.b]\nrepository = "x/b"\ncontext = "a"\ndockerfile = "a/Dockerfile.x"\n',
+     r"BUILD\.toml:4: ", ["images.b.dockerfile", "file not found", "a/Dockerfile.x"]),
+    ("missing-default-dockerfile", '[images.a]\nrepository = "x/a"\ndockerfile = "a/Nope"\n', r"BUILD\.toml:3: ",
+     ["file not found: a/Nope"]),
+    ("missing-context", '[images.b]\nrepository = "x/b"\n', r"BUILD\.toml:1: ", ["directory not found: b"]),
+    ("dockerfile-is-dir", IMAGE_A + 'dockerfile = "a"\n', r"BUILD\.toml:3: ", ["file not found: a"]),
+    ("missing-chart", IMAGE_A + '[charts.c]\n', r"BUILD\.toml:3: ", ["charts.c", "no Chart.yaml in c"]),
+    ("unknown-dependency", IMAGE_A + 'depends_on = ["b"]\n', r"BUILD\.toml:3: ", ["images.a.depends_on", "unknown image target 'b'"]),
+    ("dependency-typo", IMAGE_A + '[images.b]\nrepository = "x/b"\ncontext = "a"\ndepends_on = ["aa"]\n', r"BUILD\.toml:6: ",
+     ["unknown image target 'aa'", "did you mean a"]),
+    ("depends-on-chart", IMAGE_A + 'depends_on = ["c"]\n[charts.c]\n', r"BUILD\.toml:3: ", ["'c' is a chart"]),
+    ("chart-unknown-image", IMAGE_A + '[charts.c]\nimages = { "image" = "b" }\n', r"BUILD\.toml:4: ",
+     ["charts.c.images.image", "unknown image target 'b'"]),
+    ("duplicate-repository", IMAGE_A + '[images.b]\nrepository = "x/a"\ncontext = "a"\n', r"BUILD\.toml:4: ",
+     ["images.b.repository", "already used"]),
+    ("bad-repository", '[images.a]\nrepository = "X/A:latest"\n', r"BUILD\.toml:2: ", ["invalid repository name"]),
+    ("registry-host-in-repository", '[images.a]\nrepository = "ghcr.io/x/a"\n', r"BUILD\.toml:2: ", ["registry host"]),
+    ("bad-platform", IMAGE_A + 'platform = "linux"\n', r"BUILD\.toml:3: ", ["invalid platform"]),
+    ("bad-arg-name", IMAGE_A + 'args = { "1A" = "x" }\n', r"BUILD\.toml:3: ", ["images.a.args", "invalid build-arg name"]),
+    ("secret-and-arg", IMAGE_A + 'args = { T = "x" }\nsecrets = ["T"]\n', r"BUILD\.toml:4: ", ["both a secret"]),
+    ("bad-endpoint", '[registries.r]\npush = "https://r.example"\n' + IMAGE_A, r"BUILD\.toml:2: ", ["registries.r.push", "invalid endpoint"]),
+    ("empty-file", "", NO_LINE, ["declares no targets"]),
+    ("comments-only", "# nothing here\n\n", NO_LINE, ["declares no targets"]),
+    ("workspace-only", '[workspace]\nname = "w"\n', NO_LINE, ["declares no targets"]),
+    ("non-utf8", b'[images.a]\nrepository = "x/\xff\xfe"\n', NO_LINE, ["not UTF-8"]),
+    ("latin1-comment", b'# caf\xe9\n' + IMAGE_A.encode(), NO_LINE, ["not UTF-8", "byte 5"]),
+]
+
+
+def _chart_c(ws: Path) -> None:
+    write(ws / "c" / "Chart.yaml", CHART_YAML)
+    write(ws / "c" / "values.yaml", VALUES_YAML)
+
+
+def _outside_link(ws: Path) -> None:
+    """``ws/link`` -> a directory outside the workspace holding a Dockerfile and a chart."""
+    outside = ws.parent / "outside"
+    write(outside / "Dockerfile", DOCKERFILE)
+    write(outside / "Chart.yaml", CHART_YAML)
+    write(outside / "values.yaml", VALUES_YAML)
+    (ws / "link").symlink_to(outside)
+
+
+_SETUPS = {"depends-on-chart": _chart_c, "chart-unknown-image": _chart_c}
+_THROUGH_LINK = ["resolves outside the workspace (through a symlink)", "link"]
+CONFIG_CASES += [
+    (f"symlink-{key}", build, r"BUILD\.toml:\d+: ", _THROUGH_LINK) for key, build in {
+        "label": '[images.link]\nrepository = "x/a"\n',
+        "context": IMAGE_A + 'context = "link"\n',
+        "dockerfile": IMAGE_A + 'dockerfile = "link/Dockerfile"\n',
+        "chart-label": IMAGE_A + '[charts.link]\n',
+        "chart-path": IMAGE_A + '[charts.c]\npath = "link"\n',
+        "inputs": IMAGE_A + 'inputs = ["link/Dockerfile"]\n',
+        "inputs-glob": IMAGE_A + 'inputs = ["link/*"]\n',
+    }.items()
+]
+_SETUPS.update({c[0]: _outside_link for c in CONFIG_CASES if c[0].startswith("symlink-")})
+CONFIG_CASES += [
+    ("cycle", IMAGE_A + 'depends_on = ["b"]\n[images.b]\nrepository = "x/b"\ncontext = "a"\ndepends_on = ["a"]\n',
+     "", ["dependency cycle: a -> b -> a"]),
+    ("self-dependency", IMAGE_A + 'depends_on = ["a"]\n', "", ["dependency cycle: a -> a"]),
+    ("shallow-nesting", IMAGE_A + "args = " + "{a=" * 300 + '"1"' + "}" * 300 + "\n", r"BUILD\.toml:3: ",
+     ["images.a.args.a"]),
+]
+
+# Known bugs: the same contract, expected to fail until olly is fixed.
+_NUL_BUG = "BUG: config.py _Loader.rel_path (os.path.realpath) raises ValueError on a NUL byte: internal error, exit 4"
+_NEST_BUG = "BUG: config.py load_workspace: tomllib's RecursionError on deeply nested values is not caught: exit 4"
+_CYCLE_BUG = "BUG: graph.py Graph.check_acyclic: the cycle error has no BUILD.toml:<line> location"
+BUG_CASES = [
+    ("nul-context", IMAGE_A + 'context = "a\\u0000b"\n', r"BUILD\.toml:3: ", [], _NUL_BUG),
+    ("nul-dockerfile", IMAGE_A + 'dockerfile = "a/Docker\\u0000file"\n', r"BUILD\.toml:3: ", [], _NUL_BUG),
+    ("nul-inputs", IMAGE_A + 'inputs = ["a/\\u0000"]\n', r"BUILD\.toml:3: ", [], _NUL_BUG),
+    ("nul-image-label", '[images."a\\u0000"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", [], _NUL_BUG),
+    ("nul-chart-label", IMAGE_A + '[charts."c\\u0000"]\n', r"BUILD\.toml:3: ", [], _NUL_BUG),
+    ("nested-arrays", "x = " + "[" * 600 + "]" * 600 + "\n", r"BUILD\.toml", [], _NEST_BUG),
+    ("nested-inline-tables", "x = " + "{a=" * 600 + "1" + "}" * 600 + "\n", r"BUILD\.toml", [], _NEST_BUG),
+    ("nested-args", IMAGE_A + "args = " + "{a=" * 600 + '"1"' + "}" * 600 + "\n", r"BUILD\.toml", [], _NEST_BUG),
+    ("cycle-located", IMAGE_A + 'depends_on = ["a"]\n', r"BUILD\.toml:3: ", ["cycle"], _CYCLE_BUG),
+    ("inputs-no-match-located", IMAGE_A + 'inputs = ["a/nomatch*"]\n', r"BUILD\.toml:3: ", ["matches no file"],
+     "BUG: context.py scan_inputs: 'matches no file' has no BUILD.toml:<line> and is raised after .cache/olly.db was created"),
+    ("inputs-glob-through-symlink", IMAGE_A + 'inputs = ["inp/*"]\n', "", ["inp/host"],
+     "BUG: context.py scan_inputs: a glob follows a symlink out of the workspace and hashes what it points to "
+     "(inputs = [\"inp/host\"] itself is rejected)"),
+]
+CONFIG_CASES += [
+    ("inputs-no-match", IMAGE_A + 'inputs = ["a/nomatch*"]\n', "", ['images."a".inputs', "'a/nomatch*' matches no file"]),
+]
+# Found while planning, after the cache was opened: the db may exist but must hold no rows.
+_PLAN_TIME = {"inputs-no-match", "inputs-glob-through-symlink"}
+
+
+def _input_link_outside(ws: Path) -> None:
+    write(ws.parent / "secret.txt", "outside the workspace\n")
+    write(ws / "inp" / "ok.txt", "ok\n")
+    (ws / "inp" / "host").symlink_to(ws.parent / "secret.txt")
+
+
+_SETUPS["inputs-glob-through-symlink"] = _input_link_outside
+
+
+@pytest.fixture(scope="module")
+def config_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Every BUILD.toml case, each in its own workspace (forked runs; a few also run as real subprocesses)."""
+    base = tmp_path_factory.mktemp("config")
+    spaces = {}
+    for case_id, build, *_ in [*CONFIG_CASES, *BUG_CASES]:
+        (base / case_id).mkdir()
+        spaces[case_id] = ws = workspace(base / case_id, build)
+        if case_id in _SETUPS:
+            _SETUPS[case_id](ws)
+    return {case_id: (ws, olly_forked(ws)) for case_id, ws in spaces.items()}
+
+
+# The same contract through a real `python -m olly` for one case of each kind.
+SUBPROCESS_CASES = ["invalid-toml", "wrong-type-args", "unknown-key", "same-table-twice", "label-image-and-chart",
+                    "label-dotdot", "label-absolute", "symlink-label", "missing-dockerfile", "empty-file", "cycle",
+                    "unknown-dependency", "non-utf8"]
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
+def test_broken_build_toml_subprocess(config_runs, case_id: str) -> None:
+    ws, forked = config_runs[case_id]
+    shutil.rmtree(ws / ".cache", ignore_errors=True)
+    proc = olly(ws)
+    case = next(c for c in CONFIG_CASES if c[0] == case_id)
+    one_error(proc, 2, *case[3], where=case[2] or None)
+    assert (proc.returncode, proc.stderr) == (forked.returncode, forked.stderr)
+    no_db(ws)
+
+
+@pytest.mark.parametrize("case", [
+    *[pytest.param(c, id=c[0]) for c in CONFIG_CASES],
+    *[pytest.param(c, id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[4])) for c in BUG_CASES],
+])
+def test_broken_build_toml(config_runs, case) -> None:
+    case_id, _, where, needles, *_ = case
+    ws, proc = config_runs[case_id]
+    one_error(proc, 2, *needles, where=where or None)
+    nothing_recorded(ws) if case_id in _PLAN_TIME else no_db(ws)
+
+
+def test_oversized_build_toml(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A + "#" * (1 << 20) + "\n")
+    one_error(olly(ws), 2, "bytes, over the 1048576 limit", where=NO_LINE)
+    no_db(ws)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: config.py load_workspace reads the whole BUILD.toml before the 1 MiB check: MemoryError on a huge file (exit 4)")
+def test_huge_sparse_build_toml(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, "")
+    with open(ws / "BUILD.toml", "wb") as f:
+        f.truncate(4 << 30)  # sparse: no disk used
+    one_error(olly(ws, preexec_fn=_limit_memory), 2, "over the 1048576 limit", where=r"BUILD\.toml")
+    no_db(ws)
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling-symlink", "fifo"])
+def test_build_toml_not_a_file(tmp_path: Path, kind: str) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    target = ws / "BUILD.toml"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "dangling-symlink":
+        target.symlink_to(tmp_path / "nowhere")
+    else:
+        os.mkfifo(target)
+    one_error(olly(ws), 2, "no BUILD.toml found", str(ws))
+    no_db(ws)
+
+
+def test_missing_workspace_dir(tmp_path: Path) -> None:
+    one_error(olly(tmp_path / "nope"), 2, "no such directory", str(tmp_path / "nope"))
