@@ -107,6 +107,13 @@ class Engine:
         except Exception as exc:
             raise OllyError("engine-error", f"cannot tag {image_id} as {repository}:{tag}: {_short(exc)}")
 
+    def untag(self, ref: str) -> None:
+        """Drop one tag (never the image: it keeps its other tags). Best effort."""
+        try:
+            self.api.remove_image(ref, noprune=True)
+        except Exception:
+            pass  # a leftover tag is untidy, not wrong
+
     def push(self, repository: str, tag: str, registry_name: str) -> str:
         """Push ``repository:tag`` (credentials from the user's docker config); return the
         registry's manifest digest from the push response."""

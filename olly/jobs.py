@@ -115,8 +115,11 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, boo
     pushed = False
     if digest is None:
         remote_repo = registry.push_ref(tp.repository)
-        ctx.engine.tag(image_id, remote_repo, tp.tag)
-        digest = ctx.engine.push(remote_repo, tp.tag, registry.name)
+        ctx.engine.tag(image_id, remote_repo, tp.tag)  # the engine pushes tags, not image ids
+        try:
+            digest = ctx.engine.push(remote_repo, tp.tag, registry.name)
+        finally:
+            ctx.engine.untag(f"{remote_repo}:{tp.tag}")  # keep the engine's image list tidy
         failpoints.hit("pushed")
         pushed = True
     if ctx.version:

@@ -44,12 +44,18 @@ def unique_prefix(docker_client) -> str:
     """A repository prefix unique to this test; images under it are removed afterwards."""
     prefix = f"olly-test-{uuid.uuid4().hex[:10]}"
     yield prefix
-    for image in docker_client.images.list():
-        if any(tag.startswith(prefix + "/") for tag in image.tags):
+    # Several passes: a base image cannot go while an image built on it is still there.
+    for _ in range(4):
+        left = [image for image in docker_client.images.list()
+                # Also registry-qualified tags (127.0.0.1:PORT/<prefix>/...) left by pulls.
+                if any(tag.startswith(prefix + "/") or f"/{prefix}/" in tag for tag in image.tags)]
+        if not left:
+            break
+        for image in left:
             try:
                 docker_client.images.remove(image.id, force=True)
             except Exception:
-                pass  # best effort cleanup; a leftover image cannot break another test
+                pass  # retried next pass; a leftover image cannot break another test
 
 
 def copy_workspace(name: str, dest: Path, busybox_path: Path | None = None, prefix: str | None = None) -> Path:
