@@ -370,3 +370,113 @@ def test_build_toml_not_a_file(tmp_path: Path, kind: str) -> None:
 
 def test_missing_workspace_dir(tmp_path: Path) -> None:
     one_error(olly(tmp_path / "nope"), 2, "no such directory", str(tmp_path / "nope"))
+
+
+# -- group 2: .dockerignore and .helmignore -----------------------------------
+
+IGNORE_CASES = [
+    # (id, context, .dockerignore bytes, location, words)
+    ("bad-class", "a", b"# comment\nfoo\n[z-\n", r"error: a/\.dockerignore:3: ", ["[z-", "bad character class"]),
+    ("bad-class-root-context", ".", b"x\n\n[z-\n", r"error: \.dockerignore:3: ", ["[z-"]),
+    ("bad-class-nested-context", "a/b", b"[\n", r"error: a/b/\.dockerignore:1: ", ["'['"]),
+    ("bad-exception", "a", b"ok\n![z-\n", r"error: a/\.dockerignore:2: ", ["[z-"]),
+    ("bad-after-doublestar", "a", b"**/[z-\n", r"error: a/\.dockerignore:1: ", ["[z-"]),
+    ("trailing-backslash", "a", b"x\ny\nz\\\n", r"error: a/\.dockerignore:3: ", ["trailing backslash"]),
+    ("crlf", "a", b"x\r\n[z-\r\n", r"error: a/\.dockerignore:2: ", ["[z-"]),
+    ("bom", "a", b"\xef\xbb\xbf[z-\n", r"error: a/\.dockerignore:1: ", ["[z-"]),
+    ("non-utf8-then-bad", "a", b"\xff\xfe\n[z-\n", r"error: a/\.dockerignore:2: ", ["[z-"]),
+]
+
+
+def _ignore_ws(root: Path, context: str, ignore: bytes) -> Path:
+    build = IMAGE_A + f'context = "{context}"\ndockerfile = "{posix_join(context, "Dockerfile")}"\n'
+    ws = workspace(root, build, images=(context,))
+    write(ws / "a" / "keep.txt", "x\n")
+    write(ws / context / ".dockerignore", ignore)
+    return ws
+
+
+def posix_join(*parts: str) -> str:
+    return "/".join(p for p in parts if p != ".")
+
+
+@pytest.mark.parametrize("case", IGNORE_CASES, ids=[c[0] for c in IGNORE_CASES])
+def test_broken_dockerignore(tmp_path: Path, case) -> None:
+    _, context, ignore, where, needles = case
+    ws = _ignore_ws(tmp_path, context, ignore)
+    one_error(olly_forked(ws), 2, *needles, where=where)
+    nothing_recorded(ws)
+    one_error(olly_forked(ws, "inputs", "a"), 2, *needles, where=where)
+
+
+def test_broken_dockerignore_subprocess(tmp_path: Path) -> None:
+    ws = _ignore_ws(tmp_path, "a", b"# comment\nfoo\n[z-\n")
+    one_error(olly(ws), 2, "invalid pattern '[z-'", where=r"error: a/\.dockerignore:3: ")
+    nothing_recorded(ws)
+
+
+def _inputs_json(ws: Path, target: str = "a", run=None) -> dict:
+    proc = (run or olly_forked)(ws, "inputs", target, "--json")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_dockerignore_excluding_everything(tmp_path: Path) -> None:
+    """``*`` excludes everything, Dockerfile and .dockerignore included: Docker sends those two
+    (the daemon needs them) and removes them before COPY, so no file reaches the key's file list;
+    the .dockerignore itself is still keyed."""
+    ws = workspace(tmp_path, IMAGE_A)
+    write(ws / "a" / ".dockerignore", "*\n")
+    write(ws / "a" / "f.txt", "x\n")
+    write(ws / "a" / "sub" / "g.txt", "y\n")
+    (ws / "a" / "link").symlink_to("f.txt")
+    data = _inputs_json(ws, run=olly)
+    assert data["files"] == []
+    assert data["dockerignore"] and data["dockerfile"]
+    text = olly_forked(ws, "inputs", "a").stdout
+    assert not any(line.startswith(("file ", "dir ", "link ", "exec ")) for line in text.splitlines()), text
+    # Consistent: editing an excluded file changes nothing; editing the patterns does.
+    key = data["key"]
+    write(ws / "a" / "f.txt", "changed\n")
+    write(ws / "a" / "new.txt", "new\n")
+    assert _inputs_json(ws)["key"] == key
+    write(ws / "a" / ".dockerignore", "*\n# edited\n")
+    assert _inputs_json(ws)["key"] != key
+
+
+def test_dockerignore_everything_but_dockerfile(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    write(ws / "a" / ".dockerignore", "*\n!Dockerfile\n")
+    write(ws / "a" / "f.txt", "x\n")
+    assert [row[0] for row in _inputs_json(ws)["files"]] == ["Dockerfile"]
+
+
+HELMIGNORE_CASES = [
+    # (id, .helmignore text, location, words)
+    ("doublestar", "# x\n**\n", r"error: c/\.helmignore:2: ", ["double-star"]),
+    ("doublestar-inside", "templates/**/x\n", r"error: c/\.helmignore:1: ", ["double-star"]),
+    ("bad-class", "ok\n\n[z-\n", r"error: c/\.helmignore:3: ", ["syntax error", "[z-"]),
+    ("bad-negated-class", "!x[\n", r"error: c/\.helmignore:1: ", ["syntax error"]),
+    ("excludes-chart-yaml", "Chart.yaml\n", r"error: c: ", ["Chart.yaml is missing or excluded by .helmignore"]),
+    ("excludes-values-yaml", "*.yaml\n", r"error: c: ", ["Chart.yaml is missing or excluded by .helmignore"]),
+    ("negation-keeps-only-values", "!values.yaml\n", r"error: c: ", ["Chart.yaml is missing or excluded"]),
+    ("excludes-values-only", "values.yaml\n", r"error: c: ", ["values.yaml is missing or excluded by .helmignore"]),
+]
+
+
+@pytest.mark.parametrize("case", HELMIGNORE_CASES, ids=[c[0] for c in HELMIGNORE_CASES])
+def test_broken_helmignore(tmp_path: Path, case) -> None:
+    _, text, where, needles = case
+    ws = workspace(tmp_path, IMAGE_A + '[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    write(ws / "c" / ".helmignore", text)
+    one_error(olly_forked(ws), 2, *needles, where=where)
+    nothing_recorded(ws)
+
+
+def test_broken_helmignore_subprocess(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    write(ws / "c" / ".helmignore", "# x\n**\n")
+    one_error(olly(ws), 2, "double-star", where=r"error: c/\.helmignore:2: ")
+    write(ws / "c" / ".helmignore", "Chart.yaml\n")
+    one_error(olly(ws), 2, "Chart.yaml is missing or excluded by .helmignore", where=r"error: c: ")
+    nothing_recorded(ws)
