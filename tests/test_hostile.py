@@ -480,3 +480,306 @@ def test_broken_helmignore_subprocess(tmp_path: Path) -> None:
     write(ws / "c" / ".helmignore", "Chart.yaml\n")
     one_error(olly(ws), 2, "Chart.yaml is missing or excluded by .helmignore", where=r"error: c: ")
     nothing_recorded(ws)
+
+
+# -- group 3: the filesystem --------------------------------------------------
+
+
+def test_symlinks_in_context_are_listed_not_followed(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "secret\n")
+    ctx = ws / "a"
+    (ctx / "to-file").symlink_to(outside / "secret.txt")
+    (ctx / "to-dir").symlink_to(outside)
+    (ctx / "to-etc").symlink_to("/etc")
+    (ctx / "up").symlink_to("../..")
+    (ctx / "dangling").symlink_to("nowhere")
+    (ctx / "loop").symlink_to("loop")
+    rows = {row[0]: row for row in _inputs_json(ws, run=olly)["files"]}
+    assert rows["to-file"] == ["to-file", "l", False, str(outside / "secret.txt")]
+    assert rows["to-dir"] == ["to-dir", "l", False, str(outside)]
+    assert rows["to-etc"] == ["to-etc", "l", False, "/etc"]
+    assert rows["up"] == ["up", "l", False, "../.."]
+    assert rows["dangling"] == ["dangling", "l", False, "nowhere"]
+    assert rows["loop"] == ["loop", "l", False, "loop"]
+    assert not any(p.startswith(("to-dir/", "to-etc/", "up/")) for p in rows), sorted(rows)
+    # The target's content is not an input: editing it does not change the key; retargeting does.
+    key = _inputs_json(ws)["key"]
+    write(outside / "secret.txt", "rotated\n")
+    assert _inputs_json(ws)["key"] == key
+    (ctx / "dangling").unlink()
+    (ctx / "dangling").symlink_to("elsewhere")
+    assert _inputs_json(ws)["key"] != key
+
+
+CHART_LINK_CASES = [
+    # (id, link name under c/templates, link target (relative to tmp_path if absolute-ish), words)
+    ("escapes-to-file", "x.yaml", "OUTSIDE/secret.yaml", ["outside the chart directory"]),
+    ("escapes-to-dir", "d", "OUTSIDE", ["outside the chart directory"]),
+    ("escapes-relative", "up", "../../a", ["outside the chart directory"]),
+    ("escapes-to-workspace-root", "root", "../..", ["outside the chart directory"]),
+    ("loops-back", "loop", "..", ["loops back"]),
+    ("dangling", "gone.yaml", "nowhere.yaml", ["dangling"]),
+]
+
+
+@pytest.mark.parametrize("case", CHART_LINK_CASES, ids=[c[0] for c in CHART_LINK_CASES])
+def test_symlink_escaping_chart(tmp_path: Path, case) -> None:
+    _, name, target, needles = case
+    ws = workspace(tmp_path, IMAGE_A + '[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    write(tmp_path / "outside" / "secret.yaml", "x: 1\n")
+    link = ws / "c" / "templates" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target.replace("OUTSIDE", str(tmp_path / "outside")))
+    one_error(olly_forked(ws), 2, f"c/templates/{name}", *needles)
+    nothing_recorded(ws)
+
+
+def test_symlink_escaping_chart_subprocess(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    write(ws / "c" / "templates" / "ok.yaml", "x: 1\n")
+    (ws / "c" / "templates" / "x.yaml").symlink_to("/etc/hostname")
+    one_error(olly(ws), 2, "c/templates/x.yaml", "'/etc/hostname'", "outside the chart directory")
+    nothing_recorded(ws)
+
+
+def test_fifo_in_context(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    write(ws / "a" / "sub" / "ok.txt", "x\n")
+    os.mkfifo(ws / "a" / "sub" / "pipe")
+    # No reader ever opens the fifo: olly must not block on it (timeout=120 in olly()).
+    one_error(olly(ws), 2, "a/sub/pipe", "fifo", ".dockerignore")
+    nothing_recorded(ws)
+    one_error(olly_forked(ws, "inputs", "a"), 2, "a/sub/pipe", "fifo")
+    # Excluded, it is not part of the context at all.
+    write(ws / "a" / ".dockerignore", "sub/pipe\n")
+    assert "sub/pipe" not in [row[0] for row in _inputs_json(ws)["files"]]
+
+
+def test_fifo_in_chart(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    (ws / "c" / "templates").mkdir()
+    os.mkfifo(ws / "c" / "templates" / "pipe")
+    one_error(olly_forked(ws), 2, "c/templates/pipe", "irregular file")
+    write(ws / "c" / ".helmignore", "templates/pipe\n")
+    assert olly_forked(ws).returncode == 0
+
+
+def test_socket_in_context_is_skipped_like_docker(tmp_path: Path) -> None:
+    import socket
+
+    ws = workspace(tmp_path, IMAGE_A)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(ws / "a" / "s.sock"))
+        assert "s.sock" not in [row[0] for row in _inputs_json(ws)["files"]]
+    finally:
+        sock.close()
+
+
+def _bytes_tree(base: Path) -> None:
+    """A context with names that are not valid UTF-8 (Latin-1, lone continuation bytes)."""
+    b = os.fsencode(base)
+    os.makedirs(b + b"/a/dir-\xff", exist_ok=True)
+    for name, data in [(b"/a/caf\xe9.txt", b"latin-1 name\n"), (b"/a/dir-\xff/\x80\x81", b"continuation bytes\n"),
+                       (b"/a/ok-\xc3\xa9.txt", b"valid utf-8 name\n")]:
+        with open(b + name, "wb") as f:
+            f.write(data)
+    os.symlink(b"caf\xe9.txt", b + b"/a/link-\xfe")
+
+
+def _plan_key(ws: Path, run=None) -> str:
+    proc = (run or olly_forked)(ws, "plan", "--json")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return json.loads(proc.stdout)["targets"][0]["key"]
+
+
+def test_non_utf8_file_names(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    _bytes_tree(ws)
+    first = _plan_key(ws, run=olly)
+    second = _plan_key(ws, run=olly)  # with a cache now
+    assert first == second
+    copy = tmp_path / "elsewhere" / "deeper" / "ws"
+    shutil.copytree(ws, copy, symlinks=True, ignore=shutil.ignore_patterns(".cache"))
+    assert _plan_key(copy) == first
+    shutil.rmtree(copy / ".cache")
+    shutil.copytree(ws / ".cache", copy / ".cache")  # a relocated cache (CI restore) gives the same key
+    assert _plan_key(copy) == first
+    files = [row[0] for row in _inputs_json(ws)["files"]]
+    assert os.fsdecode(b"caf\xe9.txt") in files and os.fsdecode(b"dir-\xff/\x80\x81") in files
+    text = olly_forked(ws, "inputs", "a")
+    assert text.returncode == 0 and "Traceback" not in text.stderr
+    # An edit to a file with an undecodable name changes the key.
+    with open(os.fsencode(ws) + b"/a/dir-\xff/\x80\x81", "ab") as f:
+        f.write(b"more\n")
+    assert _plan_key(ws) != first
+
+
+def test_non_utf8_file_names_in_chart(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    os.makedirs(os.fsencode(ws) + b"/c/templates")
+    with open(os.fsencode(ws) + b"/c/templates/\xff.yaml", "wb") as f:
+        f.write(b"x: 1\n")
+    assert olly(ws).returncode == 0
+    assert olly_forked(ws).returncode == 0
+
+
+def _deep(base: Path, depth: int, name: str = "d") -> None:
+    """``base/name/name/.../leaf`` ``depth`` levels down, built without long paths."""
+    fd = os.open(base, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"deep\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+
+
+def test_deep_directory_tree(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A + '[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    _deep(ws / "a", 300)
+    _deep(ws / "c", 300)
+    proc = olly(ws)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    files = [row[0] for row in _inputs_json(ws)["files"]]
+    assert "/".join(["d"] * 300 + ["leaf"]) in files
+    assert _plan_key(ws) == _plan_key(ws)
+
+
+def test_deeper_context_than_the_recursion_limit(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    _deep(ws / "a", 1500)
+    assert olly_forked(ws).returncode == 0
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: helmignore.py HelmIgnore._walk recurses per directory: RecursionError on a deep chart (exit 4)")
+def test_deeper_chart_than_the_recursion_limit(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    _deep(ws / "c", 1500)
+    proc = olly_forked(ws)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: dockerignore.py walk: entry.stat() only catches FileNotFoundError; "
+                   "ENAMETOOLONG (path over PATH_MAX) escapes as an internal error, exit 4")
+def test_context_path_longer_than_path_max(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, IMAGE_A)
+    _deep(ws / "a", 20, name="n" * 250)  # 5 KB of path: over Linux's PATH_MAX (4096)
+    one_error(olly_forked(ws), 3, "a/" + "n" * 20)
+
+
+# Unreadable files. Tests run as root, which reads anything, so olly runs as nobody; where
+# nobody cannot reach this interpreter (e.g. it lives under a 0700 /root), as root without
+# the capabilities that bypass file permissions (the same EACCES for files owned by root).
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture(scope="module")
+def unprivileged() -> list[str]:
+    """A command prefix under which a mode-0o000 file owned by root cannot be read."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    locked = Path(tempfile.mkdtemp(prefix="olly-probe-"))
+    try:
+        locked.chmod(0o755)
+        (locked / "f").write_text("x")
+        (locked / "f").chmod(0o000)
+        for prefix in (AS_NOBODY, WITHOUT_DAC):
+            probe = subprocess.run([*prefix, sys.executable, "-c", f"import olly.cli; open({str(locked / 'f')!r})"],
+                                   cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+            if probe.returncode != 0 and "PermissionError" in probe.stderr:
+                return prefix
+    finally:
+        shutil.rmtree(locked)
+    pytest.skip("cannot drop the privilege to read unreadable files here")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def open_dir():
+    """A fresh directory under the system temp dir that nobody can write and every parent of it traverse."""
+    base = Path(tempfile.mkdtemp(prefix="olly-hostile-"))
+    base.chmod(0o777)
+    (base / "home").mkdir(mode=0o777)
+    (base / "home").chmod(0o777)
+    yield base
+    for dirpath, dirnames, _ in os.walk(base):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _unreadable_ws(base: Path) -> Path:
+    ws = workspace(base, IMAGE_A + 'inputs = ["shared/x.txt"]\n[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    write(ws / "a" / ".dockerignore", "ignored.txt\n")
+    write(ws / "a" / "sub" / "ok.txt", "x\n")
+    write(ws / "c" / "templates" / "t.yaml", "x: 1\n")
+    write(ws / "c" / ".helmignore", "*.bak\n")
+    write(ws / "shared" / "x.txt", "x\n")
+    ws.chmod(0o777)  # nobody creates .cache here
+    return ws
+
+
+UNREADABLE_CASES = [
+    # (id, path made unreadable (mode), expected exit codes, words, BUILD.toml unreadable => no db)
+    ("context-file", "a/secret.txt", 0o000, {2}, ["a/secret.txt", "permission denied"]),
+    ("dockerfile", "a/Dockerfile", 0o000, {2}, ["a/Dockerfile", "permission denied"]),
+    ("dockerignore", "a/.dockerignore", 0o000, {2}, ["a/.dockerignore", "permission denied"]),
+    ("excluded-file-is-not-read", "a/ignored.txt", 0o000, {0}, []),
+    ("build-toml", "BUILD.toml", 0o000, {2}, ["BUILD.toml", "permission denied"]),
+    ("context-subdir", "a/sub", 0o000, {2, 3}, ["a/sub", "permission denied"]),
+    ("extra-input", "shared/x.txt", 0o000, {2}, ["shared/x.txt", "permission denied"]),
+    ("chart-template", "c/templates/t.yaml", 0o000, {2}, ["c/templates/t.yaml", "permission denied"]),
+    ("chart-values", "c/values.yaml", 0o000, {2}, ["c/values.yaml", "permission denied"]),
+    ("chart-subdir", "c/templates", 0o000, {2, 3}, ["c/templates", "permission denied"]),
+    ("helmignore", "c/.helmignore", 0o000, {2, 3}, ["c/.helmignore", "permission denied"]),
+    ("workspace-not-writable", ".", 0o555, {3}, ["cannot create cache directory", ".cache"]),
+]
+
+
+def _run_unreadable(unprivileged: list[str], base: Path, rel: str, mode: int) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    ws = _unreadable_ws(base)
+    if rel == "a/secret.txt":
+        write(ws / rel, "secret\n")
+    if rel == "a/ignored.txt":
+        write(ws / rel, "ignored\n")
+    (ws / rel).chmod(mode)
+    return ws, olly(ws, prefix=unprivileged, env={"HOME": str(base / "home")}, cwd=ws)
+
+
+@pytest.mark.parametrize("case", UNREADABLE_CASES, ids=[c[0] for c in UNREADABLE_CASES])
+def test_unreadable(unprivileged: list[str], open_dir: Path, case) -> None:
+    case_id, rel, mode, codes, needles = case
+    ws, proc = _run_unreadable(unprivileged, open_dir, rel, mode)
+    if codes == {0}:
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        return
+    assert proc.returncode in codes, proc.stderr
+    one_error(proc, proc.returncode, *needles)
+    no_db(ws) if case_id == "build-toml" else nothing_recorded(ws)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: config.py _resolve_image: Path.is_file() raises PermissionError "
+                   "for a context directory without search permission: internal error, exit 4")
+def test_unsearchable_context_dir(unprivileged: list[str], open_dir: Path) -> None:
+    ws, proc = _run_unreadable(unprivileged, open_dir, "a", 0o000)
+    one_error(proc, 2, "a", "permission denied")
+    no_db(ws)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: hashing.py hash_file: an unreadable chart file is told to "
+                   "'exclude it in .dockerignore' (charts use .helmignore)")
+def test_unreadable_chart_file_hint(unprivileged: list[str], open_dir: Path) -> None:
+    _, proc = _run_unreadable(unprivileged, open_dir, "c/templates/t.yaml", 0o000)
+    line = one_error(proc, 2, "c/templates/t.yaml", "permission denied")
+    assert ".dockerignore" not in line
