@@ -42,40 +42,60 @@ def olly(ws: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | No
                           timeout=120, errors="replace", **kw)
 
 
-def olly_forked(ws: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def olly_forked(ws: Path, *args: str, cwd: Path | None = None, preexec=None) -> subprocess.CompletedProcess[str]:
     """The same CLI entry point (``olly.cli.main``) in a forked child: a separate process with
-    its own exit code, stdout and stderr, without paying interpreter startup (~0.4 s) per case.
-    Used for the large case tables; representative cases also go through ``olly()``."""
+    its own exit code, stdout and stderr (pipes), without paying interpreter startup (~0.4 s)
+    per case. Used for the large case tables; representative cases also go through ``olly()``."""
+    import threading
+
     import olly.cli  # noqa: F401  (imported before the fork, once)
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            code = 99
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 99
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            sys.stdout = open(1, "w", closefd=False, errors="surrogateescape")
+            sys.stderr = open(2, "w", closefd=False, errors="surrogateescape")
+            os.chdir(cwd or ws.parent)
+            os.environ.update(NO_ENGINE)
+            if preexec is not None:
+                preexec()
             try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False, errors="surrogateescape")
-                sys.stderr = open(2, "w", closefd=False, errors="surrogateescape")
-                os.chdir(cwd or ws.parent)
-                os.environ.update(NO_ENGINE)
-                try:
-                    sys.modules["olly.cli"].main(["-C", str(ws), *(args or ("plan",))])
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                import traceback
+                sys.modules["olly.cli"].main(["-C", str(ws), *(args or ("plan",))])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            import traceback
 
-                traceback.print_exc()
-            finally:
+            traceback.print_exc()
+        finally:
+            try:
                 sys.stdout.flush()
                 sys.stderr.flush()
+            finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(["olly", *args], os.waitstatus_to_exitcode(status),
-                                           out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    os.close(out_w)
+    os.close(err_w)
+    chunks: dict[int, bytes] = {}
+
+    def drain(fd: int) -> None:
+        with open(fd, "rb") as f:
+            chunks[fd] = f.read()
+
+    readers = [threading.Thread(target=drain, args=(fd,)) for fd in (out_r, err_r)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(timeout=120)
+    _, status = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(["olly", *args], os.waitstatus_to_exitcode(status),
+                                       chunks[out_r].decode(errors="replace"), chunks[err_r].decode(errors="replace"))
 
 
 def one_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str, where: str | None = None) -> str:
@@ -626,6 +646,16 @@ def test_non_utf8_file_names_in_chart(tmp_path: Path) -> None:
     assert olly_forked(ws).returncode == 0
 
 
+@pytest.fixture
+def deep_trees():
+    """Removes deep trees afterwards with ``rm -rf``: shutil.rmtree (pytest's own cleanup of
+    old temp dirs included) recurses once per level and would hit the recursion limit."""
+    made: list[Path] = []
+    yield made
+    for top in made:
+        subprocess.run(["rm", "-rf", "--", str(top)], check=False)
+
+
 def _deep(base: Path, depth: int, name: str = "d") -> None:
     """``base/name/name/.../leaf`` ``depth`` levels down, built without long paths."""
     fd = os.open(base, os.O_RDONLY)
@@ -642,8 +672,9 @@ def _deep(base: Path, depth: int, name: str = "d") -> None:
         os.close(fd)
 
 
-def test_deep_directory_tree(tmp_path: Path) -> None:
+def test_deep_directory_tree(tmp_path: Path, deep_trees: list[Path]) -> None:
     ws = workspace(tmp_path, IMAGE_A + '[charts.c]\nimages = { "image" = "a" }\n', charts=("c",))
+    deep_trees += [ws / "a" / "d", ws / "c" / "d"]
     _deep(ws / "a", 300)
     _deep(ws / "c", 300)
     proc = olly(ws)
@@ -653,15 +684,17 @@ def test_deep_directory_tree(tmp_path: Path) -> None:
     assert _plan_key(ws) == _plan_key(ws)
 
 
-def test_deeper_context_than_the_recursion_limit(tmp_path: Path) -> None:
+def test_deeper_context_than_the_recursion_limit(tmp_path: Path, deep_trees: list[Path]) -> None:
     ws = workspace(tmp_path, IMAGE_A)
+    deep_trees.append(ws / "a" / "d")
     _deep(ws / "a", 1500)
     assert olly_forked(ws).returncode == 0
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: helmignore.py HelmIgnore._walk recurses per directory: RecursionError on a deep chart (exit 4)")
-def test_deeper_chart_than_the_recursion_limit(tmp_path: Path) -> None:
+def test_deeper_chart_than_the_recursion_limit(tmp_path: Path, deep_trees: list[Path]) -> None:
     ws = workspace(tmp_path, '[charts.c]\n', images=(), charts=("c",))
+    deep_trees.append(ws / "c" / "d")
     _deep(ws / "c", 1500)
     proc = olly_forked(ws)
     assert proc.returncode == 0, proc.stderr
@@ -669,8 +702,9 @@ def test_deeper_chart_than_the_recursion_limit(tmp_path: Path) -> None:
 
 @pytest.mark.xfail(strict=True, reason="BUG: dockerignore.py walk: entry.stat() only catches FileNotFoundError; "
                    "ENAMETOOLONG (path over PATH_MAX) escapes as an internal error, exit 4")
-def test_context_path_longer_than_path_max(tmp_path: Path) -> None:
+def test_context_path_longer_than_path_max(tmp_path: Path, deep_trees: list[Path]) -> None:
     ws = workspace(tmp_path, IMAGE_A)
+    deep_trees.append(ws / "a" / ("n" * 250))
     _deep(ws / "a", 20, name="n" * 250)  # 5 KB of path: over Linux's PATH_MAX (4096)
     one_error(olly_forked(ws), 3, "a/" + "n" * 20)
 
@@ -783,3 +817,75 @@ def test_unreadable_chart_file_hint(unprivileged: list[str], open_dir: Path) -> 
     _, proc = _run_unreadable(unprivileged, open_dir, "c/templates/t.yaml", 0o000)
     line = one_error(proc, 2, "c/templates/t.yaml", "permission denied")
     assert ".dockerignore" not in line
+
+
+# -- group 4: disk full ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A workspace with 2000 files whose stat rows olly caches (so the db must grow), and its key."""
+    import time
+
+    ws = workspace(tmp_path_factory.mktemp("diskfull"), IMAGE_A)
+    for i in range(2000):
+        write(ws / "a" / f"d{i % 50}" / f"a-file-with-a-rather-long-name-{i:05}.txt", f"{i}\n")
+    time.sleep(2.2)  # olly caches the hash of a file only once its ctime is over 2 s old (racy-git guard)
+    proc = olly_forked(ws, "plan", "--json")
+    assert proc.returncode == 0, proc.stderr
+    key = json.loads(proc.stdout)["targets"][0]["key"]
+    conn = sqlite3.connect(ws / ".cache" / "olly.db")
+    assert conn.execute("SELECT COUNT(*) FROM stat").fetchone()[0] >= 2000  # the db does grow with the files
+    conn.close()
+    return ws, key
+
+
+def _file_size_limit(n: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of death by signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return apply
+
+
+def _check_disk_full(ws: Path, key: str, proc: subprocess.CompletedProcess[str]) -> str:
+    if proc.returncode == 0:
+        assert json.loads(proc.stdout)["targets"][0]["key"] == key
+        outcome = "ok"
+    else:
+        line = one_error(proc, 3, ".cache/olly.db")
+        assert re.search(r"disk I/O error|full|too large|cannot (open|initialise|create)", line), line
+        outcome = "failed"
+    # Whatever happened, the cache is not left broken: the next unlimited run works and agrees.
+    again = olly_forked(ws, "plan", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["targets"][0]["key"] == key
+    return outcome
+
+
+@pytest.mark.parametrize("limit", [0, 4096, 20000, 200_000])
+def test_disk_full_subprocess(many_files: tuple[Path, str], limit: int) -> None:
+    ws, key = many_files
+    shutil.rmtree(ws / ".cache")
+    proc = olly(ws, "plan", "--json", preexec_fn=_file_size_limit(limit))
+    _check_disk_full(ws, key, proc)
+
+
+def test_disk_full_many_limits(many_files: tuple[Path, str]) -> None:
+    """Fresh and existing caches, limits from nothing to enough: success or one clear line."""
+    ws, key = many_files
+    outcomes = {}
+    for fresh in (True, False):
+        for limit in (0, 512, 4096, 16384, 65536, 131072, 262144, 1 << 23):
+            if fresh:
+                shutil.rmtree(ws / ".cache", ignore_errors=True)
+            else:
+                # An existing cache that must grow: forget the stat rows so plan writes them again.
+                conn = sqlite3.connect(ws / ".cache" / "olly.db")
+                conn.execute("DELETE FROM stat")
+                conn.commit()
+                conn.execute("VACUUM")
+                conn.close()
+            proc = olly_forked(ws, "plan", "--json", preexec=_file_size_limit(limit))
+            outcomes[(fresh, limit)] = _check_disk_full(ws, key, proc)
+    assert outcomes[(True, 0)] == "failed" and outcomes[(True, 1 << 23)] == "ok"
+    assert "failed" in {outcomes[(False, n)] for n in (0, 4096, 65536)}
