@@ -7,6 +7,7 @@ with the key path, e.g. ``images."apps/demo".dockerfile: file not found: ...``.
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 import re
@@ -235,6 +236,8 @@ class _Loader:
         """Normalise a workspace-relative path, refusing ones that escape the workspace."""
         if not value or value.startswith("/") or re.match(r"^[A-Za-z]:", value) or "\\" in value:
             raise self.error(keypath, f"{what} must be a workspace-relative path with '/' separators, got {value!r}")
+        if any(ord(c) < 32 or c == "\x7f" for c in value):
+            raise self.error(keypath, f"{what} contains a control character: {value!r}")
         norm = posixpath.normpath(value)
         if norm == ".." or norm.startswith("../"):
             raise self.error(keypath, f"{what} escapes the workspace: {value!r}")
@@ -242,6 +245,12 @@ class _Loader:
         if os.path.commonpath([real, str(self.root)]) != str(self.root):
             raise self.error(keypath, f"{what} resolves outside the workspace (through a symlink): {value!r}")
         return norm
+
+    def exists(self, keypath: tuple[Any, ...], rel: str, test: Any) -> bool:
+        try:
+            return bool(test(self.root / rel))
+        except OSError as exc:  # e.g. a directory without search permission
+            raise self.error(keypath, f"cannot access {rel}: {exc.strerror or exc}")
 
     def label(self, section: str, label: str) -> str:
         norm = self.rel_path((section, label), label, "label")
@@ -263,12 +272,13 @@ def load_workspace(root: Path) -> Workspace:
     root = root.resolve()
     file = root / BUILD_FILE
     try:
-        raw = file.read_bytes()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_BUILD_FILE_BYTES + 1)  # never more: a huge file is refused, not loaded
     except OSError as exc:
         raise OllyError("config-invalid", f"cannot read workspace file: {exc.strerror}", location=_display_path(file))
     loader = _Loader(root, file, "")
     if len(raw) > MAX_BUILD_FILE_BYTES:
-        raise OllyError("config-invalid", f"workspace file is {len(raw)} bytes, over the {MAX_BUILD_FILE_BYTES} limit", location=loader.display)
+        raise OllyError("config-invalid", f"workspace file is over the {MAX_BUILD_FILE_BYTES}-byte limit", location=loader.display)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -278,8 +288,12 @@ def load_workspace(root: Path) -> Workspace:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(loader.display, exc)
+    except RecursionError:
+        raise OllyError("config-invalid", "invalid TOML: values nested too deeply", location=loader.display) from None
     try:
         spec = BuildFileSpec.model_validate(data)
+    except RecursionError:
+        raise OllyError("config-invalid", "values nested too deeply", location=loader.display) from None
     except ValidationError as exc:
         # An unknown key explains a "missing" one (a typo), so report it first.
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
@@ -334,10 +348,10 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     if "/" in spec.repository and ("." in first or first == "localhost"):
         raise loader.error(key + ("repository",), f"repository must not name a registry host ({first!r}): registries are chosen at push time")
     context = loader.rel_path(key + ("context",), spec.context or label, "context")
-    if not (loader.root / context).is_dir():
+    if not loader.exists(key + ("context",), context, Path.is_dir):
         raise loader.error(key + ("context",), f"directory not found: {context}", "config-missing-file")
     dockerfile = loader.rel_path(key + ("dockerfile",), spec.dockerfile or posixpath.join(context, "Dockerfile"), "dockerfile")
-    if not (loader.root / dockerfile).is_file():
+    if not loader.exists(key + ("dockerfile",), dockerfile, Path.is_file):
         raise loader.error(key + ("dockerfile",), f"file not found: {dockerfile}", "config-missing-file")
     if spec.platform is not None and not _PLATFORM.match(spec.platform):
         raise loader.error(key + ("platform",), f"invalid platform {spec.platform!r} (expected os/arch[/variant], e.g. linux/arm64)")
@@ -351,6 +365,10 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
             raise loader.error(key + ("secrets",), f"{name} is both a secret and a plain build arg")
     for i, pattern in enumerate(spec.inputs):
         loader.rel_path(key + ("inputs",), pattern, f"inputs[{i}]")
+        try:
+            expand_inputs(loader.root, pattern)
+        except ValueError as exc:
+            raise loader.error(key + ("inputs",), str(exc))
     return ImageTarget(
         label=label, repository=spec.repository, context=context, dockerfile=dockerfile,
         args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
@@ -378,6 +396,28 @@ def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:
     return ChartTarget(label=label, path=path, images=dict(spec.images))
 
 
+OWN_DIRS = (".cache", "dist")  # olly's state and outputs: never inputs
+
+
+def expand_inputs(root: Path, pattern: str) -> list[str]:
+    """Files matched by an ``inputs`` glob (dotfiles included, olly's own dirs excluded).
+
+    Raises ValueError if nothing matches or a match leaves the workspace through a symlink.
+    """
+    found = []
+    for match in glob.glob(pattern, root_dir=root, recursive=True, include_hidden=True):
+        rel = Path(match).as_posix()
+        if any(rel == d or rel.startswith(d + "/") for d in OWN_DIRS) or not (root / rel).is_file():
+            continue
+        real = os.path.realpath(root / rel)
+        if os.path.commonpath([real, str(root)]) != str(root):
+            raise ValueError(f"{pattern!r} matches {rel}, which resolves outside the workspace (through a symlink)")
+        found.append(rel)
+    if not found:
+        raise ValueError(f"{pattern!r} matches no file")
+    return sorted(found)
+
+
 def _check_references(loader: _Loader, ws: Workspace) -> None:
     images = [t for t in ws.targets.values() if isinstance(t, ImageTarget)]
     for t in images:
@@ -391,10 +431,36 @@ def _check_references(loader: _Loader, ws: Workspace) -> None:
             if arg in t.args or arg in t.secrets:
                 raise loader.error(("images", t.label, "args", arg), f"build arg {arg} is set by dependency {dep!r}")
             seen[arg] = dep
+    cycle = _find_cycle({t.label: t.depends_on for t in images})
+    if cycle:
+        raise loader.error(("images", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle), "dependency-cycle")
     for t in ws.targets.values():
         if isinstance(t, ChartTarget):
             for vpath, dep in t.images.items():
                 _check_image_ref(loader, ws, ("charts", t.label, "images", vpath), dep)
+
+
+def _find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a path (``a -> b -> a``), or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(label: str) -> list[str] | None:
+        state[label] = 1
+        stack.append(label)
+        for dep in deps.get(label, []):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[label] = 2
+        return None
+
+    for label in sorted(deps):
+        if label not in state and (found := visit(label)):
+            return found
+    return None
 
 
 def _check_image_ref(loader: _Loader, ws: Workspace, where: tuple[Any, ...], label: str) -> None:

@@ -10,7 +10,6 @@ is detected instead of being built under the planned key.
 
 from __future__ import annotations
 
-import glob
 import os
 import posixpath
 import stat
@@ -22,7 +21,7 @@ from typing import Any, Iterator
 import xxhash
 
 from olly import failpoints
-from olly.config import ImageTarget
+from olly.config import OWN_DIRS, ImageTarget, expand_inputs
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
@@ -57,9 +56,8 @@ class Context:
     dockerfile: bytes = b""
     dockerignore: bytes | None = None  # the context's .dockerignore as read, None if absent
 
-# olly's own state and outputs are never inputs, even in a context that contains them:
-# they change during every run.
-OWN_DIRS = (".cache", "dist")
+# olly's own state and outputs (OWN_DIRS) are never inputs, even in a context that
+# contains them: they change during every run.
 
 
 def _owned(ctx_dir: str) -> tuple[str, ...]:
@@ -174,12 +172,11 @@ def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str)
     """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
     found: dict[str, str] = {}
     for pattern in patterns:
-        matches = [m for m in glob.glob(pattern, root_dir=root, recursive=True, include_hidden=True)
-                   if (root / m).is_file() and not _is_owned(Path(m).as_posix(), OWN_DIRS)]
-        if not matches:
-            raise OllyError("config-invalid", f"images.\"{label}\".inputs: {pattern!r} matches no file")
+        try:
+            matches = expand_inputs(root, pattern)
+        except ValueError as exc:  # the files changed since BUILD.toml was checked
+            raise OllyError("config-invalid", f'images."{label}".inputs: {exc}')
         for rel in matches:
-            rel = Path(rel).as_posix()
             found[rel] = hasher.hash(rel, (root / rel).stat())
     return [[p, found[p]] for p in sorted(found)]
 

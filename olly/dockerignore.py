@@ -360,6 +360,8 @@ class DockerIgnore:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # e.g. ENAMETOOLONG beyond PATH_MAX, EACCES
+                raise OllyError("unreadable-file", f"{rel}: cannot stat: {exc.strerror or exc}") from None
             if stat.S_ISSOCK(st.st_mode):  # Go's archive/tar cannot store sockets
                 continue
             skip, info = ign._match(rel, parent) if ign.patterns else (False, None)

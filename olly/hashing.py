@@ -70,7 +70,7 @@ def hash_file(path: Path, display: str) -> str:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
     except PermissionError:
-        raise OllyError("unreadable-file", f"{display}: permission denied (fix its permissions or exclude it in .dockerignore)")
+        raise OllyError("unreadable-file", f"{display}: permission denied (fix its permissions, or exclude it from the build)")
     except OSError as exc:
         raise OllyError("unreadable-file", f"{display}: cannot read: {exc.strerror}")
     return h.hexdigest()

@@ -235,7 +235,10 @@ class HelmIgnore:
         if not root_real.is_dir():
             raise OllyError("chart-invalid", f"{chart_dir}: not a directory")
         out: list[tuple[str, Path]] = []
-        self._walk(chart_dir, root_real, "", root_real, (root_real,), out, str(chart_dir))
+        try:
+            self._walk(chart_dir, root_real, "", root_real, (root_real,), out, str(chart_dir))
+        except RecursionError:
+            raise OllyError("chart-invalid", f"{chart_dir}: directory tree too deep to package") from None
         return sorted(out)
 
     def _walk(self, here: Path, here_real: Path, prefix: str, root_real: Path,
