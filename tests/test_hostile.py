@@ -206,6 +206,9 @@ CONFIG_CASES = [
     ("label-empty", '[images.""]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["workspace-relative"]),
     ("label-dot", '[images."."]\nrepository = "x/a"\ndockerfile = "a/Dockerfile"\n', r"BUILD\.toml:1: ", ["normalised"]),
     ("label-not-normalised", '[images."./a"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["normalised", "'a'"]),
+    ("label-too-long", f'[images.{"a" * 300}]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["file name too long"]),
+    ("context-over-path-max", IMAGE_A + f'context = "{"/".join(["d"] * 3000)}"\n', r"BUILD\.toml:3: ",
+     ["images.a.context"]),
     ("label-trailing-slash", '[images."a/"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ", ["normalised"]),
     ("chart-label-dotdot", IMAGE_A + '[charts."../c"]\n', r"BUILD\.toml:3: ", ["charts", "escapes the workspace"]),
     ("context-absolute", IMAGE_A + 'context = "/tmp"\n', r"BUILD\.toml:3: ", ["images.a.context", "/tmp"]),
@@ -856,7 +859,7 @@ def many_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     ws = workspace(tmp_path_factory.mktemp("diskfull"), IMAGE_A)
     for i in range(2000):
         write(ws / "a" / f"d{i % 50}" / f"a-file-with-a-rather-long-name-{i:05}.txt", f"{i}\n")
-    time.sleep(2.2)  # olly caches the hash of a file only once its ctime is over 2 s old (racy-git guard)
+    time.sleep(2.5)  # olly caches the hash of a file only once its ctime is over 2 s old (racy-git guard)
     proc = olly_forked(ws, "plan", "--json")
     assert proc.returncode == 0, proc.stderr
     key = json.loads(proc.stdout)["targets"][0]["key"]
