@@ -173,10 +173,15 @@ def find_workspace(start: Path) -> Path:
 
 
 def format_key_path(parts: tuple[Any, ...]) -> str:
+    """TOML-style dotted key; control characters escaped so a message stays one line."""
     out = []
     for part in parts:
         text = str(part)
-        out.append(text if _BARE_KEY.match(text) else '"' + text.replace('"', '\\"') + '"')
+        if _BARE_KEY.match(text):
+            out.append(text)
+        else:
+            escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.replace("\\", "\\\\"))
+            out.append('"' + escaped.replace('"', '\\"') + '"')
     return ".".join(out)
 
 
@@ -431,36 +436,15 @@ def _check_references(loader: _Loader, ws: Workspace) -> None:
             if arg in t.args or arg in t.secrets:
                 raise loader.error(("images", t.label, "args", arg), f"build arg {arg} is set by dependency {dep!r}")
             seen[arg] = dep
-    cycle = _find_cycle({t.label: t.depends_on for t in images})
+    from olly.graph import find_cycle  # local import: graph depends on config
+
+    cycle = find_cycle({t.label: t.depends_on for t in images})
     if cycle:
         raise loader.error(("images", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle), "dependency-cycle")
     for t in ws.targets.values():
         if isinstance(t, ChartTarget):
             for vpath, dep in t.images.items():
                 _check_image_ref(loader, ws, ("charts", t.label, "images", vpath), dep)
-
-
-def _find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a path (``a -> b -> a``), or None."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(label: str) -> list[str] | None:
-        state[label] = 1
-        stack.append(label)
-        for dep in deps.get(label, []):
-            if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        stack.pop()
-        state[label] = 2
-        return None
-
-    for label in sorted(deps):
-        if label not in state and (found := visit(label)):
-            return found
-    return None
 
 
 def _check_image_ref(loader: _Loader, ws: Workspace, where: tuple[Any, ...], label: str) -> None:

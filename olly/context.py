@@ -87,7 +87,7 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
         specials.add(df_rel)
     entries: dict[str, Entry] = {}
     owned = _owned(ctx_dir)
-    for rel, st in ignore.walk(base):
+    for rel, st in ignore.walk(base, shown="" if ctx_dir == "." else ctx_dir + "/"):
         if rel in specials or _is_owned(rel, owned):
             continue  # specials are added below from the bytes read above
         entries[rel] = _entry(root, ctx_dir, rel, st, hasher)

@@ -333,7 +333,7 @@ class DockerIgnore:
                 return True
         return skip and parts not in ([""], ["."])  # the root itself is never excluded
 
-    def walk(self, root: Path, *, dockerfile: str | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    def walk(self, root: Path, *, dockerfile: str | None = None, shown: str = "") -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relpath, lstat)`` for every entry ``COPY . /ctx`` would see, root excluded.
 
         Depth first, names sorted within a directory (parents before children), implied
@@ -361,7 +361,7 @@ class DockerIgnore:
             except FileNotFoundError:
                 continue
             except OSError as exc:  # e.g. ENAMETOOLONG beyond PATH_MAX, EACCES
-                raise OllyError("unreadable-file", f"{rel}: cannot stat: {exc.strerror or exc}") from None
+                raise OllyError("unreadable-file", f"{shown}{rel}: cannot stat: {exc.strerror or exc}") from None
             if stat.S_ISSOCK(st.st_mode):  # Go's archive/tar cannot store sockets
                 continue
             skip, info = ign._match(rel, parent) if ign.patterns else (False, None)

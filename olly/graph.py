@@ -15,6 +15,28 @@ def suggest(label: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a path (``a -> b -> a``), or None. Iterative depth-first search."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for start in sorted(deps):
+        if start in state:
+            continue
+        state[start] = 1
+        path, stack = [start], [iter(deps.get(start, []))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(deps.get(nxt, [])))
+    return None
+
+
 @dataclass
 class Graph:
     targets: dict[str, Target]
@@ -33,42 +55,31 @@ class Graph:
 
     def check_acyclic(self) -> None:
         """Raise with the full path (``a -> b -> a``) if any dependency cycle exists."""
-        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-        stack: list[str] = []
-
-        def visit(label: str) -> None:
-            state[label] = 1
-            stack.append(label)
-            for dep in self.deps(label):
-                if state.get(dep) == 1:
-                    cycle = stack[stack.index(dep):] + [dep]
-                    raise OllyError("dependency-cycle", "dependency cycle: " + " -> ".join(cycle))
-                if dep not in state:
-                    visit(dep)
-            stack.pop()
-            state[label] = 2
-
-        for label in sorted(self.targets):
-            if label not in state:
-                visit(label)
+        cycle = find_cycle({label: self.deps(label) for label in self.targets})
+        if cycle:
+            raise OllyError("dependency-cycle", "dependency cycle: " + " -> ".join(cycle))
 
     def order(self, labels: set[str] | None = None) -> list[str]:
-        """Dependencies before dependents; ties broken by label for stable output."""
+        """Dependencies before dependents; ties broken by label for stable output.
+        Iterative: a chain of thousands of targets must not hit the recursion limit."""
         wanted = set(self.targets) if labels is None else labels
         done: list[str] = []
         seen: set[str] = set()
-
-        def visit(label: str) -> None:
-            if label in seen:
-                return
-            seen.add(label)
-            for dep in sorted(self.deps(label)):
-                visit(dep)
-            if label in wanted:
-                done.append(label)
-
-        for label in sorted(wanted):
-            visit(label)
+        for start in sorted(wanted):
+            if start in seen:
+                continue
+            seen.add(start)
+            stack = [(start, iter(sorted(self.deps(start))))]
+            while stack:
+                node, deps = stack[-1]
+                nxt = next(deps, None)
+                if nxt is None:
+                    stack.pop()
+                    if node in wanted:
+                        done.append(node)
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, iter(sorted(self.deps(nxt)))))
         return done
 
     def closure(self, labels: set[str]) -> set[str]:

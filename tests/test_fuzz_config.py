@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from olly.config import Workspace, load_workspace
@@ -408,14 +408,9 @@ def test_dependency_graphs(root: Path, graph: tuple[int, list[tuple[int, int]], 
 #   nul-in-context/-inputs/-label.toml  ValueError from os.path.realpath (fixed in 9030e49)
 #   deep-nesting.toml                   RecursionError in tomllib (fixed in 9030e49)
 #   name-too-long-label.toml            OSError ENAMETOOLONG from Path.is_dir (fixed in 9030e49)
-#   newline-in-*.toml                   a multi-line error (still open, below)
+#   newline-in-*.toml                   a multi-line error (control characters now escaped)
 # file name -> why it still fails (drop the entry once olly is fixed: strict xfail will say so)
-KNOWN_BUGS = {
-    "newline-in-label.toml": "BUG: config.py format_key_path prints control characters of TOML keys raw: "
-                             "a newline in a label splits the error over lines",
-    "newline-in-arg-name.toml": "BUG: config.py format_key_path prints control characters of TOML keys raw: "
-                                "a newline in a build-arg name splits the error over lines",
-}
+KNOWN_BUGS: dict[str, str] = {}  # none open: newline-in-* were fixed by escaping control characters
 
 
 def _crasher_params():

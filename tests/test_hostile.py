@@ -349,7 +349,7 @@ def test_broken_build_toml_subprocess(config_runs, case_id: str) -> None:
 
 @pytest.mark.parametrize("case", [
     *[pytest.param(c, id=c[0]) for c in CONFIG_CASES],
-    *[pytest.param(c, id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[4])) for c in BUG_CASES],
+    *[pytest.param(c, id=c[0]) for c in BUG_CASES],  # bugs found here, since fixed
 ])
 def test_broken_build_toml(config_runs, case) -> None:
     case_id, _, where, needles, *_ = case
@@ -705,8 +705,6 @@ def test_deeper_chart_than_the_recursion_limit(tmp_path: Path, deep_trees: list[
         nothing_recorded(ws)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.py _find_cycle (and graph.py check_acyclic/order) recurse once per "
-                   "dependency level: RecursionError on a chain of ~1000+ images (internal error, exit 4)")
 def test_long_dependency_chain(tmp_path: Path) -> None:
     n = 1500
     build = "".join(f'[images.t{i}]\nrepository = "x/t{i}"\ncontext = "a"\n'
@@ -733,8 +731,6 @@ def test_context_path_longer_than_path_max(tmp_path: Path, deep_trees: list[Path
     nothing_recorded(ws)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dockerignore.py DockerIgnore.walk: the 'cannot stat' error names the path "
-                   "relative to the context (nnn…), not the workspace (a/nnn…) like every other context error")
 def test_context_path_longer_than_path_max_names_workspace_path(tmp_path: Path, deep_trees: list[Path]) -> None:
     ws = _over_path_max(tmp_path, deep_trees)
     one_error(olly_forked(ws), 2, where=r"^olly: error: a/n{250}/")
