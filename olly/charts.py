@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from olly import keys
-from olly.config import ChartTarget, Registry
+from olly.config import ChartTarget, Registry, in_own_dir
 from olly.errors import OllyError
 from olly.hashing import FileHasher, hash_bytes
 from olly.helmignore import HelmIgnore
@@ -81,6 +81,8 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
     files = []
     for rel, real in ignore.walk(chart_dir):
         ws_rel = real.resolve().relative_to(root.resolve()).as_posix()
+        if in_own_dir(ws_rel):
+            continue  # a chart at the workspace root must not package olly's own .cache/ and dist/
         files.append((rel, real, hasher.hash(ws_rel, real.stat())))
     names = {rel for rel, _, _ in files}
     for required in ("Chart.yaml", "values.yaml"):

@@ -7,7 +7,6 @@ with the key path, e.g. ``images."apps/demo".dockerfile: file not found: ...``.
 
 from __future__ import annotations
 
-import glob
 import os
 import posixpath
 import re
@@ -246,6 +245,8 @@ class _Loader:
         norm = posixpath.normpath(value)
         if norm == ".." or norm.startswith("../"):
             raise self.error(keypath, f"{what} escapes the workspace: {value!r}")
+        if in_own_dir(norm):
+            raise self.error(keypath, f"{what} lies in olly's own {norm.split('/')[0]}/ directory, which changes on every run: {value!r}")
         real = os.path.realpath(self.root / norm)
         if os.path.commonpath([real, str(self.root)]) != str(self.root):
             raise self.error(keypath, f"{what} resolves outside the workspace (through a symlink): {value!r}")
@@ -401,7 +402,12 @@ def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:
     return ChartTarget(label=label, path=path, images=dict(spec.images))
 
 
-OWN_DIRS = (".cache", "dist")  # olly's state and outputs: never inputs
+OWN_DIRS = (".cache", "dist")  # olly's state and outputs, at the workspace root: never inputs
+
+
+def in_own_dir(rel: str) -> bool:
+    """Whether a workspace-relative path lies in olly's own ``.cache/`` or ``dist/``."""
+    return any(rel == d or rel.startswith(d + "/") for d in OWN_DIRS)
 
 
 def expand_inputs(root: Path, pattern: str) -> list[str]:
@@ -410,9 +416,13 @@ def expand_inputs(root: Path, pattern: str) -> list[str]:
     Raises ValueError if nothing matches or a match leaves the workspace through a symlink.
     """
     found = []
-    for match in glob.glob(pattern, root_dir=root, recursive=True, include_hidden=True):
-        rel = Path(match).as_posix()
-        if any(rel == d or rel.startswith(d + "/") for d in OWN_DIRS) or not (root / rel).is_file():
+    # pathlib's `**` never descends through symlinked directories (glob.glob's does: a
+    # `self -> .` link would make it loop), and it includes dotfiles. A trailing `**`
+    # means "everything below" here, as in glob.glob; pathlib would match directories only.
+    norm = posixpath.normpath(pattern)
+    for match in root.glob(norm + "/*" if norm == "**" or norm.endswith("/**") else norm):
+        rel = posixpath.normpath(match.relative_to(root).as_posix())
+        if in_own_dir(rel) or not match.is_file():
             continue
         real = os.path.realpath(root / rel)
         if os.path.commonpath([real, str(root)]) != str(root):

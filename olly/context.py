@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import xxhash
 
 from olly import failpoints
-from olly.config import OWN_DIRS, ImageTarget, expand_inputs
+from olly.config import ImageTarget, expand_inputs, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
@@ -56,18 +56,8 @@ class Context:
     dockerfile: bytes = b""
     dockerignore: bytes | None = None  # the context's .dockerignore as read, None if absent
 
-# olly's own state and outputs (OWN_DIRS) are never inputs, even in a context that
-# contains them: they change during every run.
 
 
-def _owned(ctx_dir: str) -> tuple[str, ...]:
-    """olly's own directories as paths relative to ``ctx_dir`` (those inside it)."""
-    return tuple(d if ctx_dir == "." else d[len(ctx_dir) + 1:] for d in OWN_DIRS
-                 if ctx_dir == "." or d.startswith(ctx_dir + "/"))
-
-
-def _is_owned(rel: str, owned: tuple[str, ...]) -> bool:
-    return any(rel == d or rel.startswith(d + "/") for d in owned)
 
 
 def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
@@ -76,19 +66,26 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
     base = root / ctx_dir
     ignore_path = base / IGNORE_FILE
     ignore_display = posixpath.join(ctx_dir, IGNORE_FILE) if ctx_dir != "." else IGNORE_FILE
-    ignore_bytes = _read(ignore_path, ignore_display) if ignore_path.is_file() else None
+    ignore_bytes, ignore_link = _special(base, IGNORE_FILE, ignore_display)
     ignore = DockerIgnore.parse(
         (ignore_bytes or b"").decode("utf-8", "surrogateescape"), source=ignore_display
     )
-    dockerfile = _read(root / target.dockerfile, target.dockerfile)
-    specials = {IGNORE_FILE} if ignore_bytes is not None else set()
     df_rel = _inside(target.dockerfile, ctx_dir)
+    df_link = None
+    if df_rel is None:
+        dockerfile = _read(root / target.dockerfile, target.dockerfile)
+    else:
+        df_bytes, df_link = _special(base, df_rel, target.dockerfile)
+        dockerfile = df_bytes if df_bytes is not None else _read(root / target.dockerfile, target.dockerfile)
+    specials = {IGNORE_FILE} if ignore_bytes is not None else set()
     if df_rel is not None:
         specials.add(df_rel)
     entries: dict[str, Entry] = {}
-    owned = _owned(ctx_dir)
+    # olly's own .cache/ and dist/ (at the workspace root) are never inputs, even in a
+    # context that contains them: they change during every run.
+    skip_own = ctx_dir == "."
     for rel, st in ignore.walk(base, shown="" if ctx_dir == "." else ctx_dir + "/"):
-        if rel in specials or _is_owned(rel, owned):
+        if rel in specials or (skip_own and in_own_dir(rel)):
             continue  # specials are added below from the bytes read above
         entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
     ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile, dockerignore=ignore_bytes)
@@ -96,9 +93,9 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
         _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes)
     else:
         ctx.dockerfile_name = df_rel
-        _add_memory_entry(ctx, entries, ignore, df_rel, dockerfile, _is_exec(base / df_rel))
+        _add_memory_entry(ctx, entries, ignore, df_rel, dockerfile, _is_exec(base / df_rel), df_link)
         if ignore_bytes is not None:
-            _add_memory_entry(ctx, entries, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path))
+            _add_memory_entry(ctx, entries, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path), ignore_link)
     ctx.entries = [entries[p] for p in sorted(entries)]
     return ctx
 
@@ -107,6 +104,25 @@ def _inside(path: str, ctx_dir: str) -> str | None:
     if ctx_dir == ".":
         return path
     return path[len(ctx_dir) + 1:] if path.startswith(ctx_dir + "/") else None
+
+
+def _special(base: Path, rel: str, display: str) -> tuple[bytes | None, str | None]:
+    """Content of the .dockerignore or an in-context Dockerfile, and its link target if it is
+    a symlink: sent as a link, as the Docker CLI does, never as the content it points to.
+    A symlink leaving the context is refused: its target is not the workspace's to read."""
+    path = base / rel
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        raise OllyError("unreadable-file", f"{display}: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        target, real, top = os.readlink(path), os.path.realpath(path), os.path.realpath(base)
+        if os.path.commonpath([real, top]) != top:
+            raise OllyError("unsafe-symlink", f"{display} is a symlink to {target!r}, outside the build context: olly will not read it")
+        return (_read(path, display) if os.path.isfile(real) else None), target
+    return (_read(path, display) if stat.S_ISREG(st.st_mode) else None), None
 
 
 def _read(path: Path, display: str) -> bytes:
@@ -138,9 +154,10 @@ def _entry(root: Path, ctx_dir: str, rel: str, st: os.stat_result, hasher: FileH
     raise OllyError("special-file", f"{ws_rel}: {kind} in a build context cannot be sent; exclude it in .dockerignore")
 
 
-def _add_memory_entry(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, rel: str, data: bytes, exe: bool) -> None:
+def _add_memory_entry(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, rel: str, data: bytes, exe: bool,
+                      link: str | None = None) -> None:
     """Dockerfile / .dockerignore: always sent; they reach COPY unless the patterns exclude them."""
-    entry = Entry(rel, "f", exe, len(data), hash_bytes(data), data)
+    entry = Entry(rel, "l", digest=link) if link is not None else Entry(rel, "f", exe, len(data), hash_bytes(data), data)
     if not ignore.excluded(rel):
         entries[rel] = entry
         return

@@ -22,6 +22,7 @@ class FakeEngine:
         self.images: dict[str, dict[str, Any]] = {}
         self.builds: list[str] = []  # dockerfile_display of each build, in order
         self.received: dict[str, dict[str, bytes]] = {}  # image id -> tar members
+        self.types: dict[str, dict[str, bytes]] = {}  # image id -> tar member types (tarfile.REGTYPE, ...)
         self.during_build: Callable[[BuildRequest], None] | None = None
 
     def inspect(self, ref: str) -> dict[str, Any] | None:
@@ -47,10 +48,12 @@ class FakeEngine:
             self.during_build(req)
         data = b"".join(req.context)
         members: dict[str, bytes] = {}
+        types: dict[str, bytes] = {}
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for m in tar.getmembers():
-                f = tar.extractfile(m)
+                f = tar.extractfile(m) if m.isfile() else None
                 members[m.name] = f.read() if f else b""
+                types[m.name] = m.type
         dockerfile = members.get(req.dockerfile_name)
         if dockerfile is None:
             raise BuildFailed(f"Dockerfile {req.dockerfile_name} missing from context", [])
@@ -60,5 +63,6 @@ class FakeEngine:
         image_id = "sha256:" + h.hexdigest()
         self.images[image_id] = {"Id": image_id, "RepoTags": [], "Config": {"Labels": dict(req.labels)}}
         self.received[image_id] = members
+        self.types[image_id] = types
         self.builds.append(req.dockerfile_display)
         return image_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,60 @@ def test_disk_full_while_writing_a_chart(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.undo()
     again = {o.label: o for o in api.make(root, [], engine=FakeEngine(), version="v1.0.0").outcomes}
     assert again["chart"].status == "built"
+
+
+def test_dockerignore_symlink_is_sent_as_a_link_and_never_leaves_the_context(ws: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "outside.txt"
+    secret.write_text("TOP SECRET\n")
+    ignore = ws / "app" / ".dockerignore"
+    ignore.unlink()
+    ignore.symlink_to(secret)
+    with pytest.raises(OllyError, match="outside the build context"):
+        api.plan(ws, ["app"], check_engine=False)
+    ignore.unlink()
+    (ws / "app" / "patterns.txt").write_text("*.log\n")
+    ignore.symlink_to("patterns.txt")
+    eng = FakeEngine()
+    result = make(ws, eng, "app")
+    app = next(o for o in result.outcomes if o.label == "app")
+    rows = {r[0]: r for r in api.inputs(ws, "app").manifest["files"]}
+    assert rows[".dockerignore"] == [".dockerignore", "l", False, "patterns.txt"]
+    assert "debug.log" not in rows  # the patterns were read through the link
+    assert eng.types[app.image_id][".dockerignore"] == tarfile.SYMTYPE  # a link in the tar, not content
+
+
+def test_inputs_globs_do_not_loop_through_symlinked_dirs(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "Dockerfile").write_text("FROM scratch\n")
+    (root / "shared").mkdir()
+    (root / "shared" / "x.txt").write_text("x\n")
+    (root / "shared" / "self").symlink_to(".")
+    (root / "shared" / "self2").symlink_to(".")
+    (root / "BUILD.toml").write_text('[images.a]\nrepository = "x/a"\ninputs = ["shared/**/*.txt", "shared/**"]\n')
+    assert [r[0] for r in api.inputs(root, "a").manifest["inputs"]] == ["shared/x.txt"]
+
+
+@pytest.mark.parametrize("line", ['context = "dist"', 'inputs = ["app/../.cache/**"]', 'dockerfile = ".cache/Dockerfile"'])
+def test_olly_own_dirs_cannot_be_inputs(tmp_path: Path, line: str) -> None:
+    root = tmp_path / "ws"
+    for d in ("a", "dist", ".cache"):
+        (root / d).mkdir(parents=True)
+        (root / d / "Dockerfile").write_text("FROM scratch\n")
+    (root / "BUILD.toml").write_text(f'[images.a]\nrepository = "x/a"\n{line}\n')
+    with pytest.raises(OllyError, match="olly's own"):
+        api.plan(root, [], check_engine=False)
+
+
+def test_chart_at_the_workspace_root_leaves_olly_dirs_out(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "templates").mkdir(parents=True)
+    (root / "Chart.yaml").write_text("apiVersion: v2\nname: rootchart\nversion: 1.0.0\n")
+    (root / "values.yaml").write_text("a: 1\n")
+    (root / "templates" / "cm.yaml").write_text("kind: ConfigMap\n")
+    (root / "BUILD.toml").write_text('[charts.root]\npath = "."\n')
+    first = api.make(root, [], engine=FakeEngine(), version="v1.0.0").outcomes[0]
+    second = api.make(root, [], engine=FakeEngine(), version="v1.0.0").outcomes[0]
+    assert (first.status, second.status) == ("built", "cached"), (first.reason, second.reason)
+    names = set(charts.read_members(Path(first.artifact).read_bytes()))
+    assert not any("/.cache/" in n or "/dist/" in n for n in names)
