@@ -210,7 +210,15 @@ class Cache:
     @_guarded
     def manifest(self, target: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT manifest FROM manifests WHERE target = ?", [target]).fetchone()
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        try:
+            data = json.loads(row[0])
+        except (TypeError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            raise OllyError("cache-corrupt", f"cache database {self.path}: unreadable manifest for {target}; delete {self.dir} to start fresh")
+        return data
 
     def close(self) -> None:
         self.db.conn.close()
@@ -222,6 +230,18 @@ _PORTABLE = {
     "manifests": ("target", "key", "manifest"),
     "pushes": ("target", "key", "registry", "ref", "digest", "pushed_at"),
     "artifacts": ("target", "key", "registry", "path", "digest", "version"),
+}
+
+
+# Rows an export may bring in: anything else (hand-edited, truncated, foreign) is dropped.
+_DIGEST = "GLOB 'sha256:" + "[0-9a-f]" * 64 + "'"
+_VALID_ROW = {
+    "results": f"typeof(target) = 'text' AND typeof(key) = 'text' AND image_id {_DIGEST} AND typeof(tag) = 'text'",
+    "manifests": "typeof(target) = 'text' AND typeof(key) = 'text' AND json_valid(manifest) "
+                 "AND json_type(manifest) = 'object' AND json_extract(manifest, '$.key') = key",
+    "pushes": f"typeof(target) = 'text' AND typeof(key) = 'text' AND typeof(registry) = 'text' AND digest {_DIGEST}",
+    "artifacts": f"typeof(target) = 'text' AND typeof(key) = 'text' AND typeof(path) = 'text' AND digest {_DIGEST} "
+                 "AND path NOT LIKE '/%' AND path NOT LIKE '%..%'",
 }
 
 
@@ -256,7 +276,7 @@ def import_cache(cache_dir: Path, src: Path) -> dict[str, int]:
     have is rebuilt (or adopted by tag and label), a registry digest is re-checked.
     """
     try:
-        probe = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+        probe = sqlite3.connect(Path(src).resolve().as_uri() + "?mode=ro", uri=True)
         row = probe.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         probe.close()
     except sqlite3.Error as exc:
@@ -271,7 +291,8 @@ def import_cache(cache_dir: Path, src: Path) -> dict[str, int]:
         with cache.transaction():
             for table, cols in _PORTABLE.items():
                 names = ", ".join(cols)
-                cur = conn.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM incoming.{table}")
+                cur = conn.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM incoming.{table} "
+                                   f"WHERE {_VALID_ROW[table]}")
                 counts[table] = cur.rowcount
         conn.execute("DETACH DATABASE incoming")
     except sqlite3.Error as exc:

@@ -210,9 +210,12 @@ def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
     path = ctx.out_dir / "charts" / where / f"{tp.chart.name}-{version}.tgz"
     store = ctx.store_dir / f"{key}.tgz"
     cached = None
-    if recorded and ctx.root / recorded["path"] == store and store.is_file():
-        if charts.sha256(store.read_bytes()) == recorded["digest"]:
-            cached = recorded["digest"]
+    try:
+        if recorded and ctx.root / recorded["path"] == store and store.is_file():
+            if charts.sha256(store.read_bytes()) == recorded["digest"]:
+                cached = recorded["digest"]
+    except OSError:
+        cached = None  # an unreadable stored package is simply packaged again
     return ChartWork(pins, key, version, app_version, store, path, cached)
 
 

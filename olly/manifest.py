@@ -72,7 +72,8 @@ def summarize(changes: list[str]) -> str:
         if rest.startswith("file "):
             counts[sign] += 1
         else:
-            other.append(rest.split(" (")[0].split(":")[0].split("=")[0] + " changed" if sign == "~" else rest)
+            name = rest.split(" (")[0].split(":")[0].split("=")[0]
+            other.append(name + {"~": " changed", "+": " added", "-": " removed"}[sign])
     parts = [f"{n} file{'s' if n != 1 else ''} {word}" for sign, word in (("~", "modified"), ("+", "added"), ("-", "removed"))
              if (n := counts[sign])]
     return ", ".join(parts + other)

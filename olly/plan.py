@@ -131,9 +131,21 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             tp.remote_digest = client.manifest_digest(registry.push_repository(tp.repository), tp.tag)
         _decide(tp, cache, engine, registry)
         plans[label] = tp
+    _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
+
+
+def _check_chart_names(plans: dict[str, TargetPlan]) -> None:
+    """Two charts with one Chart.yaml name would overwrite each other's package and OCI tag."""
+    seen: dict[str, str] = {}
+    for tp in plans.values():
+        if tp.chart is not None:
+            if tp.chart.name in seen:
+                raise OllyError("chart-invalid", f"charts {seen[tp.chart.name]} and {tp.label} are both named "
+                                f"{tp.chart.name!r} in Chart.yaml: their packages and OCI tags would collide")
+            seen[tp.chart.name] = tp.label
 
 
 def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], cache: Cache,

@@ -82,6 +82,9 @@ class Scheduler:
                 except OllyError as exc:
                     self._finish(tp, None, Outcome(tp.label, "failed", exc.message))
                     continue
+                except Exception as exc:  # a bug fails this chart, not the whole run
+                    self._finish(tp, None, Outcome(tp.label, "failed", f"internal error: {type(exc).__name__}: {exc}"))
+                    continue
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
             elif self._needs_worker(tp):
                 running[pool.submit(run_image, self.ctx, tp, self._pulls_for(tp))] = (tp, None)

@@ -21,6 +21,18 @@ from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OllyError
 from olly.plan import TargetPlan
 
 
+def _echo(text: str = "", err: bool = False) -> None:
+    """click.echo that survives a closed pipe (`olly make | head`): olly keeps working,
+    it just stops printing to the reader that went away."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 class _State:
     def __init__(self, debug: bool, directory: str | None) -> None:
         self.debug = debug
@@ -39,15 +51,15 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
     except OllyError as exc:
         if state.debug:
             traceback.print_exc()
-        click.echo(f"olly: error: {exc.line()}", err=True)
+        _echo(f"olly: error: {exc.line()}", err=True)
         code = exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, keep the traceback for --debug
         if state.debug:
             traceback.print_exc()
-        click.echo(f"olly: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        _echo(f"olly: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
         code = EXIT_INTERNAL
     except KeyboardInterrupt:
-        click.echo("olly: interrupted; nothing half-done was recorded", err=True)
+        _echo("olly: interrupted; nothing half-done was recorded", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         # Build threads may be blocked streaming to the engine; do not wait for them.
@@ -57,7 +69,7 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    _echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,18 +98,18 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
 
     def on_outcome(o: Any) -> None:
         if not as_json:
-            click.echo(report.outcome_line(o))
+            _echo(report.outcome_line(o))
             if o.status == "failed" and o.tail:
-                click.echo("\n".join(report.failure_details(o)))
+                _echo("\n".join(report.failure_details(o)))
 
     def run() -> int:
-        say = lambda msg: click.echo(f"olly: {msg}", err=True)  # noqa: E731
+        say = lambda msg: _echo(f"olly: {msg}", err=True)  # noqa: E731
         result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going, network=network,
                           registry=registry, push=push, version=version, say=say, on_outcome=on_outcome)
         if as_json:
             _emit_json(report.outcomes_json(result.outcomes, result.elapsed_s))
         else:
-            click.echo(report.summary_line(result.outcomes, result.elapsed_s))
+            _echo(report.summary_line(result.outcomes, result.elapsed_s))
         return report.exit_code(result.outcomes)
 
     _run(ctx, run)
@@ -117,7 +129,7 @@ def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, ver
         if as_json:
             _emit_json(report.plan_json(the_plan))
         else:
-            click.echo("\n".join(report.plan_lines(the_plan)))
+            _echo("\n".join(report.plan_lines(the_plan)))
 
     _run(ctx, run)
 
@@ -134,14 +146,14 @@ def why(ctx: click.Context, target: str, as_json: bool) -> None:
         if as_json:
             _emit_json(info)
         elif info["current_key_built"]:
-            click.echo(f"{info['label']}: up to date: these inputs were built before (key {info['key']})")
+            _echo(f"{info['label']}: up to date: these inputs were built before (key {info['key']})")
         elif not info["built_before"]:
-            click.echo(f"{info['label']}: never built in this workspace's cache (key {info['key']})")
+            _echo(f"{info['label']}: never built in this workspace's cache (key {info['key']})")
         elif not info["changes"]:
-            click.echo(f"{info['label']}: inputs unchanged since the last build, but it was not recorded (key {info['key']})")
+            _echo(f"{info['label']}: inputs unchanged since the last build, but it was not recorded (key {info['key']})")
         else:
-            click.echo(f"{info['label']}: key {info['previous_key']} -> {info['key']}")
-            click.echo("\n".join(f"  {line}" for line in info["changes"]))
+            _echo(f"{info['label']}: key {info['previous_key']} -> {info['key']}")
+            _echo("\n".join(f"  {line}" for line in info["changes"]))
 
     _run(ctx, run)
 
@@ -158,7 +170,7 @@ def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
         if as_json:
             _emit_json(tp.manifest if tp.kind == "image" else _chart_inputs(tp))
         else:
-            click.echo("\n".join(_input_lines(tp) if tp.kind == "image" else _chart_lines(tp)))
+            _echo("\n".join(_input_lines(tp) if tp.kind == "image" else _chart_lines(tp)))
 
     _run(ctx, run)
 
@@ -202,7 +214,7 @@ def _chart_lines(tp: TargetPlan) -> list[str]:
 @click.pass_context
 def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
     """The target graph (dependencies after `<-`)."""
-    _run(ctx, lambda: click.echo(api.graph_text(ctx.obj.root(), list(targets), fmt)))
+    _run(ctx, lambda: _echo(api.graph_text(ctx.obj.root(), list(targets), fmt)))
 
 
 @cli.group()
@@ -217,8 +229,9 @@ def cache_export(ctx: click.Context, file: Path) -> None:
     """Write a snapshot of the cache to FILE (results, manifests, pushes, packages)."""
 
     def run() -> None:
-        counts = api.cache_export(ctx.obj.root(), file, say=lambda m: click.echo(f"olly: {m}", err=True))
-        click.echo(f"exported {counts['results']} build result(s), {counts['pushes']} push(es), {counts['artifacts']} package(s) to {file}")
+        counts = api.cache_export(ctx.obj.root(), file, say=lambda m: _echo(f"olly: {m}", err=True))
+        _echo(f"exported {counts['results']} build result(s), {counts['pushes']} push record(s), "
+                   f"{counts['artifacts']} package record(s) to {file} (package files stay in .cache/charts)")
 
     _run(ctx, run)
 
@@ -230,8 +243,9 @@ def cache_import(ctx: click.Context, file: Path) -> None:
     """Merge a cache snapshot from FILE into this workspace's cache (local entries win)."""
 
     def run() -> None:
-        counts = api.cache_import(ctx.obj.root(), file, say=lambda m: click.echo(f"olly: {m}", err=True))
-        click.echo(f"imported {counts['results']} build result(s), {counts['pushes']} push(es), {counts['artifacts']} package(s)")
+        counts = api.cache_import(ctx.obj.root(), file, say=lambda m: _echo(f"olly: {m}", err=True))
+        _echo(f"imported {counts['results']} build result(s), {counts['pushes']} push record(s), "
+                   f"{counts['artifacts']} package record(s)")
 
     _run(ctx, run)
 
@@ -241,7 +255,8 @@ def _ensure_utf8_mode() -> None:
     re-run in Python's UTF-8 mode when the locale's filesystem encoding is not UTF-8."""
     if sys.getfilesystemencoding().lower().replace("-", "") != "utf8" and not os.environ.get("OLLY_NO_REEXEC"):
         os.environ["OLLY_NO_REEXEC"] = "1"
-        os.execv(sys.executable, [sys.executable, "-X", "utf8", "-m", "olly", *sys.argv[1:]])
+        # orig_argv: the same script or `-m olly` and interpreter flags, exactly as invoked.
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,9 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="olly", standalone_mode=False)
     except click.ClickException as exc:
         # Usage errors in olly's one-line form; `olly <command> --help` shows the options.
-        click.echo(f"olly: error: {exc.format_message()}", err=True)
+        _echo(f"olly: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
-        click.echo("olly: interrupted", err=True)
+        _echo("olly: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
