@@ -16,7 +16,7 @@ from olly.errors import OllyError
 from olly.graph import Graph
 from olly.manifest import diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan
-from olly.jobs import Outcome, RunContext
+from olly.jobs import Outcome, RunContext, remove_stale_temp
 from olly.scheduler import RunOptions, Scheduler
 from olly.versions import git_version, resolve_version
 
@@ -82,6 +82,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
                              network=network or ws.network, log_dir=ws.cache_dir / "logs",
                              out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts")
+            remove_stale_temp(ctx.out_dir / "charts", ctx.store_dir)
             opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going)
             outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome).run()
         finally:

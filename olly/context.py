@@ -90,7 +90,10 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
         entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
     ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile, dockerignore=ignore_bytes)
     if df_rel is None:
-        _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes)
+        if ignore_link is not None:
+            raise OllyError("unsupported", f"{ignore_display} is a symlink and {target.dockerfile} is outside the context: "
+                            "the Docker CLI cannot combine the two either; make one of them a regular file")
+        _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes, _is_exec(ignore_path))
     else:
         ctx.dockerfile_name = df_rel
         _add_memory_entry(ctx, entries, ignore, df_rel, dockerfile, _is_exec(base / df_rel), df_link)
@@ -170,7 +173,8 @@ def _add_memory_entry(ctx: Context, entries: dict[str, Entry], ignore: DockerIgn
         parent = posixpath.dirname(parent)
 
 
-def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, ignore_bytes: bytes | None) -> None:
+def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, ignore_bytes: bytes | None,
+                            ignore_exec: bool) -> None:
     """As the Docker CLI does: add the Dockerfile under a generated name and list that
     name in .dockerignore so the daemon removes it before COPY can see it."""
     name = ".dockerfile." + xxhash.xxh3_64_hexdigest(ctx.dockerfile)[:16]
@@ -178,7 +182,8 @@ def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: Doc
     ctx.extras.append(Entry(name, "f", False, len(ctx.dockerfile), hash_bytes(ctx.dockerfile), ctx.dockerfile))
     content = (ignore_bytes if ignore_bytes is not None else IGNORE_FILE.encode()) + b"\n" + name.encode() + b"\n"
     patched = DockerIgnore.parse(content.decode("utf-8", "surrogateescape"), source=IGNORE_FILE)
-    entry = Entry(IGNORE_FILE, "f", False, len(content), hash_bytes(content), content)
+    # The CLI keeps the file's own tar header (its mode) and replaces only the content.
+    entry = Entry(IGNORE_FILE, "f", ignore_bytes is not None and ignore_exec, len(content), hash_bytes(content), content)
     if ignore_bytes is not None and not patched.excluded(IGNORE_FILE):
         entries[IGNORE_FILE] = entry
     else:

@@ -1,9 +1,9 @@
 """Named crash points, for crash-safety tests only.
 
 ``OLLY_FAILPOINT=name`` (or ``name:N`` for the N-th time it is reached; several
-separated by commas) makes the process SIGKILL itself at that point, exactly
-like a power cut or an OOM kill would. Unset (always, outside tests) it costs a
-dict lookup.
+separated by commas) makes the process SIGKILL itself at that point, as an OOM
+kill or `kill -9` would (not a power cut: the OS still flushes what was written).
+Unset (always, outside tests) it costs a dict lookup.
 """
 
 from __future__ import annotations

@@ -268,6 +268,18 @@ def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
     return client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE), True
 
 
+TMP_PREFIX = ".olly-tmp-"
+
+
+def remove_stale_temp(*dirs: Path) -> None:
+    """Temporary files a killed run left behind. Call with the workspace lock held: then
+    no other olly is writing one."""
+    for top in dirs:
+        if top.is_dir():
+            for tmp in top.rglob(TMP_PREFIX + "*"):
+                tmp.unlink(missing_ok=True)
+
+
 def _write_if_changed(path: Path, data: bytes) -> None:
     try:
         if path.is_file() and path.read_bytes() == data:
@@ -281,7 +293,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename: a crash never leaves a half-written package."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".olly-tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
