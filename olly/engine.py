@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from olly import failpoints
 from olly.errors import OllyError
 
 KEY_LABEL = "dev.olly.key"
@@ -107,6 +108,13 @@ class Engine:
         except Exception as exc:
             raise OllyError("engine-error", f"cannot tag {image_id} as {repository}:{tag}: {_short(exc)}")
 
+    def discard(self, image_id: str) -> None:
+        """Remove an image whose build was discarded (its inputs changed mid-build). Best effort."""
+        try:
+            self.api.remove_image(image_id, force=True, noprune=False)
+        except Exception:
+            pass  # an unreferenced image is untidy, not wrong: nothing points to it
+
     def untag(self, ref: str) -> None:
         """Drop one tag (never the image: it keeps its other tags). Best effort."""
         try:
@@ -120,6 +128,7 @@ class Engine:
         digest: str | None = None
         try:
             for item in self._client().push(repository, tag=tag, stream=True, decode=True):
+                failpoints.hit("pushing")  # the registry upload is under way
                 if "error" in item:
                     raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(Exception(item['error']))}")
                 aux = item.get("aux")
@@ -172,6 +181,7 @@ class Engine:
                                 tail = (tail + [line])[-20:]
                                 if line.startswith("Step "):
                                     steps.append(line)
+                                    failpoints.hit("building")  # the engine is mid-build
                     if "aux" in item and isinstance(item["aux"], dict) and "ID" in item["aux"]:
                         image_id = item["aux"]["ID"]
                     if "error" in item:

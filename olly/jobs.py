@@ -99,6 +99,7 @@ def build_image(ctx: RunContext, tp: TargetPlan) -> str:
     image_id = ctx.engine.build(req)
     failpoints.hit("built")
     if stream.changed:
+        ctx.engine.discard(image_id)  # built from bytes nobody planned: keep no trace of it
         ws_paths = [p if tp.context.dir == "." else f"{tp.context.dir}/{p}" for p in stream.changed]
         raise InputChanged(ws_paths)
     ctx.engine.tag(image_id, tp.repository, tp.tag)

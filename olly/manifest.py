@@ -18,11 +18,12 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("schema") != new.get("schema"):
         changes.append(f"~ key schema {old.get('schema')} -> {new.get('schema')}")
     a, b = _files(old), _files(new)
+    kinds = {"f": "file", "d": "dir", "l": "link"}
     for path in sorted(a.keys() | b.keys()):
         if path not in a:
-            changes.append(f"+ file {path}")
+            changes.append(f"+ {kinds.get(b[path][0], 'file')} {path}")
         elif path not in b:
-            changes.append(f"- file {path}")
+            changes.append(f"- {kinds.get(a[path][0], 'file')} {path}")
         elif a[path] != b[path]:
             changes.append(f"~ file {path} ({_file_change(a[path], b[path])})")
     if old.get("dockerfile") != new.get("dockerfile"):
@@ -69,7 +70,7 @@ def summarize(changes: list[str]) -> str:
     other: list[str] = []
     for line in changes:
         sign, rest = line[0], line[2:]
-        if rest.startswith("file "):
+        if rest.startswith(("file ", "dir ", "link ")):
             counts[sign] += 1
         else:
             name = rest.split(" (")[0].split(":")[0].split("=")[0]

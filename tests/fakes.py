@@ -43,6 +43,9 @@ class FakeEngine:
     def remove(self, image_id: str) -> None:
         del self.images[image_id]
 
+    def discard(self, image_id: str) -> None:
+        self.images.pop(image_id, None)
+
     def build(self, req: BuildRequest) -> str:
         if self.during_build:
             self.during_build(req)

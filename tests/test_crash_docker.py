@@ -67,7 +67,8 @@ def charts_path(ws: Path) -> str:
     return text.split("[registries.test]", 1)[1].split('charts = "', 1)[1].split('"', 1)[0]
 
 
-@pytest.mark.parametrize("point", ["hash", "stream", "built", "record", "pushed", "write", "write:2", "write:3"])
+@pytest.mark.parametrize("point", ["hash", "stream", "building", "built", "record", "pushing", "pushed",
+                                   "write", "write:2", "write:3"])
 def test_sigkill_at_each_point_leaves_a_consistent_cache(point: str, tmp_path: Path, docker_client, busybox: Path,
                                                           unique_prefix: str, registry) -> None:
     ws = workspace(tmp_path, busybox, unique_prefix, registry.host)

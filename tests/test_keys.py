@@ -91,3 +91,35 @@ def test_golden_chart_key(tmp_path: Path) -> None:
     assert chart.status == "built", chart.reason
     expected = json.loads(GOLDEN.read_text())
     assert chart.key == expected["chart"]
+
+
+def test_keys_do_not_depend_on_creation_order_owner_or_locale(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    a = golden_workspace(tmp_path / "one")
+    b = tmp_path / "two" / "golden"
+    # Same files, created in reverse order (directory listing order differs), other owner.
+    files = sorted((p for p in a.rglob("*") if ".cache" not in p.parts), key=lambda p: str(p), reverse=True)
+    for p in sorted(files, key=lambda p: len(p.parts)):
+        dest = b / p.relative_to(a)
+        if p.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(os.readlink(p))
+        elif p.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        dest = b / p.relative_to(a)
+        if p.is_file() and not p.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+            os.chmod(dest, p.stat().st_mode)
+            if os.geteuid() == 0:
+                os.chown(dest, 65534, 65534)
+    assert golden_keys(a) == golden_keys(b)
+    keys = set()
+    for env in ({"LC_ALL": "C"}, {"LC_ALL": "C.UTF-8"}, {"LANG": "", "LC_ALL": "POSIX", "PYTHONUTF8": "0"}):
+        out = subprocess.run([sys.executable, "-m", "olly", "-C", str(b), "inputs", "--json", "app"], capture_output=True,
+                             text=True, env={**os.environ, **env, "DOCKER_HOST": "unix:///nonexistent.sock"})
+        keys.add(json.loads(out.stdout)["key"])
+    assert keys == {golden_keys(a)["app"]}

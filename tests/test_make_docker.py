@@ -212,3 +212,57 @@ def test_default_platform_is_the_engines(ws: Path, docker_client) -> None:
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(info["Arch"], info["Arch"])
     plan = api.plan(ws, ["solo"])
     assert plan.targets[0].manifest["platform"] == f"{info['Os']}/{arch}"
+
+
+def test_edit_during_a_real_build_records_nothing(ws: Path, docker_client, monkeypatch) -> None:
+    import olly.jobs
+
+    target = ws / "solo" / "data.txt"
+
+    class EditingStream(olly.jobs.TarStream):
+        def __iter__(self):
+            for i, chunk in enumerate(super().__iter__()):
+                if i == 0:
+                    target.write_text("edited while the engine was reading the context\n")
+                yield chunk
+
+    monkeypatch.setattr(olly.jobs, "TarStream", EditingStream)
+    first = api.make(ws, ["solo"])
+    assert first.outcomes[0].status == "failed" and "changed during the build" in first.outcomes[0].reason
+    assert api.why(ws, "solo")["built_before"] is False
+    monkeypatch.undo()
+    again = api.make(ws, ["solo"])
+    assert statuses(again) == {"solo": "built"}
+    assert image_files(docker_client, again.outcomes[0].ref, "")["data.txt"] == target.read_bytes()
+
+
+def test_secret_build_arg_reaches_the_build_but_nothing_olly_keeps(ws: Path, docker_client, monkeypatch) -> None:
+    import json
+    import sqlite3
+
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('args = { GREETING = "hello" }', 'secrets = ["GREETING"]'))
+    monkeypatch.setenv("GREETING", "s3cr3t-value-xyz")
+    result = api.make(ws, ["solo"])
+    assert statuses(result) == {"solo": "built"}, result.outcomes[0].reason
+    assert image_files(docker_client, result.outcomes[0].ref, "")["greeting"] == b"s3cr3t-value-xyz\n"
+    dump = "\n".join(sqlite3.connect(ws / ".cache" / "olly.db").iterdump())
+    logs = "".join(p.read_text() for p in (ws / ".cache" / "logs").iterdir())
+    assert "s3cr3t-value-xyz" not in dump + logs + json.dumps(api.inputs(ws, "solo").manifest)
+
+
+def test_build_network_setting_reaches_run_steps(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
+    root = tmp_path / "net"
+    (root / "n").mkdir(parents=True)
+    shutil.copyfile(busybox, root / "n" / "busybox")
+    (root / "n" / "busybox").chmod(0o755)
+    (root / "n" / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", "/bin/busybox ls /sys/class/net > /nets"]\n')
+    (root / "BUILD.toml").write_text(f'[workspace]\nnetwork = "host"\n[images.n]\nrepository = "{unique_prefix}/n"\n')
+    host = api.make(root, [])
+    assert image_files(docker_client, host.outcomes[0].ref, "")["nets"].decode().split() == sorted(os.listdir("/sys/class/net"))
+    # A different RUN line: the engine's layer cache (like olly's key) ignores the network.
+    df = root / "n" / "Dockerfile"
+    df.write_text(df.read_text().replace("> /nets", "> /nets; true"))
+    none = api.make(root, [], network="none")  # the flag overrides BUILD.toml
+    assert image_files(docker_client, none.outcomes[0].ref, "")["nets"].decode().split() == ["lo"]

@@ -204,3 +204,24 @@ def test_plan_predicts_charts_and_missing_pushes(ws: Path, registry, unique_pref
     plan = api.plan(ws, [], registry="test", version="v1.0.0").by_label()
     assert "not in registry 'test'" in plan["web"].reasons
     assert plan["chart"].action == "package"
+
+
+def test_labels_values_file_and_a_new_version_costs_no_build(ws: Path, docker_client, registry, unique_prefix: str) -> None:
+    first = by_label(api.make(ws, [], registry="test", push=True, version="v5.0.0"))
+    labels = docker_client.images.get(first["web"].image_id).labels
+    assert labels["org.opencontainers.image.title"] == f"{unique_prefix}/web"
+    assert labels["org.opencontainers.image.source"] == "https://example.invalid/olly-fixture"
+    assert labels["dev.olly.key"] == first["web"].key
+    assert "org.opencontainers.image.revision" not in labels and "org.opencontainers.image.version" not in labels
+    values = yaml.safe_load(Path(first["chart"].artifact).with_suffix(".values.yaml").read_text())
+    assert values == {
+        "web": {"image": {"repository": f"{registry.host}/{unique_prefix}/web",
+                          "tag": f"{first['web'].ref.rsplit(':', 1)[1]}@{first['web'].digest}"}},
+        "tools": {"image": {"repository": f"{registry.host}/{unique_prefix}/base",
+                            "tag": f"{first['base'].ref.rsplit(':', 1)[1]}@{first['base'].digest}"}},
+    }
+    second = by_label(api.make(ws, [], registry="test", push=True, version="v5.1.0"))
+    assert (second["base"].status, second["web"].status) == ("cached", "cached")  # no image build
+    assert second["web"].image_id == first["web"].image_id
+    assert second["chart"].status == "built" and second["chart"].version == "5.1.0"
+    assert charts.sha256(skopeo_raw(f"{registry.host}/{unique_prefix}/web:v5.1.0")) == first["web"].digest
