@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 import olly.hashing
@@ -131,10 +132,10 @@ class Edits(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(prefix="olly-prop-"))
         self.root = self.tmp / "prop"
         shutil.copytree(DATA, self.root)
-        self.engine = FakeEngine()
+        self.engine = self.make_engine()
         self.args = {"GREETING": "g0"}
         self.version = "v1.0.0"
-        self.built: dict[str, set[str]] = {t: set() for t in [*IMAGES, "chart"]}
+        self.built = self.built_so_far()
         # A fake clock: "tick" lets time pass so the stat cache is trusted (and tested);
         # every edit stamps a fresh mtime from it, as a real edit after that time would.
         self.clock = time.time_ns() + 10 * 10**9
@@ -142,6 +143,13 @@ class Edits(RuleBasedStateMachine):
         olly.hashing.time.time_ns = lambda: self.clock
         self.steps = 0
         self.check()
+
+    def make_engine(self):  # noqa: ANN201 (FakeEngine or olly.engine.Engine)
+        return FakeEngine()
+
+    def built_so_far(self) -> dict[str, set[str]]:
+        """Inputs already built per target: none for a fresh FakeEngine."""
+        return {t: set() for t in [*IMAGES, "chart"]}
 
     def teardown(self) -> None:
         if hasattr(self, "real_time_ns"):
@@ -321,6 +329,31 @@ SETTINGS = settings(
     max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+@pytest.mark.docker
+def test_property_on_the_real_engine(docker_client, unique_prefix: str) -> None:
+    """A short run of the same property with real builds (FROM scratch, no network)."""
+    from olly.engine import Engine
+
+    # The engine keeps its images from one example to the next, and olly rightly reuses
+    # them (by tag and key label): what was built stays built for the model too.
+    built: dict[str, set[str]] = {t: set() for t in [*IMAGES, "chart"]}
+
+    class RealEdits(Edits):
+        def make_engine(self) -> Engine:
+            build = self.root / "BUILD.toml"
+            build.write_text(build.read_text().replace('repository = "prop/', f'repository = "{unique_prefix}/'))
+            return Engine()
+
+        def built_so_far(self) -> dict[str, set[str]]:
+            built["chart"] = set()  # packages live in each example's own .cache
+            return built
+
+    run_state_machine_as_test(RealEdits, settings=settings(
+        max_examples=int(os.environ.get("OLLY_PROPERTY_REAL_EXAMPLES", "3")), stateful_step_count=8,
+        deadline=None, derandomize=True, phases=[Phase.generate],  # no replay: the engine has state
+        suppress_health_check=list(HealthCheck)))
 
 
 def test_every_edit_kind_takes_effect() -> None:
