@@ -10,6 +10,7 @@ manager). When ``docker-registry`` is missing the tests skip, or fail with CI=tr
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -134,10 +135,36 @@ def start_registry(tmp_path: Path, htpasswd: tuple[str, str] | None = None) -> R
 _session_server: RegistryServer | None = None
 
 
+class ExternalRegistry:
+    """The registry `.ci/run` started (OLLY_TEST_REGISTRY=host:port): used, never stopped."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def start(self) -> "ExternalRegistry":
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"http://{self.host}/v2/", timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.05)
+        _unavailable(f"OLLY_TEST_REGISTRY={self.host} does not answer")
+        return self
+
+    def stop(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory):
-    """One registry (no auth, deletion enabled) shared by the whole session."""
+    """One registry (no auth, deletion enabled) shared by the whole session: the one `.ci/run`
+    started (OLLY_TEST_REGISTRY), else a private one on a free 127.0.0.1 port."""
     global _session_server
+    external = os.environ.get("OLLY_TEST_REGISTRY")
+    if external:
+        yield ExternalRegistry(external).start()
+        return
     if _session_server is None:  # shared even if this fixture is imported in several places
         _session_server = RegistryServer(tmp_path_factory.mktemp("registry"))
     server = _session_server.start()
