@@ -266,3 +266,13 @@ def test_build_network_setting_reaches_run_steps(tmp_path: Path, docker_client, 
     df.write_text(df.read_text().replace("> /nets", "> /nets; true"))
     none = api.make(root, [], network="none")  # the flag overrides BUILD.toml
     assert image_files(docker_client, none.outcomes[0].ref, "")["nets"].decode().split() == ["lo"]
+
+
+def test_run_step_killed_like_an_oom_kill(ws: Path) -> None:
+    """The OOM killer SIGKILLs the RUN process: exit 137. One line, nothing recorded."""
+    df = ws / "solo" / "Dockerfile"
+    df.write_text(df.read_text() + 'RUN ["/bin/busybox", "sh", "-c", "kill -9 $$"]\n')
+    result = api.make(ws, ["solo"])
+    assert result.outcomes[0].status == "failed"
+    assert "returned a non-zero code: 137" in result.outcomes[0].reason
+    assert api.why(ws, "solo")["built_before"] is False
