@@ -271,7 +271,9 @@ def test_build_network_setting_reaches_run_steps(tmp_path: Path, docker_client, 
 def test_run_step_killed_like_an_oom_kill(ws: Path) -> None:
     """The OOM killer SIGKILLs the RUN process: exit 137. One line, nothing recorded."""
     df = ws / "solo" / "Dockerfile"
-    df.write_text(df.read_text() + 'RUN ["/bin/busybox", "sh", "-c", "kill -9 $$"]\n')
+    # Not PID 1 (the container's init ignores SIGKILL from inside): a child shell kills itself;
+    # the trailing `exit` stops busybox from exec-ing the child in place of PID 1.
+    df.write_text(df.read_text() + 'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox sh -c \'kill -9 $$\'; exit $?"]\n')
     result = api.make(ws, ["solo"])
     assert result.outcomes[0].status == "failed"
     assert "returned a non-zero code: 137" in result.outcomes[0].reason
