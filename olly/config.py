@@ -162,6 +162,19 @@ def dep_arg_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", label.rsplit("/", 1)[-1]).upper()
 
 
+def config_error(ws: Workspace, keypath: tuple[Any, ...], message: str, reason: str) -> OllyError:
+    """An error about a BUILD.toml setting found after loading (e.g. while planning), located
+    like the loader's own: ``BUILD.toml:<line>: <key path>: <message>``."""
+    file = ws.build_file or ws.root / BUILD_FILE
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    line = locate_line(text, keypath)
+    display = _display_path(file)
+    return OllyError(reason, f"{format_key_path(keypath)}: {message}", location=f"{display}:{line}" if line else display)
+
+
 def find_workspace(start: Path) -> Path:
     """The nearest directory at or above ``start`` holding a BUILD.toml."""
     here = start.resolve()

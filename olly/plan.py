@@ -14,7 +14,7 @@ from typing import Any
 from olly import keys
 from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
-from olly.config import ChartTarget, ImageTarget, Registry, Workspace, dep_arg_name
+from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine
 from olly.errors import OllyError
@@ -73,7 +73,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     plat = t.platform or default_platform
     files = [e.row() for e in ctx.entries]
     labels = image_labels(ws, t)
-    secret_values = _secret_values(t)
+    secret_values = _secret_values(ws, t)
     secrets = {name: keys.secret_digest(name, value) for name, value in secret_values.items()}
     record = keys.image_record(
         files=files, dockerfile=ctx.dockerfile, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
@@ -94,12 +94,12 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     )
 
 
-def _secret_values(t: ImageTarget) -> dict[str, str]:
+def _secret_values(ws: Workspace, t: ImageTarget) -> dict[str, str]:
     values = {}
     for name in t.secrets:
         value = os.environ.get(name)
         if value is None:
-            raise OllyError("secret-missing", f'images."{t.label}".secrets: {name} is not set in the environment')
+            raise config_error(ws, ("images", t.label, "secrets"), f"{name} is not set in the environment", "secret-missing")
         values[name] = value
     return values
 
