@@ -214,7 +214,6 @@ class TarStream:
         self.base = root / ctx.dir
         self.ctx = ctx
         self.changed: list[str] = []
-        self.bytes_sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
         for entry in [*self.ctx.entries, *self.ctx.extras]:
@@ -231,9 +230,7 @@ class TarStream:
             info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.digest
         else:
             info.type, info.mode, info.size = tarfile.REGTYPE, 0o755 if entry.executable else 0o644, entry.size
-        header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-        self.bytes_sent += len(header)
-        yield header
+        yield info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
         if entry.type != "f":
             return
         if entry.data is not None:
@@ -241,7 +238,6 @@ class TarStream:
         else:
             yield from self._file_bytes(entry)
         pad = -entry.size % tarfile.BLOCKSIZE
-        self.bytes_sent += entry.size + pad
         if pad:
             yield b"\0" * pad
 

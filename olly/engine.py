@@ -23,7 +23,13 @@ _PULL_ERRORS = ("pull access denied", "manifest unknown", "not found: manifest",
                 "tls: ", "unauthorized", "denied:")
 
 
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # kernel names -> OCI platform names
+
+
+def oci_platform(os_name: str, machine: str) -> str:
+    """``linux/amd64`` from ``("Linux", "x86_64")``: the engine's or this machine's names."""
+    arch = machine.lower()
+    return f"{os_name.lower()}/{_ARCH.get(arch, arch)}"
 
 
 class BuildFailed(Exception):
@@ -79,8 +85,7 @@ class Engine:
         """The engine's own platform (``linux/amd64``): what it builds when none is asked for."""
         if self._platform is None:
             info = self.api.version()
-            arch = str(info.get("Arch", "")).lower()
-            self._platform = f"{str(info.get('Os', 'linux')).lower()}/{_ARCH.get(arch, arch)}"
+            self._platform = oci_platform(str(info.get("Os", "linux")), str(info.get("Arch", "")))
         return self._platform
 
     def _client(self) -> Any:

@@ -1,7 +1,8 @@
 """Planning: compute every selected target's inputs and key, and decide what to do.
 
-A plan is data: for each target its key, inputs manifest and an action
-(``build``, ``cached``, ``retag``, ``unsupported``) with the reasons why.
+A plan is data: for each target its key, inputs manifest and an action (images:
+``build``, ``cached``, ``retag``, ``remote``; charts: ``package``, ``cached``) with the
+reasons why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
-from olly.engine import KEY_LABEL, Engine
+from olly.engine import KEY_LABEL, Engine, oci_platform
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
@@ -25,16 +26,15 @@ from olly.registry import Endpoint, RegistryClient
 
 
 def native_platform() -> str:
-    machine = _platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
-    return f"linux/{arch}"
+    """This machine's platform: the default when no engine is consulted (why, inputs)."""
+    return oci_platform("linux", _platform.machine())
 
 
 @dataclass
 class TargetPlan:
     label: str
     kind: str
-    action: str  # build | cached | retag | unsupported
+    action: str  # build | cached | retag | remote | package
     reasons: list[str] = field(default_factory=list)
     key: str = ""
     repository: str = ""
@@ -46,6 +46,7 @@ class TargetPlan:
     target: ImageTarget | ChartTarget | None = None
     changes: list[str] = field(default_factory=list)
     remote_digest: str | None = None  # manifest digest of the content tag in the chosen registry
+    adopted: bool = False  # found in the engine with this key but not in the cache: record it
     chart: ChartSource | None = None
 
     @property
@@ -205,6 +206,7 @@ def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
         found = engine.inspect(tp.ref)
         if found and _key_label(found) == tp.key:
             tp.image_id, tp.action, tp.reasons = found["Id"], "cached", ["found in engine with this key"]
+            tp.adopted = True
             return
     previous = cache.manifest(tp.label)
     if previous is None:

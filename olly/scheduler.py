@@ -114,7 +114,7 @@ class Scheduler:
         registry = self.ctx.registry.push if self.ctx.registry else ""
         if o.status == "built" and tp.kind == "image":
             self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, o.duration_s, tp.manifest)
-        elif o.status == "cached" and tp.kind == "image" and tp.reasons == ["found in engine with this key"]:
+        elif o.status == "cached" and tp.adopted:
             self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, 0.0, tp.manifest)
         if o.status != "failed" and work is not None:
             rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)

@@ -225,3 +225,14 @@ def test_labels_values_file_and_a_new_version_costs_no_build(ws: Path, docker_cl
     assert second["web"].image_id == first["web"].image_id
     assert second["chart"].status == "built" and second["chart"].version == "5.1.0"
     assert charts.sha256(skopeo_raw(f"{registry.host}/{unique_prefix}/web:v5.1.0")) == first["web"].digest
+
+
+def test_image_adopted_from_the_engine_is_recorded_with_a_registry(ws: Path) -> None:
+    """A fresh cache finds the images in the engine (not yet in the registry): recorded as built."""
+    import shutil
+
+    api.make(ws, ["base"])
+    shutil.rmtree(ws / ".cache")
+    result = by_label(api.make(ws, ["base"], registry="test"))
+    assert result["base"].status == "cached" and "found in engine" in result["base"].reason
+    assert api.why(ws, "base")["current_key_built"] is True
