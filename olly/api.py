@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from olly.cache import Cache, export_cache, import_cache, workspace_lock
+from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
 from olly.config import ImageTarget, Target, Workspace, load_workspace
 from olly.engine import Engine
 from olly.errors import OllyError
@@ -18,6 +18,7 @@ from olly.manifest import diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan
 from olly.jobs import Outcome, RunContext, remove_stale_temp
 from olly.scheduler import RunOptions, Scheduler
+from olly.signing import signer_from_env
 from olly.versions import git_version, resolve_version
 
 Say = Callable[[str], None]
@@ -46,9 +47,10 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     labels = graph.select(patterns)
     reg = ws.registry(registry) if registry else None
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
-    cache = Cache(ws.cache_dir)
+    cache = Cache(ws.cache_dir, reader=True)
     try:
-        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg, the_version)
+        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg, the_version,
+                         signer_from_env() if reg else None)
     finally:
         cache.close()
 
@@ -76,12 +78,16 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     engine = engine or Engine()  # fails fast, before any work, if no engine answers
     with workspace_lock(ws.cache_dir, say):
+        # Before any build: a build that cannot write its log would fail half-way, as a bug.
+        writable_dir(ws.cache_dir / "logs")
         cache = Cache(ws.cache_dir)
         try:
-            the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version)
+            signer = signer_from_env() if reg else None
+            the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version, signer)
+            # --network beats an image's own `network`, which beats the workspace's.
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
-                             network=network or ws.network, log_dir=ws.cache_dir / "logs",
-                             out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts")
+                             network=ws.network, network_override=network or None, log_dir=ws.cache_dir / "logs",
+                             out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts", signer=signer)
             remove_stale_temp(ctx.out_dir / "charts", ctx.store_dir)
             opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going)
             outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome).run()
@@ -106,7 +112,7 @@ def inputs(root: Path, label: str, version: str | None = None) -> TargetPlan:
     ws, graph = load(root)
     target, labels = _one_target(ws, graph, label, charts=True)
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
-    cache = Cache(ws.cache_dir)
+    cache = Cache(ws.cache_dir, reader=True)
     try:
         the_plan = make_plan(ws, graph, labels, cache, None, version=the_version)
     finally:
@@ -118,7 +124,7 @@ def why(root: Path, label: str) -> dict[str, Any]:
     """What changed in one target's inputs since its last recorded build."""
     ws, graph = load(root)
     target, labels = _one_target(ws, graph, label)
-    cache = Cache(ws.cache_dir)
+    cache = Cache(ws.cache_dir, reader=True)
     try:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
         previous = cache.manifest(target.label)

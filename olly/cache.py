@@ -47,13 +47,22 @@ def _guarded(method: F) -> F:
 
 
 class Cache:
-    """One open cache db. Use from one thread (the scheduler's main thread)."""
+    """One open cache db. Use from one thread (the scheduler's main thread).
 
-    def __init__(self, cache_dir: Path, *, create: bool = True) -> None:
+    ``reader=True`` (plan, why, inputs): if the db exists but this user cannot write it
+    (read-only ``.cache``, db or filesystem), open it read-only instead of failing;
+    ``read_only`` is then True and the stat cache is not saved.
+    """
+
+    def __init__(self, cache_dir: Path, *, create: bool = True, reader: bool = False) -> None:
         self.dir = cache_dir
         self.path = cache_dir / DB_NAME
-        if not create and not self.path.exists():
-            self.db = sqlite_utils.Database(memory=True)
+        self.read_only = False
+        exists = _exists(self.path)
+        if not exists and (not create or (reader and _exists(cache_dir) and not _writable(self.path))):
+            self.db = sqlite_utils.Database(memory=True)  # nothing recorded yet, and none to record
+        elif exists and reader and not _writable(self.path):
+            self.db = self._open_read_only()
         else:
             _make_dir(cache_dir)
             self.db = self._open()
@@ -70,6 +79,30 @@ class Cache:
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
         return sqlite_utils.Database(conn)
+
+    def _open_read_only(self) -> sqlite_utils.Database:
+        """``mode=ro`` sees committed WAL content but needs the -shm file (or to create it);
+        in a read-only dir without one, ``immutable=1`` is the only way in. It skips locking,
+        which is safe only if nothing writes: refused while a non-empty -wal file exists."""
+        uri = self.path.resolve().as_uri()
+        wal = Path(f"{self.path}-wal")
+        modes = ["mode=ro"] if _exists(wal) and wal.stat().st_size else ["mode=ro", "immutable=1"]
+        error: Exception | None = None
+        for mode in modes:
+            try:
+                conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout = 30000")
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]  # opens the file for real
+                if not tables:  # an empty file: nothing recorded, as if there were no cache yet
+                    conn.close()
+                    return sqlite_utils.Database(memory=True)
+                self.read_only = True
+                return sqlite_utils.Database(conn)
+            except sqlite3.OperationalError as exc:
+                error = exc
+            except sqlite3.DatabaseError as exc:
+                raise self._corrupt(exc)
+        raise OllyError("io-error", f"cannot open cache database {self.path} read-only: {error}")
 
     def _corrupt(self, exc: Exception) -> OllyError:
         return OllyError(
@@ -127,7 +160,8 @@ class Cache:
     def transaction(self) -> Iterator[None]:
         """One atomic write (the connection is in autocommit mode otherwise)."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        # IMMEDIATE takes the write lock up front; a read-only connection only reads.
+        conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
@@ -144,7 +178,8 @@ class Cache:
 
     @_guarded
     def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
-        if not rows and not forget:
+        # Read-only: the stat cache only saves re-hashing next time; a reader does without.
+        if self.read_only or (not rows and not forget):
             return
         cols = ("path", "size", "mtime_ns", "ino", "ctime_ns", "mode", "hash")
         with self.transaction():
@@ -326,11 +361,34 @@ def _path_out(value: str | bytes) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a .cache without search permission
+        raise OllyError("io-error", f"cannot access {path}: {exc.strerror}") from None
+
+
+def _writable(db: Path) -> bool:
+    """Whether this process may write the db (or create it) and its -wal/-shm files next to it."""
+    return os.access(db.parent, os.W_OK | os.X_OK) and all(
+        os.access(p, os.W_OK) for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if _exists(p))
+
+
 def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # with exist_ok: it, or a parent of it, is not a directory
+        raise OllyError("io-error", f"cannot create cache directory {path}: {exc.filename or path} is not a directory")
     except OSError as exc:
         raise OllyError("io-error", f"cannot create cache directory {path}: {exc.strerror}")
+
+
+def writable_dir(path: Path) -> None:
+    """Create ``path`` (e.g. ``.cache/logs``) if needed; refuse up front, with one line naming it,
+    a directory olly could not write into later, in the middle of a build."""
+    _make_dir(path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OllyError("io-error", f"cannot write into cache directory {path}: permission denied")
 
 
 @contextlib.contextmanager
@@ -338,7 +396,10 @@ def workspace_lock(cache_dir: Path, on_wait: Callable[[str], None]) -> Iterator[
     """Hold the workspace lock for a mutating command; wait (saying so) if another holds it."""
     _make_dir(cache_dir)
     path = cache_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only .cache, or something else (a directory) in the way
+        raise OllyError("io-error", f"cannot open the workspace lock {path}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from olly import keys
 from olly.config import ChartTarget, Registry, in_own_dir
 from olly.errors import OllyError
 from olly.hashing import FileHasher, hash_bytes
 from olly.helmignore import HelmIgnore
-from olly.versions import chart_version
+from olly.versions import chart_version, content_version, drop_dirty, names_release
 
 CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
@@ -33,6 +35,7 @@ MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 PACKAGE_MTIME = 946684800  # 2000-01-01T00:00:00Z, as for image contexts
 _CHART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # no '/', no '..'
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+MAX_ALIAS_EXPANSION = 100_000  # nodes YAML aliases may add to a chart file when expanded
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,74 @@ def _yaml() -> YAML:
     return y
 
 
+class _AliasBomb(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def _check_aliases(root: Node | None) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_ALIAS_EXPANSION` nodes, or
+    that contains itself ("billion laughs"): anything that turns it into plain data (our
+    JSON config blob, Helm, ArgoCD) would exhaust memory. Checked on the composed node
+    graph, where an alias is the very node it names, with sizes memoised per node, so
+    nothing is expanded. (The loaded document cannot be used: ruamel turns some
+    recursive aliases into None.)"""
+    if root is None:
+        return
+    size: dict[int, int] = {}  # id(node) -> expanded size; only finished nodes
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = _children(node)
+        if done:
+            on_path.discard(id(node))
+            size[id(node)] = total = 1 + sum(size[id(c)] for c in children)
+            if total - len(size) > MAX_ALIAS_EXPANSION:  # beyond the file's own nodes: added by aliases
+                raise _AliasBomb(node.start_mark.line, f"aliases expand this node to {total:,} nodes "
+                                 f"(the limit is {MAX_ALIAS_EXPANSION:,} beyond the file's own): refusing a YAML alias bomb")
+            continue
+        if id(node) in size:
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                anchor = f" *{child.anchor}" if getattr(child, "anchor", None) else ""
+                raise _AliasBomb(node.start_mark.line, f"recursive alias{anchor}: a node contains itself, "
+                                 "which cannot be expanded")
+            if id(child) not in size:
+                stack.append((child, False))
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+class _CheckedConstructor(RoundTripConstructor):
+    """Round-trip constructor that checks the composed document before building it."""
+
+    def construct_document(self, node: Any) -> Any:
+        _check_aliases(node)
+        return super().construct_document(node)
+
+
 def _load_yaml(data: bytes, display: str) -> Any:
+    y = _yaml()
+    y.Constructor = _CheckedConstructor
     try:
-        return _yaml().load(data.decode("utf-8"))
+        return y.load(data.decode("utf-8"))
+    except _AliasBomb as exc:
+        raise OllyError("chart-invalid", exc.message, location=f"{display}:{exc.line + 1}")
     except (YAMLError, UnicodeDecodeError) as exc:
         raise OllyError("chart-invalid", f"{display}: invalid YAML: {str(exc).splitlines()[0]}")
+    except RecursionError:  # ruamel composes recursively: nesting thousands of levels deep
+        raise OllyError("chart-invalid", f"{display}: invalid YAML: nested too deeply")
 
 
 def _dump_yaml(doc: Any) -> bytes:
@@ -113,23 +179,38 @@ def make_pins(images: dict[str, str], refs: dict[str, tuple[str, str, str | None
     return pins
 
 
-def stamp(src: ChartSource, version: str | None) -> tuple[str, str]:
-    """(chart version, appVersion) for a release version; the chart's own without one."""
+def stamp(src: ChartSource, pins: dict[str, Pin], version: str | None) -> tuple[str, str]:
+    """(chart version, appVersion) a package is stamped with.
+
+    Without a version: the chart's own. A release (``v2.1.8``): ``2.1.8``. Anything else
+    (``git describe`` output, branch names) is no promise of content, so the chart version
+    also names the content: ``0.1.1-v2.1.8-3-gabc123.<8 hex>``, the hex from a key of the
+    files, pins and the version without that suffix. Equal versions then mean equal bytes,
+    and git's ``-dirty`` is dropped: a chart an edit did not touch keeps its version."""
     if version is None:
         return src.base_version, src.app_version
-    return chart_version(src.base_version, version), version
+    if names_release(version):
+        return chart_version(src.base_version, version), version
+    app_version = drop_dirty(version)
+    base = chart_version(src.base_version, app_version)
+    content = keys.compute_key(_record(src, pins, base, app_version, kind="chart-content"))
+    return content_version(base, content), app_version
 
 
 def chart_key(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str) -> str:
     """Key of a packaged chart: its files, the pinned image references, the stamped version."""
-    return keys.compute_key({
+    return keys.compute_key(_record(src, pins, version, app_version, kind="chart"))
+
+
+def _record(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str, kind: str) -> dict[str, Any]:
+    return {
         "schema": keys.KEY_SCHEMA,
-        "kind": "chart",
+        "kind": kind,
         "files": [[rel, digest] for rel, _, digest in src.files],
         "images": {path: [p.repository, p.tag] for path, p in pins.items()},
         "version": version,
         "app_version": app_version,
-    })
+    }
 
 
 def _values_node(values: Any, path: str, display: str) -> dict[str, Any]:

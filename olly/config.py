@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENDPOINT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+# Docker refuses a reference whose name (registry host, path prefix and repository) is longer.
+MAX_REFERENCE_NAME = 255
 
 
 class _Strict(BaseModel):
@@ -201,7 +204,8 @@ def _line_paths(text: str) -> list[tuple[int, tuple[str, ...]]]:
     """For each header or ``key =`` line, the key path it defines (best effort)."""
     found: list[tuple[int, tuple[str, ...]]] = []
     table: tuple[str, ...] = ()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # TOML ends lines at \n only; str.splitlines would also split at U+0085, U+2028, ...
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if line.startswith("["):
             table = _parse_path(line, header=True) or table
@@ -253,7 +257,7 @@ class _Loader:
         """Normalise a workspace-relative path, refusing ones that escape the workspace."""
         if not value or value.startswith("/") or re.match(r"^[A-Za-z]:", value) or "\\" in value:
             raise self.error(keypath, f"{what} must be a workspace-relative path with '/' separators, got {value!r}")
-        if any(ord(c) < 32 or c == "\x7f" for c in value):
+        if any(unicodedata.category(c) == "Cc" for c in value):  # C0, DEL and C1
             raise self.error(keypath, f"{what} contains a control character: {value!r}")
         norm = posixpath.normpath(value)
         if norm == ".." or norm.startswith("../"):
@@ -272,6 +276,10 @@ class _Loader:
             raise self.error(keypath, f"cannot access {rel}: {exc.strerror or exc}")
 
     def label(self, section: str, label: str) -> str:
+        # Invisible characters (bidi overrides, zero-width) make two labels look alike, or
+        # one look like another, in every message and listing that shows it.
+        if any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in label):
+            raise self.error((section, label), f"label contains an invisible format character: {label!r}")
         norm = self.rel_path((section, label), label, "label")
         if norm != label or norm == ".":
             raise self.error((section, label), f"label must be a normalised relative path, e.g. {norm!r}")
@@ -346,10 +354,12 @@ def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
         ws.registries[name] = _resolve_registry(loader, name, reg)
     repos: dict[str, str] = {}
     for label, image in spec.images.items():
-        ws.targets[loader.label("images", label)] = _resolve_image(loader, label, image)
+        loader.label("images", label)  # first: the label is the default context, checked next
+        ws.targets[label] = _resolve_image(loader, label, image)
         if image.repository in repos:
             raise loader.error(("images", label, "repository"), f"repository {image.repository!r} is already used by {repos[image.repository]!r} (their version tags would collide)")
         repos[image.repository] = label
+        _check_reference_lengths(loader, ws, label, image.repository)
     for label, chart in spec.charts.items():
         loader.label("charts", label)
         if label in ws.targets:
@@ -363,6 +373,9 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     key = ("images", label)
     if not _REPOSITORY.match(spec.repository):
         raise loader.error(key + ("repository",), f"invalid repository name {spec.repository!r} (lowercase path components, no registry host, no tag)")
+    if len(spec.repository) > MAX_REFERENCE_NAME:
+        raise loader.error(key + ("repository",), f"repository name is {len(spec.repository)} characters long, "
+                                                  f"over the {MAX_REFERENCE_NAME} a reference allows")
     first = spec.repository.split("/", 1)[0]
     if "/" in spec.repository and ("." in first or first == "localhost"):
         raise loader.error(key + ("repository",), f"repository must not name a registry host ({first!r}): registries are chosen at push time")
@@ -402,9 +415,33 @@ def _resolve_registry(loader: _Loader, name: str, spec: RegistrySpec) -> Registr
         value = getattr(spec, field_name)
         if value is not None and not _ENDPOINT.match(value):
             raise loader.error(key + (field_name,), f"invalid endpoint {value!r}: expected host[:port][/path] without scheme, e.g. ghcr.io/acme")
+        port = _port(value)
+        if port is not None and not 1 <= port <= 65535:
+            raise loader.error(key + (field_name,), f"invalid endpoint {value!r}: port {port} is not in 1-65535")
     if not _REPOSITORY.match(spec.charts):
         raise loader.error(key + ("charts",), f"invalid chart repository path {spec.charts!r}")
+    if len(f"{spec.push}/{spec.charts}/c") > MAX_REFERENCE_NAME:  # room for a one-letter chart name
+        raise loader.error(key + ("charts",), f"{spec.push}/{spec.charts}/<chart name> would be over the "
+                                              f"{MAX_REFERENCE_NAME} characters a reference allows")
     return Registry(name=name, push=spec.push, pull=spec.pull or spec.push, insecure=spec.insecure, charts=spec.charts)
+
+
+def _port(endpoint: str | None) -> int | None:
+    """The port of a valid ``host[:port][/path]`` endpoint, if it names one."""
+    host = (endpoint or "").split("/", 1)[0]
+    return int(host.rsplit(":", 1)[1]) if ":" in host else None
+
+
+def _check_reference_lengths(loader: _Loader, ws: Workspace, label: str, repository: str) -> None:
+    """Each image is pushed and pulled as ``<endpoint>/<repository>``: refuse now a name the
+    engine would refuse at push time, after the build."""
+    for reg in ws.registries.values():
+        for field_name, endpoint in (("push", reg.push), ("pull", reg.pull)):
+            name = f"{endpoint}/{repository}"
+            if len(name) > MAX_REFERENCE_NAME:
+                raise loader.error(("images", label, "repository"),
+                                   f"under registry {reg.name!r} ({field_name} = {endpoint!r}) the image name is "
+                                   f"{len(name)} characters long, over the {MAX_REFERENCE_NAME} a reference allows")
 
 
 def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:

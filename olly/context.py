@@ -190,6 +190,28 @@ def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: Doc
         ctx.extras.append(entry)
 
 
+def links_the_layer_cache_misreads(ctx: Context) -> list[str]:
+    """Symlinks whose retargeting the classic builder's layer cache does not see.
+
+    The classic builder hashes a ``COPY``'d symlink through what it resolves to inside the
+    context; a link that dangles in the context as sent, leaves it, or resolves to anything
+    but a regular file (checked: dangling and outside links are hashed by path alone) can be
+    retargeted without invalidating the cached layer, so the image keeps the old link. Only
+    a relative link to a regular file of the planned context is known to be hashed right.
+    """
+    by_path = {e.path: e for e in ctx.entries}
+    bad = []
+    for entry in ctx.entries:
+        if entry.type != "l":
+            continue
+        target = entry.digest
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), target))
+        hit = by_path.get(resolved)
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../") or hit is None or hit.type != "f":
+            bad.append(entry.path)
+    return bad
+
+
 def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str) -> list[list[Any]]:
     """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
     found: dict[str, str] = {}

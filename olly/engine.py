@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from olly import failpoints
+from olly import credentials, failpoints
 from olly.errors import OllyError
+from olly.scrub import scrub
 
 KEY_LABEL = "dev.olly.key"
 _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE)
@@ -53,6 +54,7 @@ class BuildRequest:
     network: str | None
     labels: dict[str, str]
     log_path: Path
+    no_cache: bool = False  # build every layer afresh (the layer cache would be wrong here)
 
 
 def endpoint() -> str:
@@ -131,8 +133,9 @@ class Engine:
         """Push ``repository:tag`` (credentials from the user's docker config); return the
         registry's manifest digest from the push response."""
         digest: str | None = None
+        auth = credentials.image_auth_config(repository, registry_name)  # the SDK then runs no helper itself
         try:
-            for item in self._client().push(repository, tag=tag, stream=True, decode=True):
+            for item in self._client().push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
                 failpoints.hit("pushing")  # the registry upload is under way
                 if "error" in item:
                     raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(Exception(item['error']))}")
@@ -149,8 +152,9 @@ class Engine:
 
     def pull(self, reference: str, registry_name: str) -> str:
         """Pull ``reference`` (``repo@sha256:…`` or ``repo:tag``) and return the local image id."""
+        auth = credentials.image_auth_config(reference, registry_name)  # the SDK then runs no helper itself
         try:
-            for item in self._client().pull(reference, stream=True, decode=True):
+            for item in self._client().pull(reference, stream=True, decode=True, auth_config=auth):
                 if "error" in item:
                     raise OllyError("pull-failed", f"pull of {reference} from registry {registry_name!r} failed: {_short(Exception(item['error']))}")
         except OllyError:
@@ -171,15 +175,21 @@ class Engine:
         # Line-buffered: `tail -f` on the log follows the build live.
         with open(req.log_path, "w", encoding="utf-8", errors="replace", buffering=1) as log:
             try:
-                stream = self._client().build(
+                client = self._client()
+                # docker-py would run credential helpers (no timeout) for every registry in the
+                # config; send only the FROM images' registries, resolved with olly's time limit.
+                auth = _base_image_auth(req.dockerfile)
+                client._set_auth_headers = lambda headers: headers.update(
+                    {"X-Registry-Config": _encode_auth(auth)} if auth else {})
+                stream = client.build(
                     fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,
                     buildargs=req.args, target=req.target or None, platform=req.platform,
                     network_mode=req.network, labels=req.labels, rm=True, forcerm=True,
-                    pull=False, decode=True,
+                    pull=False, decode=True, nocache=req.no_cache,
                 )
                 for item in stream:
                     if "stream" in item:
-                        text = item["stream"]
+                        text = scrub(item["stream"])  # a RUN step may print a secret build arg
                         log.write(text)
                         for line in text.splitlines():
                             if line.strip():
@@ -190,7 +200,7 @@ class Engine:
                     if "aux" in item and isinstance(item["aux"], dict) and "ID" in item["aux"]:
                         image_id = item["aux"]["ID"]
                     if "error" in item:
-                        error = str(item["error"]).strip()
+                        error = scrub(str(item["error"]).strip())
                         log.write(f"ERROR: {error}\n")
                         raise BuildFailed(_explain(error, steps, req), tail + [error])
             except BuildFailed:
@@ -198,12 +208,42 @@ class Engine:
             except OllyError:
                 raise
             except Exception as exc:
-                log.write(f"ERROR: {exc}\n")
-                short = _short(exc)
+                # docker's HTTP errors quote the request URL, buildargs (secrets) included.
+                log.write(f"ERROR: {scrub(str(exc))}\n")
+                short = scrub(_short(exc))
                 raise BuildFailed(f"engine error during build: {short}", tail + [short])
         if image_id is None:
             raise BuildFailed("the engine reported no image id", tail)
         return image_id
+
+
+def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
+    """Credentials per registry host of the Dockerfile's literal FROM images (``${ARG}``
+    images are olly's own dependencies, already local)."""
+    from docker.auth import resolve_repository_name
+    from docker.utils import parse_repository_tag
+
+    out: dict[str, dict[str, str]] = {}
+    for line in dockerfile.decode("utf-8", "replace").splitlines():
+        match = _FROM.match(line)
+        image = match.group(1) if match else ""
+        if not image or "$" in image or image.lower() == "scratch":
+            continue
+        try:
+            host, _ = resolve_repository_name(parse_repository_tag(image)[0])
+        except Exception:  # a stage name or a malformed reference: the engine will say
+            continue
+        config = credentials.auth_config(host)
+        if config:
+            out[config.get("serveraddress", host)] = config
+    return out
+
+
+def _encode_auth(auth: dict[str, dict[str, str]]) -> str:
+    from docker.auth import encode_header
+
+    value = encode_header(auth)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _explain(error: str, steps: list[str], req: BuildRequest) -> str:

@@ -28,6 +28,7 @@ _ENVIRONMENT_REASONS = {
     "registry-unreachable",
     "registry-denied",
     "registry-error",
+    "git-error",
 }
 
 

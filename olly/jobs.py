@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from olly import charts, failpoints
+from olly import charts, failpoints, signing
 from olly.charts import Pin
 from olly.config import ImageTarget, Registry
-from olly.context import TarStream
+from olly.context import TarStream, links_the_layer_cache_misreads
 from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
 from olly.errors import OllyError
 from olly.plan import TargetPlan
@@ -61,10 +61,12 @@ class RunContext:
     registry: Registry | None
     push: bool
     version: str | None
-    network: str | None
+    network: str | None  # the workspace's default
     log_dir: Path
     out_dir: Path  # dist/: user-facing outputs
     store_dir: Path  # .cache/charts/: packages by key
+    signer: signing.Signer | None = None  # signs pushed content tags (signed remote cache)
+    network_override: str | None = None  # --network: beats every image's own setting
 
 
 def log_name(label: str) -> str:
@@ -84,17 +86,21 @@ def finish(o: Outcome) -> Outcome:
 # -- images -------------------------------------------------------------------------
 
 
-def build_image(ctx: RunContext, tp: TargetPlan) -> str:
+def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str]) -> str:
     """Stream the planned context, build, verify the bytes, tag. Returns the image id."""
     assert tp.context is not None and isinstance(tp.target, ImageTarget)
     t = tp.target
     stream = TarStream(ctx.root, tp.context)
+    misread = links_the_layer_cache_misreads(tp.context)
+    if misread:  # a cached layer could hold an old link target under this new key
+        notes.append(f"layer cache not used: symlink {misread[0]}{' and others' if len(misread) > 1 else ''} "
+                     "dangles or leaves the context")
     req = BuildRequest(
         context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
         # Always explicit: the key says which platform, the engine must build exactly that.
         dockerfile_display=t.dockerfile, args=tp.args, target=t.target, platform=tp.manifest["platform"],
-        network=t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
-        log_path=ctx.log_dir / log_name(tp.label),
+        network=ctx.network_override or t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
+        log_path=ctx.log_dir / log_name(tp.label), no_cache=bool(misread),
     )
     image_id = ctx.engine.build(req)
     failpoints.hit("built")
@@ -106,23 +112,27 @@ def build_image(ctx: RunContext, tp: TargetPlan) -> str:
     return image_id
 
 
-def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, bool]:
-    """Make the registry hold the content tag (and the version tag). Returns (digest, pushed now)."""
+def push_image(ctx: RunContext, tp: TargetPlan, image_id: str, notes: list[str]) -> tuple[str, bool]:
+    """Make the registry hold the content tag (and the version tag). Returns (digest, pushed now).
+
+    A content tag already in the registry is a hint: for an image held locally it counts only
+    if the registry serves that very image (its config digest is the local image id)."""
     registry = ctx.registry
     assert registry is not None
     client = client_for(registry)
     name = registry.push_repository(tp.repository)
-    digest = client.manifest_digest(name, tp.tag)  # re-verified now: a deleted tag is pushed again
-    pushed = False
-    if digest is None:
-        remote_repo = registry.push_ref(tp.repository)
-        ctx.engine.tag(image_id, remote_repo, tp.tag)  # the engine pushes tags, not image ids
-        try:
-            digest = ctx.engine.push(remote_repo, tp.tag, registry.name)
-        finally:
-            ctx.engine.untag(f"{remote_repo}:{tp.tag}")  # keep the engine's image list tidy
-        failpoints.hit("pushed")
-        pushed = True
+    found = client.manifest_config_digest(name, tp.tag)  # re-verified now: a deleted tag is pushed again
+    if found is not None and image_id and found[1] != image_id:
+        notes.append(f"WARNING: registry {registry.name!r} served other content under {tp.tag} (image "
+                     f"{found[1][7:19]}, not the local {image_id[7:19]}): pushed the local image over it")
+        found = None
+    pushed = found is None
+    if found is None:
+        digest = _push_local(ctx, tp, image_id, client, name)
+    else:
+        digest = found[0]
+    if ctx.signer is not None and (pushed or signing.verify(client, ctx.signer, name, tp.key, digest) is not None):
+        signing.sign(client, ctx.signer, name, tp.key, digest)
     if ctx.version:
         vtag = image_tag(ctx.version)
         current = client.manifest_digest(name, vtag)
@@ -130,7 +140,38 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str) -> tuple[str, boo
             _refuse_release_overwrite(registry, f"{name}:{vtag}", current, ctx.version)
             body, media_type, _ = client.get_manifest(name, digest)
             client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
+            confirm_tag(client, name, vtag, digest, ctx.version)
     return digest, pushed
+
+
+def _push_local(ctx: RunContext, tp: TargetPlan, image_id: str, client: RegistryClient, name: str) -> str:
+    """Push the local image under the content tag; return the digest the registry now serves
+    for it, checked to be that image (the engine's word alone is not proof)."""
+    assert ctx.registry is not None
+    remote_repo = ctx.registry.push_ref(tp.repository)
+    ctx.engine.tag(image_id, remote_repo, tp.tag)  # the engine pushes tags, not image ids
+    try:
+        ctx.engine.push(remote_repo, tp.tag, ctx.registry.name)
+    finally:
+        ctx.engine.untag(f"{remote_repo}:{tp.tag}")  # keep the engine's image list tidy
+    failpoints.hit("pushed")
+    found = client.manifest_config_digest(name, tp.tag)
+    if found is None or found[1] != image_id:
+        raise OllyError("push-failed", f"after pushing {remote_repo}:{tp.tag}, registry {ctx.registry.name!r} "
+                        f"does not serve that image ({'tag missing' if found is None else 'image ' + found[1][7:19]})")
+    return found[0]
+
+
+def confirm_tag(client: RegistryClient, name: str, tag: str, digest: str, version: str) -> None:
+    """After PUTting a version tag, read it back (GET and hash): two runs publishing one
+    version at once both get a 201, and the later PUT wins. The run whose digest lost
+    fails instead of recording (and pinning charts to) what the tag no longer names."""
+    now = client.manifest_digest(name, tag)
+    if now != digest:
+        held = f"now {now[:19]}…" if now else "now missing"
+        raise OllyError("published-concurrently", f"{version} was published concurrently by another run: "
+                        f"{name}:{tag} is {held}, this run pushed {digest[:19]}…; nothing recorded, "
+                        "publish again once the other run is done")
 
 
 def _refuse_release_overwrite(registry: Registry, ref: str, current: str | None, version: str) -> None:
@@ -140,22 +181,33 @@ def _refuse_release_overwrite(registry: Registry, ref: str, current: str | None,
                         f"({current[:19]}…); a released version is never overwritten: publish a new version")
 
 
-def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> Outcome:
-    """The whole job of an image target. ``pulls``: (registry ref, local ref) of dependencies
-    that were remote-cache hits and must exist locally before this build."""
+@dataclass(frozen=True)
+class DepImage:
+    """A dependency a build stands on: ``FROM ${DEP}`` resolves ``local`` in the engine."""
+
+    label: str
+    local: str  # repository:olly-<hash>, what the build arg names
+    key: str
+    image_id: str  # the image built or verified for ``key`` this run ("" for a remote hit)
+    remote: str  # registry ref by digest, for a remote-cache hit ("" otherwise)
+
+
+def run_image(ctx: RunContext, tp: TargetPlan, deps: list[DepImage]) -> Outcome:
+    """The whole job of an image target. ``deps``: the images its build stands on, checked
+    (and pulled if they were remote-cache hits) right before the build."""
     o = Outcome(tp.label, "cached", "; ".join(tp.reasons), started=time.time(), key=tp.key, ref=tp.ref,
                 image_id=tp.image_id or "", digest=tp.remote_digest or "",
                 log=str(ctx.log_dir / log_name(tp.label)) if tp.action == "build" else "")
     try:
-        for remote, local in pulls:
-            _ensure_local(ctx, remote, local)
         if tp.action == "build":
-            o.image_id, o.status = build_image(ctx, tp), "built"
+            for dep in deps:
+                _ensure_dep(ctx, dep)
+            o.image_id, o.status = build_image(ctx, tp, o.notes), "built"
         elif tp.action == "retag":
             ctx.engine.tag(tp.image_id or "", tp.repository, tp.tag)
             o.reason = "retagged existing image"
         if ctx.push and ctx.registry is not None:
-            o.digest, o.pushed = push_image(ctx, tp, o.image_id)
+            o.digest, o.pushed = push_image(ctx, tp, o.image_id, o.notes)
             where = f"{ctx.registry.push_ref(tp.repository)}:{tp.tag}"
             o.notes.append(f"pushed {where}" if o.pushed else f"already in {ctx.registry.name} as {where}")
     except InputChanged as exc:
@@ -169,14 +221,30 @@ def run_image(ctx: RunContext, tp: TargetPlan, pulls: list[tuple[str, str]]) -> 
     return finish(o)
 
 
-def _ensure_local(ctx: RunContext, remote: str, local: str) -> None:
-    """A dependency that was a remote-cache hit: pull it so FROM ${DEP} finds it locally."""
-    if ctx.engine.inspect(local) is not None:
+def _ensure_dep(ctx: RunContext, dep: DepImage) -> None:
+    """Make ``dep.local`` name an image that carries ``dep.key``. A tag is only a hint: anyone
+    can re-point it between plan and build, and a build FROM the wrong base would be recorded
+    under the right key."""
+    if _carries_key(ctx.engine.inspect(dep.local), dep.key):
         return
+    repo, _, tag = dep.local.rpartition(":")
+    if dep.image_id and _carries_key(ctx.engine.inspect(dep.image_id), dep.key):
+        ctx.engine.tag(dep.image_id, repo, tag)  # the verified image, under its tag again
+        return
+    if not dep.remote:
+        raise OllyError("dependency-mismatch", f"dependency {dep.label}: {dep.local} in the engine does not carry "
+                        f"key {dep.key} and no verified image of that key is known; run olly make again")
     assert ctx.registry is not None
-    image_id = ctx.engine.pull(remote, ctx.registry.name)
-    repo, _, tag = local.rpartition(":")
+    image_id = ctx.engine.pull(dep.remote, ctx.registry.name)  # by digest: the bytes the plan verified
+    if not _carries_key(ctx.engine.inspect(image_id), dep.key):
+        raise OllyError("dependency-mismatch", f"dependency {dep.label}: {dep.remote} from registry "
+                        f"{ctx.registry.name!r} does not carry key {dep.key}; not building on it")
     ctx.engine.tag(image_id, repo, tag)
+
+
+def _carries_key(image: dict[str, object] | None, key: str) -> bool:
+    labels = ((image or {}).get("Config") or {}).get("Labels") or {}  # type: ignore[union-attr]
+    return isinstance(labels, dict) and labels.get(KEY_LABEL) == key
 
 
 # -- charts -------------------------------------------------------------------------
@@ -190,7 +258,7 @@ class ChartWork:
     key: str
     version: str
     app_version: str
-    store: Path  # the package of this key in the cache: written once, never overwritten
+    store: Path  # the package of this key in the cache: written once, replaced only if it does not match the key
     path: Path  # the user-facing copy, dist/charts/<registry>/<name>-<version>.tgz
     cached_digest: str | None  # sha256 of the recorded, intact package at ``store``
 
@@ -204,7 +272,7 @@ def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
                   recorded_for: Callable[[str], dict[str, str] | None]) -> ChartWork:
     """Key, version and output path of a chart; reuse the recorded package if still intact."""
     assert tp.chart is not None
-    version, app_version = charts.stamp(tp.chart, ctx.version)
+    version, app_version = charts.stamp(tp.chart, pins, ctx.version)
     key = charts.chart_key(tp.chart, pins, version, app_version)
     recorded = recorded_for(key)
     where = ctx.registry.name if ctx.registry else "local"
@@ -226,14 +294,18 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
                 artifact=str(work.path), ref=f"{tp.chart.name}:{work.version}")
     unpinned = sorted(p for p, pin in work.pins.items() if not pin.pinned)
     try:
-        if work.cached_digest is not None:
-            tgz = work.store.read_bytes()
-        else:
-            tgz, _ = charts.package(tp.chart, work.pins, work.version, work.app_version)
-            if ctx.registry is not None:
-                charts.check_endpoints(tgz, ctx.registry, tp.chart.dir)
+        # Always package: it is cheap and byte-reproducible, so it verifies a stored package
+        # against its key. A restored CI cache can carry a replaced .tgz together with a db
+        # row matching it; the row alone proves nothing, and we never ship unverified bytes.
+        tgz, _ = charts.package(tp.chart, work.pins, work.version, work.app_version)
+        if ctx.registry is not None:
+            charts.check_endpoints(tgz, ctx.registry, tp.chart.dir)
+        if work.cached_digest is None:
             _write_atomic(work.store, tgz)
             o.status, o.reason = "built", "packaged"
+        elif _read_or_none(work.store) != tgz:
+            _write_atomic(work.store, tgz)
+            o.status, o.reason = "built", "stored package did not match its key: repackaged"
         _write_if_changed(work.path, tgz)
         _write_if_changed(work.path.with_suffix(".values.yaml"), charts.values_document(work.pins))
         o.image_id = charts.sha256(tgz)  # the package's own digest, recorded with the artifact
@@ -248,6 +320,13 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
     except Exception as exc:  # a bug must fail this target, not abandon the others mid-build
         o.status, o.reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
     return finish(o)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
@@ -266,7 +345,15 @@ def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
     _refuse_release_overwrite(registry, f"{name}:{tag}", current, str(meta["version"]))
     client.push_blob(name, config)
     client.push_blob(name, tgz)
-    return client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE), True
+    # Look again right before the PUT: uploads take time, and another run may have
+    # published this version meanwhile (a release must not be overwritten).
+    current = client.manifest_digest(name, tag)
+    if current == digest:
+        return digest, False
+    _refuse_release_overwrite(registry, f"{name}:{tag}", current, str(meta["version"]))
+    client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE)
+    confirm_tag(client, name, tag, digest, ctx.version or str(meta["version"]))
+    return digest, True
 
 
 TMP_PREFIX = ".olly-tmp-"

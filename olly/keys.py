@@ -8,14 +8,13 @@ The encoding is specified in docs/keys.md; golden tests pin its output.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any
 
 import xxhash
 
 # Bump when the meaning of a record changes: every key changes with it, on purpose.
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
 
 # Content tags use this many hex digits of the key (80 bits).
 TAG_HEX = 20
@@ -89,7 +88,7 @@ def image_record(
     inputs: list[list[Any]],
     deps: dict[str, str],
     labels: dict[str, str],
-    secrets: dict[str, str],
+    secrets: list[str],
 ) -> dict[str, Any]:
     """The explicit record of an image target (see docs/keys.md for each field).
 
@@ -97,7 +96,9 @@ def image_record(
     path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
     ``args`` are the user's build args only (a dependency's arg is derived from its
     key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets;
-    ``secrets`` maps secret build-arg names to ``secret_digest`` of their values;
+    ``secrets`` are the names of secret build args, never any function of their values
+    (a token is a credential, not content: rotating it must not rebuild anything, and a
+    stored digest of a weak value could be reversed by a dictionary);
     ``dockerignore`` is the .dockerignore as read (None if absent): always an input,
     because daemons older than 23.0 keep some self-excluding .dockerignore files.
     """
@@ -113,14 +114,5 @@ def image_record(
         "inputs": inputs,
         "deps": dict(deps),
         "labels": dict(labels),
-        "secrets": dict(secrets),
+        "secrets": sorted(set(secrets)),
     }
-
-
-def secret_digest(name: str, value: str) -> str:
-    """What a key (and the cache) keep of a secret build arg: a salted SHA-256, never the value.
-
-    SHA-256 rather than xxh3: the digest is stored, and must not help recover the value.
-    """
-    data = b"olly-secret\0" + name.encode() + b"\0" + value.encode("utf-8", "surrogateescape")
-    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -12,7 +12,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from olly import keys
+from olly import keys, scrub, signing
 from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
@@ -75,7 +75,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     files = [e.row() for e in ctx.entries]
     labels = image_labels(ws, t)
     secret_values = _secret_values(ws, t)
-    secrets = {name: keys.secret_digest(name, value) for name, value in secret_values.items()}
+    secrets = sorted(secret_values)  # names only: a secret's value is never keyed or stored
     record = keys.image_record(
         files=files, dockerfile=ctx.dockerfile, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets,
@@ -102,6 +102,7 @@ def _secret_values(ws: Workspace, t: ImageTarget) -> dict[str, str]:
         if value is None:
             raise config_error(ws, ("images", t.label, "secrets"), f"{name} is not set in the environment", "secret-missing")
         values[name] = value
+    scrub.register(*values.values())  # from now on no output of this process shows them
     return values
 
 
@@ -114,7 +115,8 @@ def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:
 
 
 def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None,
-              registry: Registry | None = None, version: str | None = None) -> Plan:
+              registry: Registry | None = None, version: str | None = None,
+              signer: signing.Signer | None = None) -> Plan:
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.load_stats())
@@ -128,9 +130,9 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             plans[label] = tp
             continue
         tp = compute_inputs(ws, t, hasher, plans, engine.platform if engine else native_platform())
+        _decide_local(tp, cache, engine)
         if client is not None and registry is not None:
-            tp.remote_digest = client.manifest_digest(registry.push_repository(tp.repository), tp.tag)
-        _decide(tp, cache, engine, registry)
+            _decide_remote(tp, client, registry, signer)
         plans[label] = tp
     _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
@@ -162,7 +164,7 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
         return
     refs = {label: (p.repository, p.tag, p.remote_digest) for label, p in images.items()}
     pins = make_pins(tp.target.images, refs, registry)
-    chart_version, app_version = stamp(tp.chart, version)
+    chart_version, app_version = stamp(tp.chart, pins, version)  # exactly as jobs.prepare_chart stamps
     tp.key = chart_key(tp.chart, pins, chart_version, app_version)
     recorded = cache.artifact(tp.label, tp.key, registry.push if registry else "")
     if recorded and (ws.root / recorded["path"]).is_file():
@@ -171,13 +173,29 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
         tp.reasons = [f"no package of {tp.chart.name}-{chart_version} for these inputs"]
 
 
-def _decide(tp: TargetPlan, cache: Cache, engine: Engine | None, registry: Registry | None) -> None:
-    _decide_local(tp, cache, engine)
-    if tp.action == "build" and tp.remote_digest and registry is not None:
-        # Remote-cache hit: another machine built this key and pushed it.
-        tp.action, tp.reasons = "remote", [f"found in registry {registry.name!r}"]
-    elif registry is not None and not tp.remote_digest:
+def _decide_remote(tp: TargetPlan, client: RegistryClient, registry: Registry, signer: signing.Signer | None) -> None:
+    """What the registry holds under the content tag, trusted only once verified: the manifest
+    is fetched and hashed; for an image held locally the registry must serve that very image;
+    a remote-cache hit (nothing local) with a signing key must carry a valid signature."""
+    name = registry.push_repository(tp.repository)
+    found = client.manifest_config_digest(name, tp.tag)
+    if found is None:
         tp.reasons.append(f"not in registry {registry.name!r}")
+        return
+    digest, config = found
+    if tp.action != "build":
+        if tp.image_id and config != tp.image_id:
+            tp.reasons.append(f"registry {registry.name!r} serves other content under {tp.tag}: not pinned")
+            return
+        tp.remote_digest = digest
+        return
+    untrusted = signing.verify(client, signer, name, tp.key, digest) if signer is not None else None
+    if untrusted is not None:
+        tp.reasons.append(f"{untrusted} in registry {registry.name!r}: not trusted")
+        return
+    # Remote-cache hit: another machine built this key and pushed it.
+    tp.remote_digest = digest
+    tp.action, tp.reasons = "remote", [f"found in registry {registry.name!r}" + (", signed" if signer else "")]
 
 
 def _key_label(image: dict[str, Any]) -> str | None:

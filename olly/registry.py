@@ -5,12 +5,21 @@ push blobs and manifests, and delete a manifest (tests). Authentication follows
 the docker CLI: anonymous first; on ``401`` with a ``Bearer`` challenge a token
 is fetched from the challenge's realm (sending the user's docker credentials for
 the host, if any) and the request is retried once; on a ``Basic`` challenge the
-credentials are sent directly. Credentials come from ``$DOCKER_CONFIG/config.json``
-(default ``~/.docker/config.json``), including ``credsStore``/``credHelpers``.
+credentials are sent directly. Credentials come from :mod:`olly.credentials`
+(``$DOCKER_CONFIG/config.json``, helpers run under a deadline).
+
+Trust: a digest this client returns is one it computed from bytes it fetched, and
+confirmed to resolve by itself to the same bytes; a registry's ``Docker-Content-Digest``
+is never taken on its word (a proxy's stale HEAD answer would be pinned and 404).
+
+Every HTTP request (token fetches too) has a total deadline (``timeout``, default
+``OLLY_REGISTRY_TIMEOUT`` or 30 s), not only a per-read one: a server dripping one byte
+every few seconds never trips a read timeout.
 
 Every failure is an :class:`~olly.errors.OllyError` whose one-line message names
 the registry (BUILD.toml name and host) and the HTTP status when there is one;
-credentials and tokens never appear in messages.
+credentials and tokens never appear in messages, in any encoding, even when a
+registry's error body echoes them.
 
 Threading: a :class:`RegistryClient` owns one ``requests.Session`` and a token
 cache; it is meant for sequential use. Give each thread its own client.
@@ -28,6 +37,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from olly import credentials
+from olly.credentials import Credentials
+from olly.deadline import Deadline, DeadlineAdapter
 from olly.errors import OllyError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,10 +48,15 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST))
 
+IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
+IMAGE_CONFIGS = ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = "OLLY_REGISTRY_TIMEOUT"
+
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 # Docker Hub's well-known names: credentials live under "docker.io", the API elsewhere.
-_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+_DOCKER_HUB = credentials.DOCKER_HUB
 
 
 @dataclass(frozen=True)
@@ -59,50 +76,97 @@ def sha256_digest(data: bytes) -> str:
 class RegistryClient:
     """Talks to one registry. Not shared between threads (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float | None = None) -> None:
+        """``timeout``: total seconds per HTTP request (default: ``OLLY_REGISTRY_TIMEOUT`` or 30)."""
         self.endpoint = endpoint
-        self.timeout = timeout
+        self.timeout = credentials.seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT) if timeout is None else timeout
         api_host = "registry-1.docker.io" if endpoint.host in _DOCKER_HUB else endpoint.host
         self._base = f"{'http' if endpoint.insecure else 'https'}://{api_host}"
         self._session = requests.Session()
+        for prefix in ("http://", "https://"):
+            self._session.mount(prefix, DeadlineAdapter())
         self._tokens: dict[tuple[str, str, str], str] = {}  # (realm, service, scope) -> token
         self._scopes: dict[tuple[str, bool], tuple[str, str, str]] = {}  # (repo, write) -> key
         self._basic = False  # the registry asked for Basic auth
-        self._creds: dict[str, str] | None = None  # loaded lazily, on the first challenge
-        self._secrets: set[str] = set()  # scrubbed from every message (defence in depth)
+        self._creds: Credentials | None = None  # loaded lazily, on the first challenge
+        self._secrets: set[str] = set()  # masked in every message, in every encoding
 
     # -- public API -------------------------------------------------------
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
-        """Digest of ``repository:reference`` (tag or digest), or None if it does not exist (404)."""
-        resp = self._request("HEAD", repository, f"manifests/{reference}", _ref(repository, reference),
-                             headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
+        """Digest of ``repository:reference`` (tag or digest), or None if it does not exist (404).
+
+        olly records and pins what this returns, so it is never the registry's word (a HEAD's
+        Docker-Content-Digest can be stale or wrong): the manifest is fetched and hashed, and
+        the digest is fetched too, its bytes hashing to it. Either 404 = None."""
+        found = self._verified_manifest(repository, reference)
+        return None if found is None else found[2]
+
+    def manifest_config_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """``(manifest digest, config digest)`` of a single image manifest (OCI or Docker v2
+        schema 2), both verified from fetched bytes; None if the manifest or its config blob
+        is missing (404). A Docker engine's image id is the config digest."""
+        found = self._verified_manifest(repository, reference)
+        if found is None:
+            return None
+        body, media_type, digest = found
+        what = _ref(repository, reference)
+        doc = _json_object(body)
+        media_type = doc.get("mediaType") or media_type
+        config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+        if media_type not in IMAGE_MANIFESTS or config.get("mediaType") not in IMAGE_CONFIGS:
+            raise self._error("registry-error", f"{what} is not a single image manifest ({media_type or 'no media type'}"
+                              f", config {str(config.get('mediaType') or 'missing')[:80]})")
+        config_digest = config.get("digest")
+        if not isinstance(config_digest, str) or not _DIGEST.match(config_digest):
+            raise self._error("registry-error", f"manifest {what} names no sha256 config digest")
+        resp = self._request("GET", repository, f"blobs/{config_digest}", f"{repository} blob {config_digest}",
+                             ok=(200, 404))
         if resp.status_code == 404:
             return None
-        digest = resp.headers.get("Docker-Content-Digest", "")
-        if _DIGEST.match(digest):
-            return digest
-        resp = self._request("GET", repository, f"manifests/{reference}", _ref(repository, reference),
-                             headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
-        return None if resp.status_code == 404 else sha256_digest(resp.content)
+        if sha256_digest(resp.content) != config_digest:
+            raise self._error("registry-error", f"blob {repository}@{config_digest} has digest "
+                              f"{sha256_digest(resp.content)}")
+        return digest, config_digest
 
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """``(body, media type, digest)`` of a manifest; a missing one is a ``registry-error``."""
+        found = self._fetch_manifest(repository, reference, missing_ok=False)
+        assert found is not None
+        return found
+
+    def _verified_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str] | None:
+        """A tag's manifest whose digest was confirmed to resolve to the same bytes."""
+        found = self._fetch_manifest(repository, reference)
+        if found is not None and found[2] != reference:
+            # What olly pins is the digest: it must answer by itself, with these bytes.
+            again = self._fetch_manifest(repository, found[2])
+            if again is None:
+                return None
+        return found
+
+    def _fetch_manifest(self, repository: str, reference: str,
+                        missing_ok: bool = True) -> tuple[bytes, str, str] | None:
+        """GET a manifest: ``(body, media type, sha256 of body)``; the body must hash to a digest
+        reference and to any Docker-Content-Digest the registry claims."""
         what = _ref(repository, reference)
         resp = self._request("GET", repository, f"manifests/{reference}", what,
-                             headers={"Accept": MANIFEST_ACCEPT})
+                             headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404) if missing_ok else (200,))
+        if resp.status_code == 404:
+            return None
         body = resp.content
         digest = sha256_digest(body)
-        claimed = resp.headers.get("Docker-Content-Digest", "")
-        expected = reference if reference.startswith("sha256:") else claimed
-        if expected.startswith("sha256:") and expected != digest:
-            raise self._error("registry-error", f"manifest {what} has digest {digest}, expected {expected}")
+        if not _json_object(body):  # e.g. a response cut short: never hash it into a pin
+            raise self._error("registry-error", f"manifest {what} is not a JSON object ({len(body)} bytes)")
+        if ":" in reference and reference != digest:
+            raise self._error("registry-error", f"manifest {what} has digest {digest}: its bytes do not match")
+        claimed = resp.headers.get("Docker-Content-Digest", "").strip()
+        if claimed and claimed != digest:
+            raise self._error("registry-error", f"manifest {what} has digest {digest}, but the registry "
+                              f"claims {claimed[:80]}")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         if not media_type or media_type in ("application/json", "application/octet-stream"):
-            try:
-                media_type = json.loads(body).get("mediaType") or media_type
-            except (ValueError, AttributeError):
-                pass
+            media_type = _json_object(body).get("mediaType") or media_type
         return body, media_type, digest
 
     def blob_exists(self, repository: str, digest: str) -> bool:
@@ -162,7 +226,7 @@ class RegistryClient:
         if resp.status_code in ok:
             return resp
         status = resp.status_code
-        detail = _error_detail(resp)
+        detail = self._detail(resp)
         if status in (401, 403):
             word = "unauthorized" if status == 401 else "denied"
             raise self._error("registry-denied", f"HTTP {status} {word} for {method} {what}{detail}; "
@@ -170,17 +234,28 @@ class RegistryClient:
         raise self._error("registry-error", f"HTTP {status} for {method} {what}{detail}")
 
     def _send(self, method: str, url: str, headers: dict[str, str], kwargs: dict[str, Any]) -> requests.Response:
+        return self._http(method, url, "", headers=headers, allow_redirects=method in ("GET", "HEAD"), **kwargs)
+
+    def _http(self, method: str, url: str, where: str, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange, body included, within ``self.timeout`` seconds in total."""
+        deadline = Deadline(self.timeout)
         try:
-            return self._session.request(method, url, headers=headers, timeout=self.timeout,
-                                         allow_redirects=method in ("GET", "HEAD"), **kwargs)
-        except requests.RequestException as exc:
-            raise self._error("registry-unreachable", f"is unreachable: {self._describe(exc)}") from None
+            with deadline:
+                resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.RequestException, OSError) as exc:
+            cause = f"timed out after {self.timeout:g}s" if deadline.expired else self._describe(exc)
+            raise self._error("registry-unreachable", f"is unreachable{where}: {cause}") from None
+        if deadline.expired:
+            # Cut off mid-headers, http.client returns what it had as a whole response
+            # (urllib3 only logs the defect): whatever came back is not an answer.
+            raise self._error("registry-unreachable", f"is unreachable{where}: timed out after {self.timeout:g}s")
+        return resp
 
     def _auth_header(self, repository: str, write: bool) -> dict[str, str]:
         key = self._scopes.get((repository, write))
         if key is not None and key in self._tokens:
             return {"Authorization": f"Bearer {self._tokens[key]}"}
-        if self._basic and self._credentials().get("password"):
+        if self._basic and self._credentials().password:
             return {"Authorization": _basic_header(self._credentials())}
         return {}
 
@@ -193,7 +268,7 @@ class RegistryClient:
         if scheme.lower() == "basic":
             self._basic = True
             creds = self._credentials()
-            return None if sent or not creds.get("password") else {"Authorization": _basic_header(creds)}
+            return None if sent or not creds.password else {"Authorization": _basic_header(creds)}
         if scheme.lower() != "bearer" or not params.get("realm"):
             return None
         scope = params.get("scope") or f"repository:{repository}:{'pull,push' if write else 'pull'}"
@@ -210,20 +285,17 @@ class RegistryClient:
         creds = self._credentials()
         query: list[tuple[str, str]] = [("service", service)] if service else []
         query += [("scope", s) for s in scope.split()]
-        try:
-            if creds.get("identitytoken"):  # OAuth2 refresh token stored by `docker login`
-                form = [*query, ("grant_type", "refresh_token"), ("client_id", "olly"),
-                        ("refresh_token", creds["identitytoken"])]
-                resp = self._session.post(realm, data=form, timeout=self.timeout)
-            else:
-                auth = (creds.get("username", ""), creds["password"]) if creds.get("password") else None
-                resp = self._session.get(realm, params=query, auth=auth, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise self._error("registry-unreachable", f"is unreachable for {where}: {self._describe(exc)}") from None
+        if creds.identitytoken:  # OAuth2 refresh token stored by `docker login`
+            form = [*query, ("grant_type", "refresh_token"), ("client_id", "olly"),
+                    ("refresh_token", creds.identitytoken)]
+            resp = self._http("POST", realm, f" for {where}", data=form)
+        else:
+            auth = (creds.username, creds.password) if creds.password else None
+            resp = self._http("GET", realm, f" for {where}", params=query, auth=auth)
         if resp.status_code in (401, 403):
             word = "unauthorized" if resp.status_code == 401 else "denied"
             raise self._error("registry-denied", f"HTTP {resp.status_code} {word} for {where}"
-                              f"{_error_detail(resp)}; run: docker login {self.endpoint.host}")
+                              f"{self._detail(resp)}; run: docker login {self.endpoint.host}")
         try:
             payload = resp.json() if resp.status_code == 200 else {}
             token = payload.get("token") or payload.get("access_token")
@@ -231,25 +303,23 @@ class RegistryClient:
             token = None
         if not isinstance(token, str) or not token:
             raise self._error("registry-error", f"HTTP {resp.status_code} for {where}: no token in the answer")
-        self._secrets.add(token)
+        self._remember(token)
         return token
 
-    def _credentials(self) -> dict[str, str]:
-        """The user's docker credentials for this host (lower-case keys), or {}."""
+    def _credentials(self) -> Credentials:
+        """The user's docker credentials for this host (empty = anonymous)."""
         if self._creds is None:
-            import docker.auth
-            import docker.errors
-
-            host = self.endpoint.host
             try:
-                cfg = docker.auth.resolve_authconfig(docker.auth.load_config(),
-                                                     None if host in _DOCKER_HUB else host) or {}
-            except (docker.errors.DockerException, ValueError, TypeError) as exc:
-                raise self._error("registry-denied", f"cannot read docker credentials for {host} "
-                                  f"({type(exc).__name__}); run: docker login {host}") from None
-            self._creds = {k.lower(): v for k, v in cfg.items() if isinstance(v, str) and v}
-            self._secrets.update(v for k, v in self._creds.items() if k in ("password", "identitytoken"))
+                self._creds = credentials.resolve(self.endpoint.host)
+            except OllyError as exc:  # a helper that hangs or fails: name the registry too
+                raise self._error(exc.reason, exc.message) from None
+            self._remember(*self._creds.secrets())
         return self._creds
+
+    def _remember(self, *secrets: str) -> None:
+        """Mask these in this client's messages, and in every output of this process."""
+        self._secrets.update(s for s in secrets if s)
+        credentials.remember(*secrets)
 
     # -- messages ---------------------------------------------------------
 
@@ -260,12 +330,17 @@ class RegistryClient:
 
     def _error(self, reason: str, text: str) -> OllyError:
         sep = " " if text.startswith("is ") else ": "
-        message = f"registry '{self.endpoint.name}' ({self.endpoint.host}){sep}{text}"
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
+        message = credentials.mask(f"registry '{self.endpoint.name}' ({self.endpoint.host}){sep}{text}",
+                                   self._secrets)
         return OllyError(reason, " ".join(message.split()))
 
-    def _describe(self, exc: requests.RequestException) -> str:
+    def _detail(self, resp: requests.Response) -> str:
+        """``": CODE: message"`` from a registry's JSON error body, or "". Masked before it is
+        cut short: a cut could leave a partial secret that no longer matches the whole one."""
+        text = _error_detail(resp)
+        return f": {credentials.mask(text, self._secrets)[:200]}" if text else ""
+
+    def _describe(self, exc: OSError) -> str:
         """A short cause for a transport failure, without URLs or headers."""
         text = repr(exc)
         if isinstance(exc, requests.exceptions.SSLError):
@@ -286,17 +361,23 @@ def _ref(repository: str, reference: str) -> str:
     return f"{repository}{'@' if ':' in reference else ':'}{reference}"
 
 
-def _basic_header(creds: dict[str, str]) -> str:
-    pair = f"{creds.get('username', '')}:{creds.get('password', '')}".encode()
+def _basic_header(creds: Credentials) -> str:
+    pair = f"{creds.username}:{creds.password}".encode()
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
-def _error_detail(resp: requests.Response) -> str:
-    """``": CODE: message"`` from a registry's JSON error body, or ""."""
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        errors = resp.json().get("errors") or []
-        first = errors[0]
-        text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
-    except (ValueError, AttributeError, IndexError, TypeError):
+        doc = json.loads(body)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _error_detail(resp: requests.Response) -> str:
+    """``CODE: message`` of a registry's JSON error body (the first error, whole), or ""."""
+    try:
+        first = (resp.json().get("errors") or [])[0]
+        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    except (ValueError, AttributeError, IndexError, TypeError, KeyError):
         return ""
-    return f": {text[:200]}" if text else ""

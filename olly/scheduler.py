@@ -14,7 +14,7 @@ from typing import Callable
 from olly.cache import Cache
 from olly.errors import OllyError
 from olly.config import ChartTarget
-from olly.jobs import ChartWork, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
+from olly.jobs import ChartWork, DepImage, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
 from olly.plan import Plan, TargetPlan
 
 __all__ = ["Outcome", "Scheduler"]
@@ -87,7 +87,7 @@ class Scheduler:
                     continue
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
             elif self._needs_worker(tp):
-                running[pool.submit(run_image, self.ctx, tp, self._pulls_for(tp))] = (tp, None)
+                running[pool.submit(run_image, self.ctx, tp, self._deps_for(tp))] = (tp, None)
             else:
                 self._finish(tp, None, run_image(self.ctx, tp, []))  # cached: nothing slow to do
         return still
@@ -95,13 +95,17 @@ class Scheduler:
     def _needs_worker(self, tp: TargetPlan) -> bool:
         return tp.action == "build" or (self.ctx.push and self.ctx.registry is not None)
 
-    def _pulls_for(self, tp: TargetPlan) -> list[tuple[str, str]]:
-        """Dependencies that were remote-cache hits must be pulled before building on them."""
-        if tp.action != "build" or self.ctx.registry is None:
-            return []
-        deps = [self.by_label[d] for d in (tp.target.depends_on if tp.target else [])]
-        return [(f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}", dp.ref)
-                for dp in deps if dp.action == "remote"]
+    def _deps_for(self, tp: TargetPlan) -> list[DepImage]:
+        """What the build of ``tp`` stands on: each dependency's key and the image verified for
+        it this run, or its registry digest if it was a remote-cache hit (pulled before building)."""
+        out = []
+        for label in (tp.target.depends_on if tp.target else []):
+            dp, o = self.by_label[label], self.outcomes[label]
+            remote = ""
+            if dp.action == "remote" and self.ctx.registry is not None:
+                remote = f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}"
+            out.append(DepImage(label, dp.ref, dp.key, o.image_id, remote))
+        return out
 
     def _prepare_chart(self, tp: TargetPlan) -> ChartWork:
         images = {label: self.outcomes[label] for label in tp.target.depends_on}  # type: ignore[union-attr]

@@ -16,6 +16,15 @@ DATA = Path(__file__).parent / "data"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
+@pytest.fixture(autouse=True)
+def forget_secrets():
+    """Secret values registered by one test (olly.scrub is process-wide) never mask the next test's text."""
+    yield
+    from olly import scrub
+
+    scrub.clear()
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A docker SDK client for a live engine (skip locally, fail under CI when absent)."""

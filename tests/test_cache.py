@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from olly.cache import CACHE_SCHEMA, Cache, workspace_lock
+from olly.cache import CACHE_SCHEMA, Cache, workspace_lock, writable_dir
 from olly.errors import EXIT_ENVIRONMENT, OllyError
 
 
@@ -96,3 +96,65 @@ def test_lock_waits_and_says_so(tmp_path: Path) -> None:
     t.join()
     t2.join()
     assert said and "waiting for another olly" in said[0]
+
+
+# -- a cache olly cannot write (issue #7, item 14); as root, see also tests/test_hostile.py ----
+
+
+def test_lock_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "lock").mkdir()
+    with pytest.raises(OllyError) as info:
+        with workspace_lock(tmp_path, lambda _: None):
+            pass
+    assert info.value.reason == "io-error" and info.value.exit_code == EXIT_ENVIRONMENT
+    assert str(tmp_path / "lock") in info.value.message and "directory" in info.value.message
+
+
+@pytest.mark.parametrize("file", [".cache/logs", ".cache"])
+def test_cache_dir_that_is_a_file(tmp_path: Path, file: str) -> None:
+    (tmp_path / file).parent.mkdir(exist_ok=True)
+    (tmp_path / file).write_text("not a directory\n")
+    with pytest.raises(OllyError) as info:
+        writable_dir(tmp_path / ".cache" / "logs")
+    assert info.value.reason == "io-error" and info.value.exit_code == EXIT_ENVIRONMENT
+    assert info.value.message.startswith(f"cannot create cache directory {tmp_path / '.cache' / 'logs'}: ")
+    assert info.value.message.lower().endswith("not a directory")
+
+
+def test_reader_opens_an_unwritable_cache_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / ".cache"
+    c = Cache(d)
+    c.record_build("a", "k", "sha256:abc", "t", 0.1, {"key": "k"})
+    c.close()
+    before = (d / "olly.db").read_bytes()
+    # Root writes anything: pretend this user may not (tests/test_hostile.py does it for real).
+    monkeypatch.setattr("olly.cache._writable", lambda db: False)
+    reader = Cache(d, reader=True)
+    assert reader.read_only
+    assert reader.result("a", "k") is not None and reader.manifest("a") == {"key": "k"}
+    reader.save_stats([{"path": "x", "size": 1, "mtime_ns": 2, "ino": 3, "ctime_ns": 4, "mode": 5, "hash": "h"}], [])
+    assert reader.load_stats() == {}  # the stat cache is skipped, not half-written
+    with pytest.raises(OllyError) as info:
+        reader.record_build("b", "k", "sha256:abc", "t", 0.1, {})
+    assert info.value.exit_code == EXIT_ENVIRONMENT
+    reader.close()
+    assert (d / "olly.db").read_bytes() == before
+
+
+def test_reader_without_a_db_in_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".cache").mkdir()
+    monkeypatch.setattr("olly.cache._writable", lambda db: False)
+    reader = Cache(tmp_path / ".cache", reader=True)
+    assert reader.result("a", "k") is None
+    reader.close()
+    assert list((tmp_path / ".cache").iterdir()) == []
+
+
+def test_reader_with_an_empty_db_file_in_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "olly.db").write_bytes(b"")  # e.g. a first run that died before its first write
+    monkeypatch.setattr("olly.cache._writable", lambda db: False)
+    reader = Cache(tmp_path / ".cache", reader=True)
+    assert reader.result("a", "k") is None and reader.load_stats() == {}
+    reader.close()
+    assert (tmp_path / ".cache" / "olly.db").read_bytes() == b""

@@ -1,12 +1,18 @@
-"""The CLI: output shapes, one-line errors, exit codes (no engine needed)."""
+"""The CLI: output shapes, one-line errors, exit codes (no engine needed but for one `docker` test)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from olly.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/olly-test.sock"}
@@ -81,3 +87,101 @@ def test_inputs_of_a_chart() -> None:
     assert "image    frontend.image <- apps/demo" in proc.stdout and "templates/" in proc.stdout
     why = olly("why", "charts/ollyscale")
     assert why.returncode == 2 and "olly inputs charts/ollyscale" in why.stderr
+
+
+# -- --network beats BUILD.toml (issue #7, item 16) ------------------------------------------
+
+NETWORK_WS = ('[workspace]\nnetwork = "bridge"\n'
+              '[images.own]\nrepository = "x/own"\nnetwork = "none"\n'
+              '[images.plain]\nrepository = "x/plain"\n')
+
+
+def _network_ws(root: Path) -> Path:
+    for name in ("own", "plain"):
+        (root / name).mkdir(parents=True)
+        (root / name / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (root / "BUILD.toml").write_text(NETWORK_WS)
+    return root
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ([], {"own": "none", "plain": "bridge"}),  # per-image > workspace
+    (["--network", "host"], {"own": "host", "plain": "host"}),  # CLI > per-image > workspace
+])
+def test_network_flag_overrides_build_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str],
+                                           expected: dict[str, str]) -> None:
+    from fakes import FakeEngine
+
+    root = _network_ws(tmp_path / "ws")
+    engine = FakeEngine()
+    seen: dict[str, str | None] = {}
+    engine.during_build = lambda req: seen.__setitem__(req.dockerfile_display.split("/")[0], req.network)
+    monkeypatch.setattr("olly.api.Engine", lambda: engine)
+    result = CliRunner().invoke(cli, ["-C", str(root), "make", *flag])
+    assert result.exit_code == 0, result.output
+    assert seen == expected
+
+
+@pytest.mark.docker
+def test_network_flag_overrides_image_network_in_a_real_build(tmp_path: Path, docker_client, busybox: Path,
+                                                              unique_prefix: str) -> None:
+    host_nets = sorted(os.listdir("/sys/class/net"))
+    if host_nets == ["lo"]:
+        pytest.skip("this host has no interface but lo: host and none networks look alike")
+    root = tmp_path / "net"
+    (root / "n").mkdir(parents=True)
+    shutil.copyfile(busybox, root / "n" / "busybox")
+    (root / "n" / "busybox").chmod(0o755)
+    (root / "n" / "Dockerfile").write_text('FROM scratch\nCOPY busybox /bin/busybox\n'
+                                           'RUN ["/bin/busybox", "sh", "-c", "echo nets: $(/bin/busybox ls /sys/class/net)"]\n')
+    (root / "BUILD.toml").write_text(f'[images.n]\nrepository = "{unique_prefix}/n"\nnetwork = "none"\n')
+    proc = subprocess.run([sys.executable, "-m", "olly", "make", "--network", "host"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"nets: {' '.join(host_nets)}" in (root / ".cache" / "logs" / "n.log").read_text()
+
+
+# -- file names that would break line output (issue #7, item 17) -----------------------------
+
+ODD_NAMES = ["a\nb", "tab\there", "esc\x1b[31mred", "bidi\u202etxt.exe", "back\\slash", "cr\rx"]
+
+
+def _odd_ws(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    for name in ODD_NAMES:
+        (root / "a" / name).write_text("x\n")
+    (root / "c" / "templates").mkdir(parents=True)
+    (root / "c" / "Chart.yaml").write_text("apiVersion: v2\nname: c\nversion: 0.1.0\n")
+    (root / "c" / "values.yaml").write_text("image:\n  repository: x\n  tag: y\n")
+    (root / "c" / "templates" / "x\ny.yaml").write_text("x: 1\n")
+    (root / "BUILD.toml").write_text('[images.a]\nrepository = "x/a"\n[charts.c]\nimages = { "image" = "a" }\n')
+    return root
+
+
+def test_inputs_escapes_file_names(tmp_path: Path) -> None:
+    root = _odd_ws(tmp_path / "ws")
+    proc = olly("inputs", "a", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    files = [line for line in proc.stdout.splitlines() if line.startswith(("file ", "exec ", "dir  ", "link "))]
+    assert len(files) == len(ODD_NAMES) + 1  # one line per file (and the Dockerfile)
+    for escaped in ["a\\nb", "tab\\there", "esc\\x1b[31mred", "bidi\\u202etxt.exe", "back\\\\slash", "cr\\rx"]:
+        assert any(line.endswith(" " + escaped) for line in files), (escaped, files)
+    assert not any(c in proc.stdout for c in "\x1b\u202e\r\t")
+    data = json.loads(olly("inputs", "--json", "a", cwd=root).stdout)  # JSON keeps the real names
+    assert set(ODD_NAMES) <= {row[0] for row in data["files"]}
+    chart = olly("inputs", "c", cwd=root)
+    assert chart.returncode == 0, chart.stderr
+    assert any(line.endswith(" templates/x\\ny.yaml") for line in chart.stdout.splitlines()), chart.stdout
+
+
+def test_why_escapes_file_names(tmp_path: Path) -> None:
+    from fakes import FakeEngine
+    from olly import api
+
+    root = _odd_ws(tmp_path / "ws")
+    api.make(root, ["a"], engine=FakeEngine())
+    (root / "a" / "new\nfile").write_text("x\n")
+    proc = olly("why", "a", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "  + file new\\nfile" in proc.stdout.splitlines(), proc.stdout

@@ -100,3 +100,63 @@ def test_locate_line_prefers_deepest_key() -> None:
     assert locate_line(text, ("images", "b", "repository")) == 5
     assert locate_line(text, ("images", "b", "args", "X")) == 6
     assert locate_line(text, ("images", "a")) == 1
+
+
+# -- names the engine or a registry would refuse at run time (issue #7, item 15) ----------------
+
+LONG_PREFIX = "r.example:5000/" + "p" * 200  # 215 characters: room for a 40-character repository
+
+
+@pytest.mark.parametrize(
+    "toml, line, fragment",
+    [
+        ('[images."apps/a"]\nrepository = "x/A"\n', 2, "invalid repository name"),
+        ('[images."apps/a"]\nrepository = "x//a"\n', 2, "invalid repository name"),
+        (f'[images."apps/a"]\nrepository = "{"a" * 256}"\n', 2, "256 characters long, over the 255"),
+        (f'[registries.r]\npush = "{LONG_PREFIX}"\n[images."apps/a"]\nrepository = "x/{"a" * 40}"\n', 4,
+         "images.\"apps/a\".repository: under registry 'r' (push = "),
+        (f'[registries.r]\npush = "r.example"\npull = "{LONG_PREFIX}"\n[images."apps/a"]\nrepository = "x/{"a" * 40}"\n', 5,
+         "(pull = "),
+        (f'[registries.r]\npush = "{LONG_PREFIX}"\ncharts = "{"c" * 40}"\n[images."apps/a"]\nrepository = "x/a"\n', 3,
+         "registries.r.charts: "),
+        ('[registries.r]\npush = "r.example:65536"\n[images."apps/a"]\nrepository = "x/a"\n', 2,
+         "registries.r.push: invalid endpoint 'r.example:65536': port 65536 is not in 1-65535"),
+        ('[registries.r]\npush = "r.example"\npull = "r.example:99999/p"\n[images."apps/a"]\nrepository = "x/a"\n', 3,
+         "registries.r.pull: invalid endpoint"),
+        ('[registries.r]\npush = "r.example:0"\n[images."apps/a"]\nrepository = "x/a"\n', 2, "port 0"),
+    ],
+)
+def test_names_refused_at_load_time(tmp_path: Path, toml: str, line: int, fragment: str) -> None:
+    err = error_of(write_ws(tmp_path, toml))
+    assert err.exit_code == 2 and err.reason == "config-invalid"
+    assert f"BUILD.toml:{line}: " in err.line() and fragment in err.line(), err.line()
+
+
+def test_longest_reference_names_load(tmp_path: Path) -> None:
+    """The limits are exact: 255 characters is fine, with and without a registry."""
+    repo = "x/" + "a" * (255 - len(LONG_PREFIX) - 1 - 2)
+    assert len(f"{LONG_PREFIX}/{repo}") == 255
+    root = write_ws(tmp_path, f'[registries.r]\npush = "{LONG_PREFIX}"\n[images."apps/a"]\nrepository = "{repo}"\n')
+    assert load_workspace(root).registries["r"].push == LONG_PREFIX
+    root = write_ws(tmp_path, f'[images."apps/a"]\nrepository = "{"b" * 255}"\n')
+    assert load_workspace(root).targets["apps/a"].repository == "b" * 255
+
+
+# Bidi controls (U+202A-E, U+2066-9), zero-width and direction marks (U+200B-F), BOM, line separator.
+INVISIBLE = ["\u202a", "\u202e", "\u2066", "\u2069", "\u200b", "\u200d", "\u200f", "\ufeff", "\u2028", "\x85"]
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+@pytest.mark.parametrize("section", ["images", "charts"])
+def test_label_with_invisible_character(tmp_path: Path, char: str, section: str) -> None:
+    label = f"apps/a{char}b"
+    (tmp_path / label).mkdir(parents=True)  # a matching directory: the label itself is the problem
+    (tmp_path / label / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / label / "Chart.yaml").write_text("apiVersion: v2\nname: c\nversion: 0.1.0\n")
+    body = 'repository = "x/a"\n' if section == "images" else ""
+    err = error_of(write_ws(tmp_path, f'[{section}."{label}"]\n{body}'))
+    text = err.line()
+    assert err.exit_code == 2
+    assert f'BUILD.toml:1: {section}."apps/a' in text, text
+    assert "character" in text and char not in text  # escaped, never printed raw
+    assert "\n" not in text

@@ -305,6 +305,31 @@ def _input_link_outside(ws: Path) -> None:
 
 _SETUPS["inputs-glob-through-symlink"] = _input_link_outside
 
+# Names the engine or a registry refuses, and labels that print as something else: refused when
+# BUILD.toml is loaded, not by the engine at run time (issue #7, item 15).
+_LONG_PUSH = "r.example:5000/" + "p" * 200
+CONFIG_CASES += [
+    ("repository-uppercase", '[images.a]\nrepository = "x/A"\n', r"BUILD\.toml:2: ", ["invalid repository name"]),
+    ("repository-double-slash", '[images.a]\nrepository = "x//a"\n', r"BUILD\.toml:2: ", ["invalid repository name"]),
+    ("repository-too-long", f'[images.a]\nrepository = "{"a" * 256}"\n', r"BUILD\.toml:2: ",
+     ["images.a.repository", "256 characters"]),
+    ("repository-too-long-under-registry", f'[registries.r]\npush = "{_LONG_PUSH}"\n' + IMAGE_A.replace("x/a", "x/" + "a" * 40),
+     r"BUILD\.toml:4: ", ["images.a.repository", "registry 'r'", "over the 255"]),
+    ("endpoint-port-too-big", '[registries.r]\npush = "r.example:65536"\n' + IMAGE_A, r"BUILD\.toml:2: ",
+     ["registries.r.push", "port 65536"]),
+    ("endpoint-port-five-nines", '[registries.r]\npush = "r.example"\npull = "r.example:99999/p"\n' + IMAGE_A,
+     r"BUILD\.toml:3: ", ["registries.r.pull", "port 99999"]),
+    ("label-bidi-override", '[images."a\\u202eb"]\nrepository = "x/a"\n', r"BUILD\.toml:1: ",
+     ["invisible format character", "a\\u202eb"]),
+    ("label-zero-width-space", '[images."a\\u200b"]\nrepository = "x/a"\ncontext = "a"\n', r"BUILD\.toml:1: ",
+     ["invisible format character"]),
+    ("label-direction-mark", '[images."a\\u200f"]\nrepository = "x/a"\ncontext = "a"\n', r"BUILD\.toml:1: ",
+     ["invisible format character"]),
+    ("chart-label-bidi-isolate", IMAGE_A + '[charts."c\\u2066"]\npath = "c"\n', r"BUILD\.toml:3: ",
+     ["charts", "invisible format character"]),
+]
+_SETUPS["chart-label-bidi-isolate"] = _chart_c
+
 # Known bugs: the same contract, expected to fail until olly is fixed.
 _RAW_KEY_BUG = ("BUG: config.py format_key_path prints control characters of TOML keys raw: a newline splits "
                 "the error over lines (an ESC would reach the terminal)")
@@ -914,3 +939,97 @@ def test_disk_full_many_limits(many_files: tuple[Path, str]) -> None:
             outcomes[(fresh, limit)] = _check_disk_full(ws, key, proc)
     assert outcomes[(True, 0)] == "failed" and outcomes[(True, 1 << 23)] == "ok"
     assert "failed" in {outcomes[(False, n)] for n in (0, 4096, 65536)}
+
+
+# -- group 5: a cache olly cannot write (issue #7, item 14) ----------------------
+# An environment error (exit 3, one line naming the path) for `make`, never an internal error;
+# readers (`plan`, `why`, `inputs`) read a cache they cannot write, and write nothing.
+
+# `olly` with tests/fakes.py's engine in place of Docker: `make` gets past its engine check.
+FAKE_ENGINE_MAIN = "import sys, fakes, olly.api; olly.api.Engine = fakes.FakeEngine; import olly.cli; olly.cli.main(sys.argv[1:])"
+
+
+def _fake_engine() -> None:
+    import fakes
+    import olly.api
+
+    olly.api.Engine = fakes.FakeEngine
+
+
+def olly_fake_engine(ws: Path, *args: str, prefix: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [*prefix, sys.executable, "-c", FAKE_ENGINE_MAIN, "-C", str(ws), *args]
+    full_env = {**os.environ, **NO_ENGINE, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", **env}
+    return subprocess.run(cmd, cwd=ws, capture_output=True, text=True, env=full_env, timeout=120, errors="replace")
+
+
+@pytest.mark.parametrize("command", [["make"], ["cache", "export", "out.db"]])
+def test_lock_is_a_directory(tmp_path: Path, command: list[str]) -> None:
+    """Was an internal error (IsADirectoryError, exit 4)."""
+    ws = workspace(tmp_path, IMAGE_A)
+    (ws / ".cache" / "lock").mkdir(parents=True)
+    one_error(olly_forked(ws, *command, preexec=_fake_engine), 3, ".cache/lock", "is a directory",
+              where=r"^olly: error: cannot open the workspace lock ")
+    nothing_recorded(ws)
+
+
+def test_logs_is_a_file(tmp_path: Path) -> None:
+    """Was a target failing with an internal error (FileExistsError from mkdir) after planning."""
+    ws = workspace(tmp_path, IMAGE_A)
+    write(ws / ".cache" / "logs", "a file where olly keeps build logs\n")
+    one_error(olly_forked(ws, "make", preexec=_fake_engine), 3, ".cache/logs", "not a directory")
+    nothing_recorded(ws)
+
+
+@pytest.mark.docker
+def test_logs_is_a_file_real_engine(tmp_path: Path, docker_client) -> None:
+    """With Docker, the target failed with "internal error: FileExistsError" (exit 1)."""
+    ws = workspace(tmp_path, IMAGE_A)
+    write(ws / ".cache" / "logs", "a file where olly keeps build logs\n")
+    proc = olly(ws, "make", env={"DOCKER_HOST": os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")})
+    one_error(proc, 3, ".cache/logs", "not a directory")
+    nothing_recorded(ws)
+
+
+def _built_ws(base: Path) -> Path:
+    """A workspace whose cache, written by root, records a build of ``a``; its files were too
+    new for the stat cache then, and are old enough now: a reader has stat rows to save."""
+    import time
+
+    import fakes
+    import olly.api
+
+    ws = workspace(base, IMAGE_A)
+    write(ws / "a" / "file.txt", "x\n")
+    written = time.time()
+    assert olly.api.make(ws, [], engine=fakes.FakeEngine()).outcomes[0].status == "built"
+    time.sleep(max(0.0, written + 2.2 - time.time()))  # olly's racy-file guard: 2 s
+    return ws
+
+
+# (id, mode of .cache, mode of .cache/olly.db)
+READ_ONLY_CASES = [("read-only-dir", 0o555, 0o644), ("read-only-db", 0o777, 0o444), ("read-only-both", 0o555, 0o444)]
+
+
+@pytest.mark.parametrize("case", READ_ONLY_CASES, ids=[c[0] for c in READ_ONLY_CASES])
+def test_read_only_cache(unprivileged: list[str], open_dir: Path, case) -> None:
+    """`plan`, `why`, `inputs` read a cache they cannot write (they used to fail: "attempt to
+    write a readonly database"); `make` cannot record anything there: one line, exit 3."""
+    _, dir_mode, db_mode = case
+    ws = _built_ws(open_dir)
+    cache = ws / ".cache"
+    before = (cache / "olly.db").read_bytes()
+    (cache / "olly.db").chmod(db_mode)
+    cache.chmod(dir_mode)
+    env = {"HOME": str(open_dir / "home")}
+    plan = olly(ws, "plan", prefix=unprivileged, env=env, cwd=ws)
+    assert plan.returncode == 0 and plan.stderr == "", plan.stderr
+    assert plan.stdout.startswith("cached  a  x/a:olly-"), plan.stdout  # the recorded build was read
+    why = olly(ws, "why", "a", prefix=unprivileged, env=env, cwd=ws)
+    assert why.returncode == 0 and "up to date" in why.stdout, why.stderr
+    inputs = olly(ws, "inputs", "a", prefix=unprivileged, env=env, cwd=ws)
+    assert inputs.returncode == 0 and " file.txt\n" in inputs.stdout, inputs.stderr
+    make = olly_fake_engine(ws, "make", prefix=unprivileged, env=env)
+    one_error(make, 3, str(cache) + "/")
+    cache.chmod(0o755)
+    # Nothing recorded (the lock file, owned by whoever ran first, may hold a new pid).
+    assert (cache / "olly.db").read_bytes() == before

@@ -39,11 +39,11 @@ def test_compute_key_requires_schema() -> None:
 def test_record_key_is_pinned() -> None:
     # Pins the encoding + hash of a hand-written record (see docs/keys.md example).
     record = keys.image_record(files=[["a.txt", "f", False, "00" * 16]], dockerfile=b"FROM scratch\n",
-                               args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={}, labels={}, secrets={}, dockerignore=None)
+                               args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={}, labels={}, secrets=[], dockerignore=None)
     assert keys.compute_key(record) == GOLDEN_RECORD_KEY
 
 
-GOLDEN_RECORD_KEY = "bfa26d691e74599a02c2bf2a32eeef52"
+GOLDEN_RECORD_KEY = "ce08f5c6fe1665683ce0b3c8033d47c3"
 
 
 def golden_workspace(tmp_path: Path) -> Path:

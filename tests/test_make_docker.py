@@ -278,3 +278,56 @@ def test_run_step_killed_like_an_oom_kill(ws: Path) -> None:
     assert result.outcomes[0].status == "failed"
     assert "returned a non-zero code: 137" in result.outcomes[0].reason
     assert api.why(ws, "solo")["built_before"] is False
+
+
+def test_secret_never_reaches_logs_or_output_when_the_engine_rejects_the_build(ws: Path, monkeypatch) -> None:
+    """docker's HTTP 400 quotes the /build URL, buildargs (the secret, JSON- and URL-encoded) included."""
+    secret = 'tok "s3cr3t"/+&value'
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('args = { GREETING = "hello" }',
+                                               'secrets = ["GREETING"]\ntarget = "no-such-stage"'))
+    proc = olly(ws, "make", "solo", "--json", env={"GREETING": secret})
+    assert proc.returncode == 1, proc.stderr + proc.stdout
+    log = (ws / ".cache" / "logs" / "solo.log").read_text()
+    assert "no-such-stage" in log  # the engine's error was logged...
+    from olly.scrub import encodings
+
+    for form in encodings(secret):  # ...without the value in any form
+        assert form not in log and form not in proc.stdout and form not in proc.stderr, form
+    assert "buildargs=" in log and "***" in log  # proves the scrubbed text was there
+
+
+@pytest.mark.parametrize("first,second", [("missing", "gone"), ("../outside", "/etc/hostname"), ("missing", "../x")])
+def test_retargeted_symlink_reaches_the_image(ws: Path, docker_client, first: str, second: str) -> None:
+    """The classic builder's layer cache keys a dangling or escaping link by its path only:
+    olly must not record the old layer under the new key (builds without the cache)."""
+    df = ws / "solo" / "Dockerfile"
+    df.write_text(df.read_text() + "COPY . /ctx/\n")
+    link = ws / "solo" / "l"
+    link.symlink_to(first)
+    one = api.make(ws, ["solo"])
+    assert "layer cache not used: symlink l" in "; ".join(one.outcomes[0].notes)
+    link.unlink()
+    link.symlink_to(second)
+    two = api.make(ws, ["solo"])
+    assert statuses(two) == {"solo": "built"}
+
+    def target_in_image(ref: str) -> str:
+        container = docker_client.containers.create(ref, command="/nonexistent")
+        try:
+            data = b"".join(container.export())
+        finally:
+            container.remove()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            return next(m.linkname for m in tar.getmembers() if m.name == "ctx/l")
+
+    assert target_in_image(two.outcomes[0].ref) == second
+    # An arg-only rebuild must not bring the first layer back either.
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('GREETING = "hello"', 'GREETING = "other"'))
+    assert target_in_image(api.make(ws, ["solo"]).outcomes[0].ref) == second
+
+
+def test_a_link_to_a_context_file_keeps_the_layer_cache(ws: Path) -> None:
+    (ws / "solo" / "l").symlink_to("data.txt")
+    assert api.make(ws, ["solo"]).outcomes[0].notes == []

@@ -12,10 +12,12 @@ import socket
 import subprocess
 import tarfile
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote, quote_plus
 
 import pytest
 import requests
@@ -208,7 +210,7 @@ def test_htpasswd_without_credentials_is_denied(auth_registry):
     err = exc.value
     assert err.reason == "registry-denied"
     assert err.message.startswith(f"registry 'private' ({auth_registry.host}): HTTP 401 unauthorized for "
-                                  "HEAD olly/app:v1")
+                                  "GET olly/app:v1")
     assert err.message.endswith(f"; run: docker login {auth_registry.host}")
     with pytest.raises(OllyError) as exc:
         client.push_blob("olly/app", b"data")
@@ -302,9 +304,10 @@ def test_server_error_is_a_registry_error_not_none():
         assert exc.value.reason == "registry-error"
         assert exc.value.message == (f"registry 'flaky' ({stub.host}): HTTP 500 for GET a/b:v1: "
                                      "UNKNOWN: disk on fire")
-        with pytest.raises(OllyError) as exc:  # HEAD has no body: status only, and never None
+        with pytest.raises(OllyError) as exc:  # never None: a 5xx is not "not built"
             client.manifest_digest("a/b", "v1")
-        assert exc.value.message == f"registry 'flaky' ({stub.host}): HTTP 500 for HEAD a/b:v1"
+        assert exc.value.reason == "registry-error"
+        assert exc.value.message.startswith(f"registry 'flaky' ({stub.host}): HTTP 500 for GET a/b:v1")
 
 
 def test_403_is_denied_and_405_delete_is_explained():
@@ -329,19 +332,20 @@ def test_403_is_denied_and_405_delete_is_explained():
         assert "HTTP 405" in exc.value.message and "deletion is disabled" in exc.value.message
 
 
-def test_head_without_digest_header_falls_back_to_get():
-    """Stub: a registry that omits Docker-Content-Digest on HEAD."""
+def test_digest_is_hashed_from_fetched_bytes_and_confirmed_by_digest():
+    """Stub: a registry that sends no Docker-Content-Digest at all."""
     body = b'{"schemaVersion":2}'
     with Stub(lambda r: (200, {"Content-Type": OCI_MANIFEST}, body)) as stub:
         client = RegistryClient(Endpoint("bare", stub.host, insecure=True))
         assert client.manifest_digest("a/b", "v1") == sha256_digest(body)
-        assert [m for m, _, _ in stub.requests] == ["HEAD", "GET"]
+        assert [(m, p) for m, p, _ in stub.requests] == [
+            ("GET", "/v2/a/b/manifests/v1"), ("GET", f"/v2/a/b/manifests/{sha256_digest(body)}")]
 
 
 def test_bearer_token_flow_with_docker_config_credentials(empty_docker_config):
     """Stub: registry + token server on one port, as ghcr.io does it (Bearer challenge)."""
     token = "tok-" + uuid.uuid4().hex
-    digest = "sha256:" + hashlib.sha256(b"m").hexdigest()
+    digest = "sha256:" + hashlib.sha256(b'{"m":1}').hexdigest()
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
     def handle(r):
@@ -353,14 +357,14 @@ def test_bearer_token_flow_with_docker_config_credentials(empty_docker_config):
             challenge = (f'Bearer realm="http://{stub.host}/token",service="stub",'
                          'scope="repository:a/b:pull"')
             return 401, {"WWW-Authenticate": challenge}, _errors("UNAUTHORIZED", "authentication required")
-        return 200, {"Docker-Content-Digest": digest}, b""
+        return 200, {"Docker-Content-Digest": digest}, b'{"m":1}'
 
     with Stub(handle) as stub:
         client = RegistryClient(Endpoint("ghcr", stub.host, insecure=True))
         with pytest.raises(OllyError) as exc:  # no credentials: the token server says 401
             client.manifest_digest("a/b", "v1")
         assert exc.value.reason == "registry-denied" and "HTTP 401" in exc.value.message
-        assert "HEAD a/b:v1" in exc.value.message
+        assert "GET a/b:v1" in exc.value.message
 
         write_docker_config(empty_docker_config, stub.host, USER, PASSWORD)
         client = RegistryClient(Endpoint("ghcr", stub.host, insecure=True))
@@ -368,7 +372,9 @@ def test_bearer_token_flow_with_docker_config_credentials(empty_docker_config):
         assert client.manifest_digest("a/b", "v1") == digest
         assert client.manifest_digest("a/b", "v2") == digest  # token cached: sent up front
         paths = [p.split("?")[0] for _, p, _ in stub.requests]
-        assert paths == ["/v2/a/b/manifests/v1", "/token", "/v2/a/b/manifests/v1", "/v2/a/b/manifests/v2"]
+        by_digest = f"/v2/a/b/manifests/{digest}"
+        assert paths == ["/v2/a/b/manifests/v1", "/token", "/v2/a/b/manifests/v1", by_digest,
+                         "/v2/a/b/manifests/v2", by_digest]
         assert "scope=repository%3Aa%2Fb%3Apull" in stub.requests[1][1]
         assert "service=stub" in stub.requests[1][1]
 
@@ -387,3 +393,274 @@ def test_unknown_host_and_timeout_are_unreachable():
             RegistryClient(Endpoint("slow", host, insecure=True), timeout=0.3).blob_exists("a/b", "sha256:" + "4" * 64)
     assert exc.value.reason == "registry-unreachable"
     assert exc.value.message == f"registry 'slow' ({host}) is unreachable: timed out after 0.3s"
+
+
+# -- trust: a digest olly returns is one it fetched and hashed (issue #7, item 4) ------
+
+CT = {"Content-Type": OCI_MANIFEST}
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": sha256_digest(b"{}"), "size": 2}, "layers": []}).encode()
+OTHER = b'{"schemaVersion":2,"layers":["not the manifest you asked for"]}'
+M = "/v2/a/b/manifests/"
+
+
+def routes(table: dict[tuple[str, str], tuple[int, dict[str, str], bytes]]) -> Handler:
+    """A stub answering from ``table[(method, path)]``; anything else is 404 MANIFEST_UNKNOWN."""
+    missing = (404, {"Content-Type": "application/json"}, _errors("MANIFEST_UNKNOWN", "manifest unknown"))
+    return lambda r: table.get((r.command, r.path.split("?")[0]), missing)
+
+
+def test_head_digest_is_not_trusted():
+    """Stub, a caching proxy: HEAD answers a stale digest that no longer resolves."""
+    good, stale = sha256_digest(MANIFEST), sha256_digest(OTHER)
+    table = {("HEAD", M + "v1"): (200, {**CT, "Docker-Content-Digest": stale}, b""),
+             ("GET", M + "v1"): (200, CT, MANIFEST),
+             ("GET", M + good): (200, CT, MANIFEST)}
+    with Stub(routes(table)) as stub:
+        client = RegistryClient(Endpoint("proxy", stub.host, insecure=True))
+        assert client.manifest_digest("a/b", "v1") == good
+
+
+def test_head_200_for_a_missing_tag_is_none():
+    """Stub: HEAD says 200 (with a digest that exists) for a tag that GET does not find."""
+    good = sha256_digest(MANIFEST)
+    table = {("HEAD", M + "gone"): (200, {**CT, "Docker-Content-Digest": good}, b""),
+             ("GET", M + good): (200, CT, MANIFEST)}
+    with Stub(routes(table)) as stub:
+        assert RegistryClient(Endpoint("liar", stub.host, insecure=True)).manifest_digest("a/b", "gone") is None
+
+
+def test_tag_whose_digest_does_not_resolve_is_none():
+    """Stub: the tag answers, but the digest olly would pin 404s (stale tag cache)."""
+    good = sha256_digest(MANIFEST)
+    table = {("HEAD", M + "v1"): (200, {**CT, "Docker-Content-Digest": good}, b""),
+             ("GET", M + "v1"): (200, {**CT, "Docker-Content-Digest": good}, MANIFEST)}
+    with Stub(routes(table)) as stub:
+        client = RegistryClient(Endpoint("liar", stub.host, insecure=True))
+        assert client.manifest_digest("a/b", "v1") is None
+        assert client.manifest_config_digest("a/b", "v1") is None
+
+
+@pytest.mark.parametrize("reference", ["v1", "digest"])
+def test_body_not_matching_its_digest_is_a_registry_error(reference):
+    """Stub: GET by digest returns other bytes (HEAD claims the digest all the same)."""
+    good = sha256_digest(MANIFEST)
+    table = {("HEAD", M + good): (200, {**CT, "Docker-Content-Digest": good}, b""),
+             ("HEAD", M + "v1"): (200, {**CT, "Docker-Content-Digest": good}, b""),
+             ("GET", M + "v1"): (200, CT, MANIFEST),
+             ("GET", M + good): (200, CT, OTHER)}
+    with Stub(routes(table)) as stub:
+        client = RegistryClient(Endpoint("liar", stub.host, insecure=True))
+        with pytest.raises(OllyError) as exc:
+            client.manifest_digest("a/b", good if reference == "digest" else reference)
+    assert exc.value.reason == "registry-error"
+    assert f"manifest a/b@{good} has digest {sha256_digest(OTHER)}: its bytes do not match" in exc.value.message
+
+
+def test_claimed_digest_contradicting_the_body_is_a_registry_error():
+    """Stub: GET's Docker-Content-Digest names other bytes than it sends."""
+    claimed = sha256_digest(OTHER)
+    table = {("HEAD", M + "v1"): (200, {**CT, "Docker-Content-Digest": claimed}, b""),
+             ("GET", M + "v1"): (200, {**CT, "Docker-Content-Digest": claimed}, MANIFEST),
+             ("GET", M + claimed): (200, CT, OTHER)}
+    with Stub(routes(table)) as stub:
+        with pytest.raises(OllyError) as exc:
+            RegistryClient(Endpoint("liar", stub.host, insecure=True)).manifest_digest("a/b", "v1")
+    assert exc.value.reason == "registry-error" and f"claims {claimed}" in exc.value.message
+
+
+@pytest.mark.registry
+def test_manifest_config_digest_of_oci_and_docker_manifests(registry):
+    client = RegistryClient(Endpoint("local", registry.host, insecure=True))
+    repository = repo()
+    layer, config = image_parts()
+    manifest, digest = push_image(client, repository, "oci")
+    assert client.manifest_config_digest(repository, "oci") == (digest, sha256_digest(config))
+    assert client.manifest_config_digest(repository, digest) == (digest, sha256_digest(config))
+    docker_manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                    "digest": sha256_digest(layer), "size": len(layer)}]}).encode()
+    docker_digest = client.push_manifest(repository, "docker", docker_manifest,
+                                         "application/vnd.docker.distribution.manifest.v2+json")
+    assert client.manifest_config_digest(repository, "docker") == (docker_digest, sha256_digest(config))
+    assert client.manifest_config_digest(repository, "nope") is None
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest),
+                                       "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    client.push_manifest(repository, "index", index, "application/vnd.oci.image.index.v1+json")
+    with pytest.raises(OllyError) as exc:
+        client.manifest_config_digest(repository, "index")
+    assert exc.value.reason == "registry-error" and "is not a single image manifest" in exc.value.message
+
+
+@pytest.mark.parametrize("blob", [None, b'{"os":"other"}'])
+def test_manifest_config_digest_verifies_the_config_blob(blob):
+    """Stub: the config blob is missing (None), or its bytes are not its digest."""
+    good, config = sha256_digest(MANIFEST), sha256_digest(b"{}")
+    table = {("GET", M + "v1"): (200, CT, MANIFEST), ("GET", M + good): (200, CT, MANIFEST)}
+    if blob is not None:
+        table[("GET", f"/v2/a/b/blobs/{config}")] = (200, {}, blob)
+    with Stub(routes(table)) as stub:
+        client = RegistryClient(Endpoint("liar", stub.host, insecure=True))
+        if blob is None:
+            assert client.manifest_config_digest("a/b", "v1") is None
+            return
+        with pytest.raises(OllyError) as exc:
+            client.manifest_config_digest("a/b", "v1")
+    assert exc.value.reason == "registry-error"
+    assert f"blob a/b@{config} has digest {sha256_digest(blob)}" in exc.value.message
+
+
+# -- a total deadline per request (issue #7, item 9) ----------------------------------
+
+class Drip:
+    """A raw TCP server (NOT a registry): reads one request, sends ``head`` at once, then
+    ``drip`` one byte every ``interval`` s, so no single read ever times out. It gives up
+    after ``limit`` s, so a client without a total deadline fails a test instead of hanging it."""
+
+    def __init__(self, head: bytes, drip: bytes, interval: float = 0.3, limit: float = 20.0) -> None:
+        self.head, self.drip, self.interval, self.limit = head, drip, interval, limit
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                conn.sendall(self.head)
+                started = time.monotonic()
+                for byte in self.drip:
+                    if self.stop.wait(self.interval) or time.monotonic() - started > self.limit:
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the client hung up: what a deadline does
+
+    def __enter__(self) -> Drip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+DRIPS = {
+    "status line": (b"", b"HTTP/1.1 200 OK\r\n" + b"X-Drip: " + b"a" * 10_000),
+    "headers": (b"HTTP/1.1 200 OK\r\n", b"X-Drip: " + b"a" * 10_000),
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n", b" " * 10_000),
+}
+
+
+@pytest.mark.parametrize("where", sorted(DRIPS))
+def test_a_dripping_registry_hits_the_total_deadline(where):
+    with Drip(*DRIPS[where]) as drip:
+        client = RegistryClient(Endpoint("drip", drip.host, insecure=True), timeout=1.5)
+        started = time.monotonic()
+        with pytest.raises(OllyError) as exc:
+            client.manifest_digest("a/b", "v1")
+        elapsed = time.monotonic() - started
+    assert exc.value.reason == "registry-unreachable" and exc.value.exit_code == 3
+    assert exc.value.message == f"registry 'drip' ({drip.host}) is unreachable: timed out after 1.5s"
+    assert 1.4 < elapsed < 6
+
+
+def test_a_dripping_token_server_hits_the_deadline_set_by_env(monkeypatch):
+    """Stub registry with a Bearer challenge whose realm drips; the deadline comes from
+    OLLY_REGISTRY_TIMEOUT."""
+    monkeypatch.setenv("OLLY_REGISTRY_TIMEOUT", "1.5")
+    with Drip(*DRIPS["headers"]) as drip:
+        challenge = {"WWW-Authenticate": f'Bearer realm="http://{drip.host}/token",service="s"'}
+        with Stub(lambda r: (401, challenge, b"")) as stub:
+            client = RegistryClient(Endpoint("ghcr", stub.host, insecure=True))
+            started = time.monotonic()
+            with pytest.raises(OllyError) as exc:
+                client.manifest_digest("a/b", "v1")
+            elapsed = time.monotonic() - started
+    assert exc.value.reason == "registry-unreachable"
+    assert exc.value.message == (f"registry 'ghcr' ({stub.host}) is unreachable for GET a/b:v1 "
+                                 f"(token from http://{drip.host}/token): timed out after 1.5s")
+    assert elapsed < 6
+
+
+def test_registry_timeout_setting(monkeypatch):
+    monkeypatch.delenv("OLLY_REGISTRY_TIMEOUT", raising=False)
+    assert RegistryClient(Endpoint("r", "h")).timeout == 30
+    assert RegistryClient(Endpoint("r", "h"), timeout=2).timeout == 2
+    monkeypatch.setenv("OLLY_REGISTRY_TIMEOUT", "7.5")
+    assert RegistryClient(Endpoint("r", "h")).timeout == 7.5
+    for bad in ("soon", "0", "-1", "inf"):
+        monkeypatch.setenv("OLLY_REGISTRY_TIMEOUT", bad)
+        with pytest.raises(OllyError) as exc:
+            RegistryClient(Endpoint("r", "h"))
+        assert exc.value.reason == "usage" and "OLLY_REGISTRY_TIMEOUT" in exc.value.message
+
+
+@pytest.mark.registry
+def test_kept_alive_connections_survive_many_deadlines(registry):
+    """Each request's deadline is cancelled and forgotten: 50 requests on one session, all fine."""
+    client = RegistryClient(Endpoint("local", registry.host, insecure=True), timeout=5)
+    repository = repo()
+    _, digest = push_image(client, repository, "v1")
+    before = threading.active_count()
+    for _ in range(25):
+        assert client.manifest_digest(repository, "v1") == digest
+    deadline = time.monotonic() + 5  # cancelled timer threads end on their own, promptly
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before  # no timer thread left behind
+
+
+# -- secrets echoed by a registry (issue #7, item 13) --------------------------------
+
+SPECIAL = "s3cr/t+P@ss=w0rd&x é"  # every encoding of it differs from the raw value
+
+
+def test_error_bodies_echoing_credentials_are_masked(empty_docker_config):
+    """Stub: Basic auth; 401 and 500 error bodies echo the Authorization header and the
+    password, raw and URL-encoded; the 500 one puts the header where messages are cut."""
+    pair = f"{USER}:{SPECIAL}".encode()
+    encoded = base64.b64encode(pair).decode()
+    forms = [SPECIAL, encoded, encoded.rstrip("="), base64.urlsafe_b64encode(pair).decode(),
+             quote(SPECIAL, safe=""), quote_plus(SPECIAL), encoded[:10]]
+
+    def handle(r):
+        auth = r.headers.get("Authorization", "")
+        if not auth:
+            return 401, {"WWW-Authenticate": 'Basic realm="stub"'}, _errors("UNAUTHORIZED", "authentication required")
+        echo = (f"you sent Authorization: {auth} for {USER} with {SPECIAL} "
+                f"(?p={quote(SPECIAL, safe='')}&q={quote_plus(SPECIAL)})")
+        if r.path.endswith("/v1"):
+            return 401, {"WWW-Authenticate": 'Basic realm="stub"'}, _errors("UNAUTHORIZED", echo)
+        return 500, {}, _errors("UNKNOWN", "x" * 150 + echo)  # the 200-char cut falls in the base64
+
+    with Stub(handle) as stub:
+        write_docker_config(empty_docker_config, stub.host, USER, SPECIAL)
+        client = RegistryClient(Endpoint("echo", stub.host, insecure=True))
+        with pytest.raises(OllyError) as exc:
+            client.get_manifest("a/b", "v1")
+        assert exc.value.reason == "registry-denied" and "HTTP 401" in exc.value.message
+        assert_clean(exc.value, *forms)
+        assert "you sent Authorization: Basic ***" in exc.value.message
+        with pytest.raises(OllyError) as exc:
+            client.manifest_digest("a/b", "v2")
+        assert exc.value.reason == "registry-error" and "HTTP 500" in exc.value.message
+        assert_clean(exc.value, *forms)

@@ -19,6 +19,7 @@ from olly import api, report
 from olly.config import find_workspace
 from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OllyError
 from olly.plan import TargetPlan
+from olly.scrub import scrub
 
 
 def _echo(text: str = "", err: bool = False) -> None:
@@ -26,7 +27,7 @@ def _echo(text: str = "", err: bool = False) -> None:
     it just stops printing to the reader that went away."""
     stream = sys.stderr if err else sys.stdout
     try:
-        click.echo(text, err=err)
+        click.echo(scrub(text), err=err)  # no secret build arg reaches the terminal or JSON
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
@@ -153,7 +154,7 @@ def why(ctx: click.Context, target: str, as_json: bool) -> None:
             _echo(f"{info['label']}: inputs unchanged since the last build, but it was not recorded (key {info['key']})")
         else:
             _echo(f"{info['label']}: key {info['previous_key']} -> {info['key']}")
-            _echo("\n".join(f"  {line}" for line in info["changes"]))
+            _echo("\n".join(f"  {escape_line(line)}" for line in info["changes"]))
 
     _run(ctx, run)
 
@@ -170,9 +171,31 @@ def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
         if as_json:
             _emit_json(tp.manifest if tp.kind == "image" else _chart_inputs(tp))
         else:
-            _echo("\n".join(_input_lines(tp) if tp.kind == "image" else _chart_lines(tp)))
+            lines = _input_lines(tp) if tp.kind == "image" else _chart_lines(tp)
+            _echo("\n".join(map(escape_line, lines)))
 
     _run(ctx, run)
+
+
+def escape_line(text: str) -> str:
+    r"""One output line per input, whatever its file name holds: a backslash is printed as
+    ``\\``, control and invisible characters as Python escapes (``\n``, ``\t``, ``\x1b``,
+    ``\u202e``), a byte that is not UTF-8 as ``\xNN`` (NN >= 80: such characters are ``\u0080``…)."""
+    return "".join(_escape_char(c) for c in text)
+
+
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    if c in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[c]
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # a non-UTF-8 byte of a file name (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _input_lines(tp: TargetPlan) -> list[str]:
