@@ -121,21 +121,26 @@ def inputs(root: Path, label: str, version: str | None = None) -> TargetPlan:
 
 
 def why(root: Path, label: str) -> dict[str, Any]:
-    """What changed in one target's inputs since its last recorded build."""
+    """What changed in one target's inputs since its last recorded build (a multi-platform
+    image: per platform, each change prefixed with its platform)."""
     ws, graph = load(root)
     target, labels = _one_target(ws, graph, label)
     cache = Cache(ws.cache_dir, reader=True)
     try:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
-        previous = cache.manifest(target.label)
-        built_now = cache.result(target.label, current.key) is not None
+        parts = [(v, cache.manifest(v.history or v.label), cache.result(v.label, v.key) is not None)
+                 for v in (current.variants or [current])]
     finally:
         cache.close()
-    info: dict[str, Any] = {"label": target.label, "key": current.key, "built_before": previous is not None,
-                            "current_key_built": built_now, "previous_key": None, "changes": []}
-    if previous is not None and not built_now:
-        info["previous_key"] = previous.get("key")
-        info["changes"] = diff_manifests(previous, current.manifest)
+    info: dict[str, Any] = {"label": target.label, "key": current.key,
+                            "built_before": all(prev is not None for _, prev, _ in parts),
+                            "current_key_built": all(built for _, _, built in parts), "previous_key": None,
+                            "changes": []}
+    for v, previous, built_now in parts:
+        if previous is not None and not built_now:
+            prefix = f"{v.platform}: " if current.variants else ""
+            info["previous_key"] = previous.get("key") if not current.variants else None
+            info["changes"] += [prefix + change for change in diff_manifests(previous, v.manifest)]
     return info
 
 

@@ -202,8 +202,10 @@ class Cache:
         return {"image_id": row[0], "tag": row[1], "built_at": row[2], "duration_s": row[3]}
 
     @_guarded
-    def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any]) -> None:
-        """Record a verified build and its input manifest atomically."""
+    def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any],
+                     history: str | None = None) -> None:
+        """Record a verified build and its input manifest (kept under ``history``, default the
+        target; ``label@platform`` for one platform of a multi-platform image) atomically."""
         with self.transaction():
             self.db["results"].upsert(
                 {"target": target, "key": key, "image_id": image_id, "tag": tag,
@@ -211,7 +213,8 @@ class Cache:
                 pk=("target", "key"),
             )
             failpoints.hit("record")  # between the two writes of one transaction
-            self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest)}, pk="target")
+            self.db["manifests"].upsert({"target": history or target, "key": key, "manifest": json.dumps(manifest)},
+                                        pk="target")
 
     @_guarded
     def push(self, target: str, key: str, registry: str) -> str | None:

@@ -50,7 +50,8 @@ class ImageSpec(_Strict):
     target: str | None = None
     inputs: list[str] = []
     depends_on: list[str] = []
-    platform: str | None = None
+    platform: str | None = None  # one platform; `platforms` for several (an OCI image index)
+    platforms: list[str] | None = None
     network: str | None = None
 
 
@@ -64,6 +65,7 @@ class RegistrySpec(_Strict):
     pull: str | None = None
     insecure: bool = False
     charts: str = "charts"
+    platforms: list[str] = []  # built for this registry unless an image sets its own
 
 
 class BuildFileSpec(_Strict):
@@ -83,7 +85,7 @@ class ImageTarget:
     target: str | None
     inputs: list[str]
     depends_on: list[str]
-    platform: str | None
+    platforms: tuple[str, ...]  # () = the registry's, else the engine's own platform
     network: str | None
     secrets: list[str] = field(default_factory=list)  # build args read from the environment
     kind: str = "image"
@@ -113,6 +115,7 @@ class Registry:
     pull: str  # what chart values reference; equals push unless set
     insecure: bool
     charts: str  # repository path of charts under the endpoint, e.g. ollyscale/charts
+    platforms: tuple[str, ...] = ()  # what images are built for when pushed here (() = native)
 
     @property
     def host(self) -> str:
@@ -385,8 +388,10 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     dockerfile = loader.rel_path(key + ("dockerfile",), spec.dockerfile or posixpath.join(context, "Dockerfile"), "dockerfile")
     if not loader.exists(key + ("dockerfile",), dockerfile, Path.is_file):
         raise loader.error(key + ("dockerfile",), f"file not found: {dockerfile}", "config-missing-file")
-    if spec.platform is not None and not _PLATFORM.match(spec.platform):
-        raise loader.error(key + ("platform",), f"invalid platform {spec.platform!r} (expected os/arch[/variant], e.g. linux/arm64)")
+    if spec.platform is not None and spec.platforms is not None:
+        raise loader.error(key + ("platforms",), "set either platform or platforms, not both")
+    platforms = _platforms(loader, key, "platform", [spec.platform] if spec.platform is not None else [])
+    platforms = platforms or _platforms(loader, key, "platforms", spec.platforms, required=spec.platforms is not None)
     for name in spec.args:
         if not _ARG_NAME.match(name):
             raise loader.error(key + ("args", name), "invalid build-arg name")
@@ -404,7 +409,7 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     return ImageTarget(
         label=label, repository=spec.repository, context=context, dockerfile=dockerfile,
         args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
-        depends_on=list(spec.depends_on), platform=spec.platform, network=spec.network,
+        depends_on=list(spec.depends_on), platforms=platforms, network=spec.network,
         secrets=sorted(set(spec.secrets)),
     )
 
@@ -423,7 +428,21 @@ def _resolve_registry(loader: _Loader, name: str, spec: RegistrySpec) -> Registr
     if len(f"{spec.push}/{spec.charts}/c") > MAX_REFERENCE_NAME:  # room for a one-letter chart name
         raise loader.error(key + ("charts",), f"{spec.push}/{spec.charts}/<chart name> would be over the "
                                               f"{MAX_REFERENCE_NAME} characters a reference allows")
-    return Registry(name=name, push=spec.push, pull=spec.pull or spec.push, insecure=spec.insecure, charts=spec.charts)
+    return Registry(name=name, push=spec.push, pull=spec.pull or spec.push, insecure=spec.insecure, charts=spec.charts,
+                    platforms=_platforms(loader, key, "platforms", spec.platforms))
+
+
+def _platforms(loader: _Loader, key: tuple[Any, ...], field_name: str, values: list[str] | None,
+               required: bool = False) -> tuple[str, ...]:
+    """Validated ``os/arch[/variant]`` strings, each once, in the order written."""
+    if required and not values:
+        raise loader.error(key + (field_name,), "must name at least one platform, e.g. [\"linux/amd64\", \"linux/arm64\"]")
+    for value in values or []:
+        if not _PLATFORM.match(value):
+            raise loader.error(key + (field_name,), f"invalid platform {value!r} (expected os/arch[/variant], e.g. linux/arm64)")
+    if len(set(values or [])) != len(values or []):
+        raise loader.error(key + (field_name,), "lists a platform twice")
+    return tuple(values or [])
 
 
 def _port(endpoint: str | None) -> int | None:

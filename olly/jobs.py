@@ -18,7 +18,7 @@ from olly import charts, failpoints, signing
 from olly.charts import Pin
 from olly.config import ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
-from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine
+from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine, oci_platform
 from olly.errors import OllyError
 from olly.plan import TargetPlan
 from olly.registry import Endpoint, RegistryClient
@@ -44,6 +44,8 @@ class Outcome:
     log: str = ""
     tail: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # files that differed from the plan (stat rows to drop)
+    platform: str = ""  # images: the platform built
+    variants: list[Outcome] = field(default_factory=list)  # a multi-platform image: one per platform
 
 
 class InputChanged(BuildFailed):
@@ -69,8 +71,10 @@ class RunContext:
     network_override: str | None = None  # --network: beats every image's own setting
 
 
-def log_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".log"
+def log_name(label: str, platform: str = "") -> str:
+    """``apps_demo.log``; one log per platform for a multi-platform image (``apps_demo@linux_arm64.log``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", label)
+    return name + (f"@{re.sub(r'[^A-Za-z0-9._-]', '_', platform)}" if platform else "") + ".log"
 
 
 def client_for(registry: Registry) -> RegistryClient:
@@ -86,21 +90,43 @@ def finish(o: Outcome) -> Outcome:
 # -- images -------------------------------------------------------------------------
 
 
-def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str]) -> str:
-    """Stream the planned context, build, verify the bytes, tag. Returns the image id."""
-    assert tp.context is not None and isinstance(tp.target, ImageTarget)
-    t = tp.target
-    stream = TarStream(ctx.root, tp.context)
+def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str], log: Path) -> str:
+    """Stream the planned context, build, verify the bytes and the platform, tag. Returns the image id."""
+    assert tp.context is not None
     misread = links_the_layer_cache_misreads(tp.context)
     if misread:  # a cached layer could hold an old link target under this new key
         notes.append(f"layer cache not used: symlink {misread[0]}{' and others' if len(misread) > 1 else ''} "
                      "dangles or leaves the context")
+    try:
+        image_id = _build_once(ctx, tp, log, no_cache=bool(misread))
+        wrong = _platform_mismatch(ctx.engine, image_id, tp.platform)
+    except BuildFailed as exc:
+        if misread or "does not match the specified platform" not in exc.message:
+            raise
+        wrong = "another platform's"
+    if wrong:
+        # The classic builder's layer cache ignores the platform for steps with no parent image
+        # (right after FROM scratch): another platform's layer can be reused. Build afresh.
+        notes.append(f"layer cache not used: it held {wrong} layers for this {tp.platform} build")
+        image_id = _build_once(ctx, tp, log, no_cache=True)
+        still = _platform_mismatch(ctx.engine, image_id, tp.platform)
+        if still:
+            raise BuildFailed(f"the engine built a {still} image for {tp.platform}", [])
+    ctx.engine.tag(image_id, tp.repository, tp.tag)
+    return image_id
+
+
+def _build_once(ctx: RunContext, tp: TargetPlan, log: Path, no_cache: bool) -> str:
+    assert tp.context is not None and isinstance(tp.target, ImageTarget)
+    t = tp.target
+    stream = TarStream(ctx.root, tp.context)
     req = BuildRequest(
         context=iter(stream), dockerfile_name=tp.context.dockerfile_name, dockerfile=tp.context.dockerfile,
         # Always explicit: the key says which platform, the engine must build exactly that.
-        dockerfile_display=t.dockerfile, args=tp.args, target=t.target, platform=tp.manifest["platform"],
+        dockerfile_display=t.dockerfile, args=platform_args(tp.context.dockerfile, tp.platform) | tp.args,
+        target=t.target, platform=tp.manifest["platform"],
         network=ctx.network_override or t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
-        log_path=ctx.log_dir / log_name(tp.label), no_cache=bool(misread),
+        log_path=log, no_cache=no_cache,
     )
     image_id = ctx.engine.build(req)
     failpoints.hit("built")
@@ -108,11 +134,30 @@ def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str]) -> str:
         ctx.engine.discard(image_id)  # built from bytes nobody planned: keep no trace of it
         ws_paths = [p if tp.context.dir == "." else f"{tp.context.dir}/{p}" for p in stream.changed]
         raise InputChanged(ws_paths)
-    ctx.engine.tag(image_id, tp.repository, tp.tag)
     return image_id
 
 
-def push_image(ctx: RunContext, tp: TargetPlan, image_id: str, notes: list[str]) -> tuple[str, bool]:
+def _platform_mismatch(engine: Engine, image_id: str, platform: str) -> str:
+    """The platform the engine says ``image_id`` is for, if it is not ``platform`` ("" if it is)."""
+    image = engine.inspect(image_id) or {}
+    if not image.get("Architecture"):
+        return ""  # the engine does not say: nothing to compare
+    built = oci_platform(str(image.get("Os", "")), str(image["Architecture"]))
+    return "" if built == "/".join(platform.split("/")[:2]) else built
+
+
+def platform_args(dockerfile: bytes, platform: str) -> dict[str, str]:
+    """BuildKit's automatic platform args (TARGETARCH, ...) for the classic builder, which has
+    none: one Dockerfile then serves every platform (``COPY bin-${TARGETARCH} ...``). Only the
+    ones the Dockerfile names are sent (the engine warns about unused args); the platform they
+    derive from is in the key already."""
+    os_name, arch, *rest = platform.split("/") + [""]
+    values = {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch, "TARGETVARIANT": rest[0]}
+    return {name: value for name, value in values.items() if name.encode() in dockerfile}
+
+
+def push_image(ctx: RunContext, tp: TargetPlan, image_id: str, notes: list[str],
+               tag_version: bool = True) -> tuple[str, bool]:
     """Make the registry hold the content tag (and the version tag). Returns (digest, pushed now).
 
     A content tag already in the registry is a hint: for an image held locally it counts only
@@ -133,15 +178,22 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str, notes: list[str])
         digest = found[0]
     if ctx.signer is not None and (pushed or signing.verify(client, ctx.signer, name, tp.key, digest) is not None):
         signing.sign(client, ctx.signer, name, tp.key, digest)
-    if ctx.version:
-        vtag = image_tag(ctx.version)
-        current = client.manifest_digest(name, vtag)
-        if current != digest:
-            _refuse_release_overwrite(registry, f"{name}:{vtag}", current, ctx.version)
-            body, media_type, _ = client.get_manifest(name, digest)
-            client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
-            confirm_tag(client, name, vtag, digest, ctx.version)
+    if tag_version:
+        tag_release(ctx, client, name, digest)
     return digest, pushed
+
+
+def tag_release(ctx: RunContext, client: RegistryClient, name: str, digest: str) -> None:
+    """Point the version tag (if any) at ``digest``: a registry-side re-tag, no upload."""
+    if not ctx.version or ctx.registry is None:
+        return
+    vtag = image_tag(ctx.version)
+    current = client.manifest_digest(name, vtag)
+    if current != digest:
+        _refuse_release_overwrite(ctx.registry, f"{name}:{vtag}", current, ctx.version)
+        body, media_type, _ = client.get_manifest(name, digest)
+        client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
+        confirm_tag(client, name, vtag, digest, ctx.version)
 
 
 def _push_local(ctx: RunContext, tp: TargetPlan, image_id: str, client: RegistryClient, name: str) -> str:
@@ -192,22 +244,33 @@ class DepImage:
     remote: str  # registry ref by digest, for a remote-cache hit ("" otherwise)
 
 
-def run_image(ctx: RunContext, tp: TargetPlan, deps: list[DepImage]) -> Outcome:
-    """The whole job of an image target. ``deps``: the images its build stands on, checked
-    (and pulled if they were remote-cache hits) right before the build."""
+def run_image(ctx: RunContext, tp: TargetPlan, deps: dict[str, list[DepImage]]) -> Outcome:
+    """The whole job of an image target. ``deps``: per platform, the images its build stands
+    on, checked (and pulled if they were remote-cache hits) right before the build."""
+    if tp.variants:
+        from olly.multiplatform import run_variants  # one module owns multi-platform images
+
+        return run_variants(ctx, tp, deps)
+    return run_platform(ctx, tp, deps.get(tp.platform, []))
+
+
+def run_platform(ctx: RunContext, tp: TargetPlan, deps: list[DepImage], variant: bool = False) -> Outcome:
+    """Build (or reuse) and push one platform's image. A ``variant`` (one platform of a
+    multi-platform image) has a log of its own, and its index, not it, gets the version tag."""
+    log = ctx.log_dir / log_name(tp.label, tp.platform if variant else "")
     o = Outcome(tp.label, "cached", "; ".join(tp.reasons), started=time.time(), key=tp.key, ref=tp.ref,
-                image_id=tp.image_id or "", digest=tp.remote_digest or "",
-                log=str(ctx.log_dir / log_name(tp.label)) if tp.action == "build" else "")
+                image_id=tp.image_id or "", digest=tp.remote_digest or "", platform=tp.platform,
+                log=str(log) if tp.action == "build" else "")
     try:
         if tp.action == "build":
             for dep in deps:
                 _ensure_dep(ctx, dep)
-            o.image_id, o.status = build_image(ctx, tp, o.notes), "built"
+            o.image_id, o.status = build_image(ctx, tp, o.notes, log), "built"
         elif tp.action == "retag":
             ctx.engine.tag(tp.image_id or "", tp.repository, tp.tag)
             o.reason = "retagged existing image"
         if ctx.push and ctx.registry is not None:
-            o.digest, o.pushed = push_image(ctx, tp, o.image_id, o.notes)
+            o.digest, o.pushed = push_image(ctx, tp, o.image_id, o.notes, tag_version=not variant)
             where = f"{ctx.registry.push_ref(tp.repository)}:{tp.tag}"
             o.notes.append(f"pushed {where}" if o.pushed else f"already in {ctx.registry.name} as {where}")
     except InputChanged as exc:

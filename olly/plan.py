@@ -12,7 +12,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from olly import keys, scrub, signing
+from olly import index, keys, scrub, signing
 from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
@@ -48,10 +48,27 @@ class TargetPlan:
     remote_digest: str | None = None  # manifest digest of the content tag in the chosen registry
     adopted: bool = False  # found in the engine with this key but not in the cache: record it
     chart: ChartSource | None = None
+    platform: str = ""  # images: the platform this plan builds ("" for a multi-platform parent)
+    variants: list[TargetPlan] = field(default_factory=list)  # a multi-platform image: one per platform
+    history: str = ""  # where its last input manifest is kept: the label, or label@platform for a variant
 
     @property
     def ref(self) -> str:
         return f"{self.repository}:{self.tag}"
+
+    @property
+    def platforms(self) -> list[str]:
+        return [v.platform for v in self.variants] if self.variants else [self.platform]
+
+    def for_platform(self, platform: str) -> TargetPlan:
+        """The plan that builds ``platform``: a variant, or this single-platform plan itself
+        (a dependency built for one platform serves every platform of its dependents)."""
+        if not self.variants:
+            return self
+        for v in self.variants:
+            if v.platform == platform:
+                return v
+        raise KeyError(platform)
 
 
 @dataclass
@@ -66,12 +83,13 @@ class Plan:
 
 
 def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan],
-                   default_platform: str) -> TargetPlan:
+                   platform: str) -> TargetPlan:
     """Hash a target's inputs into its key record, manifest and content tag."""
     ctx = scan(ws.root, t, hasher)
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
-    deps = {d: dep_plans[d].key for d in t.depends_on}
-    plat = t.platform or default_platform
+    dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
+    deps = {d: dp.key for d, dp in dep_variants.items()}
+    plat = platform
     files = [e.row() for e in ctx.entries]
     labels = image_labels(ws, t)
     secret_values = _secret_values(ws, t)
@@ -88,11 +106,26 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
         "labels": labels, "secrets": secrets,
     }
     # What the engine gets: the user's args, the secrets, each dependency's local image reference.
-    args = dict(t.args) | secret_values | {dep_arg_name(d): dep_plans[d].ref for d in t.depends_on}
+    args = dict(t.args) | secret_values | {dep_arg_name(d): dp.ref for d, dp in dep_variants.items()}
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
-        tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t,
+        tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t, platform=plat,
     )
+
+
+def _dep_for(ws: Workspace, t: ImageTarget, dep: TargetPlan, platform: str) -> TargetPlan:
+    """The arm64 build of an image stands on the arm64 build of its dependency."""
+    try:
+        return dep.for_platform(platform)
+    except KeyError:
+        raise config_error(ws, ("images", t.label, "depends_on"), f"builds {platform} but its dependency "
+                           f"{dep.label} is built for {', '.join(dep.platforms)} only", "platform-mismatch") from None
+
+
+def target_platforms(t: ImageTarget, registry: Registry | None, native: str) -> tuple[str, ...]:
+    """What an image is built for: its own ``platform(s)``, else the registry's ``platforms``
+    (production pushes), else the engine's own platform (local development)."""
+    return t.platforms or (registry.platforms if registry is not None else ()) or (native,)
 
 
 def _secret_values(ws: Workspace, t: ImageTarget) -> dict[str, str]:
@@ -129,15 +162,40 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             _decide_chart(ws, tp, plans, cache, registry, version)
             plans[label] = tp
             continue
-        tp = compute_inputs(ws, t, hasher, plans, engine.platform if engine else native_platform())
-        _decide_local(tp, cache, engine)
-        if client is not None and registry is not None:
-            _decide_remote(tp, client, registry, signer)
+        platforms = target_platforms(t, registry, engine.platform if engine else native_platform())
+        variants = []
+        for platform in platforms:
+            tp = compute_inputs(ws, t, hasher, plans, platform)
+            tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
+            _decide_local(tp, cache, engine)
+            if client is not None and registry is not None:
+                _decide_remote(tp, client, registry, signer)
+            variants.append(tp)
+        if len(variants) > 1:
+            tp = multi_platform_plan(t, variants)
+            if client is not None and registry is not None:
+                index.decide_index(tp, client, registry)
         plans[label] = tp
     _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
+
+
+def multi_platform_plan(t: ImageTarget, variants: list[TargetPlan]) -> TargetPlan:
+    """One image built for several platforms: its key covers every platform's key, its
+    content tag names the OCI image index that lists them."""
+    key = keys.compute_key({"schema": keys.KEY_SCHEMA, "kind": "index",
+                            "platforms": {v.platform: v.key for v in variants}})
+    actions = {v.action for v in variants}
+    action = next((a for a in ("build", "retag", "cached", "remote") if a in actions), "build")
+    if action == "cached" and "remote" in actions:
+        action = "cached"
+    reasons = [f"{v.platform}: {v.action} ({'; '.join(v.reasons)})" for v in variants]
+    return TargetPlan(label=t.label, kind="image", action=action, reasons=reasons, key=key, repository=t.repository,
+                      tag=keys.content_tag(key), target=t, variants=variants,
+                      manifest={"schema": keys.KEY_SCHEMA, "key": key,
+                                "platforms": {v.platform: v.key for v in variants}})
 
 
 def _check_chart_names(plans: dict[str, TargetPlan]) -> None:
@@ -226,7 +284,7 @@ def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
             tp.image_id, tp.action, tp.reasons = found["Id"], "cached", ["found in engine with this key"]
             tp.adopted = True
             return
-    previous = cache.manifest(tp.label)
+    previous = cache.manifest(tp.history or tp.label)
     if previous is None:
         tp.reasons = ["no previous build"]
         return

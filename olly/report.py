@@ -30,10 +30,18 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "targets": [
             {"label": tp.label, "kind": tp.kind, "action": tp.action, "reasons": tp.reasons, "key": tp.key or None,
              "ref": tp.ref if tp.kind == "image" else None, "changes": tp.changes, "depends_on": _deps(tp),
-             "registry_digest": tp.remote_digest}
+             "registry_digest": tp.remote_digest, "platforms": _platforms(tp)}
             for tp in plan.targets
         ],
     }
+
+
+def _platforms(tp: TargetPlan) -> list[dict[str, Any]] | None:
+    """Images: per platform, what would happen (one entry for a single-platform image)."""
+    if tp.kind != "image":
+        return None
+    return [{"platform": v.platform, "action": v.action, "reasons": v.reasons, "key": v.key, "ref": v.ref,
+             "registry_digest": v.remote_digest} for v in (tp.variants or [tp])]
 
 
 def _deps(tp: TargetPlan) -> list[str]:
@@ -77,7 +85,9 @@ def outcomes_json(outcomes: list[Outcome], elapsed: float) -> dict[str, Any]:
             {"label": o.label, "status": o.status, "reason": o.reason, "duration_s": round(o.duration_s, 3),
              "key": o.key or None, "ref": o.ref or None, "image_id": o.image_id or None,
              "digest": o.digest or None, "pushed": o.pushed, "artifact": o.artifact or None,
-             "version": o.version or None, "notes": o.notes, "log": o.log or None, "log_tail": o.tail}
+             "version": o.version or None, "notes": o.notes, "log": o.log or None, "log_tail": o.tail,
+             "platforms": [{"platform": v.platform, "status": v.status, "reason": v.reason, "key": v.key, "ref": v.ref,
+                            "image_id": v.image_id or None, "digest": v.digest or None} for v in o.variants] or None}
             for o in outcomes
         ],
         "summary": counts(outcomes) | {"elapsed_s": round(elapsed, 3)},

@@ -26,6 +26,11 @@ class RunOptions:
     keep_going: bool
 
 
+def _outcome_for(o: Outcome, platform: str) -> Outcome:
+    """The outcome of one platform of a (possibly multi-platform) image."""
+    return next((v for v in o.variants if v.platform == platform), o)
+
+
 class Scheduler:
     def __init__(self, plan: Plan, ctx: RunContext, cache: Cache, opts: RunOptions,
                  on_outcome: Callable[[Outcome], None] = lambda o: None) -> None:
@@ -89,22 +94,26 @@ class Scheduler:
             elif self._needs_worker(tp):
                 running[pool.submit(run_image, self.ctx, tp, self._deps_for(tp))] = (tp, None)
             else:
-                self._finish(tp, None, run_image(self.ctx, tp, []))  # cached: nothing slow to do
+                self._finish(tp, None, run_image(self.ctx, tp, {}))  # cached: nothing slow to do
         return still
 
     def _needs_worker(self, tp: TargetPlan) -> bool:
         return tp.action == "build" or (self.ctx.push and self.ctx.registry is not None)
 
-    def _deps_for(self, tp: TargetPlan) -> list[DepImage]:
-        """What the build of ``tp`` stands on: each dependency's key and the image verified for
-        it this run, or its registry digest if it was a remote-cache hit (pulled before building)."""
-        out = []
-        for label in (tp.target.depends_on if tp.target else []):
-            dp, o = self.by_label[label], self.outcomes[label]
-            remote = ""
-            if dp.action == "remote" and self.ctx.registry is not None:
-                remote = f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}"
-            out.append(DepImage(label, dp.ref, dp.key, o.image_id, remote))
+    def _deps_for(self, tp: TargetPlan) -> dict[str, list[DepImage]]:
+        """Per platform, what the build of ``tp`` stands on: each dependency's key and the image
+        verified for it this run, or its registry digest if it was a remote-cache hit (pulled
+        before building). The arm64 build stands on the arm64 build of its dependency."""
+        out: dict[str, list[DepImage]] = {}
+        for platform in tp.platforms:
+            out[platform] = []
+            for label in (tp.target.depends_on if tp.target else []):
+                dp = self.by_label[label].for_platform(platform)
+                o = _outcome_for(self.outcomes[label], dp.platform)
+                remote = ""
+                if dp.action == "remote" and self.ctx.registry is not None:
+                    remote = f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}"
+                out[platform].append(DepImage(label, dp.ref, dp.key, o.image_id, remote))
         return out
 
     def _prepare_chart(self, tp: TargetPlan) -> ChartWork:
@@ -116,20 +125,31 @@ class Scheduler:
 
     def _finish(self, tp: TargetPlan, work: ChartWork | None, o: Outcome) -> None:
         registry = self.ctx.registry.push if self.ctx.registry else ""
-        if o.status == "built" and tp.kind == "image":
-            self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, o.duration_s, tp.manifest)
-        elif o.status == "cached" and tp.adopted:
-            self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, 0.0, tp.manifest)
+        for vp, vo in zip(tp.variants, o.variants):  # each platform that finished, even if another failed
+            self._record_image(vp, vo, registry)
+        if not tp.variants:
+            self._record_image(tp, o, "")
         if o.status != "failed" and work is not None:
             rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)
             self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
-            self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)
+            self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)  # a multi-platform image: its index
         if o.changed:  # whatever the stat cache said about these files is no longer to be trusted
             self.cache.save_stats([], o.changed)
         if o.status == "failed" and self.stopped_by is None:
             self.stopped_by = tp.label
         self._set(o)
+
+    def _record_image(self, tp: TargetPlan, o: Outcome, registry: str) -> None:
+        """A verified build (or an image adopted from the engine) and, with ``registry`` (given
+        for a platform of a multi-platform image), that platform's own registry digest."""
+        if tp.kind != "image":
+            return
+        if o.status == "built" or (o.status == "cached" and tp.adopted):
+            self.cache.record_build(tp.label, tp.key, o.image_id, tp.tag, o.duration_s if o.status == "built" else 0.0,
+                                    tp.manifest, history=tp.history or tp.label)
+        if registry and o.status != "failed" and o.digest:  # only given for a platform of a multi-platform image
+            self.cache.record_push(tp.label, tp.key, registry, o.ref, o.digest)
 
     def _set(self, outcome: Outcome) -> None:
         self.outcomes[outcome.label] = outcome

@@ -64,7 +64,9 @@ class FakeEngine:
             raise BuildFailed("The command '/bin/sh -c false' returned a non-zero code: 1", ["Step 2/2 : RUN false"])
         h = hashlib.sha256(data + repr(sorted(req.args.items())).encode() + repr(req.labels).encode())
         image_id = "sha256:" + h.hexdigest()
-        self.images[image_id] = {"Id": image_id, "RepoTags": [], "Config": {"Labels": dict(req.labels)}}
+        os_name, arch = (req.platform or self.platform).split("/")[:2]
+        self.images[image_id] = {"Id": image_id, "RepoTags": [], "Config": {"Labels": dict(req.labels)},
+                                 "Os": os_name, "Architecture": arch}
         self.received[image_id] = members
         self.types[image_id] = types
         self.builds.append(req.dockerfile_display)

@@ -160,3 +160,22 @@ def test_label_with_invisible_character(tmp_path: Path, char: str, section: str)
     assert f'BUILD.toml:1: {section}."apps/a' in text, text
     assert "character" in text and char not in text  # escaped, never printed raw
     assert "\n" not in text
+
+
+def test_invalid_platforms_are_located_config_errors(tmp_path: Path) -> None:
+    import re
+
+    from olly.config import load_workspace
+    from olly.errors import OllyError
+
+    root = tmp_path / "w"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "Dockerfile").write_text("FROM scratch\n")
+    for body, needle in ((' platforms = ["linux"]', "invalid platform 'linux'"),
+                         (' platforms = []', "at least one platform"),
+                         (' platforms = ["linux/amd64", "linux/amd64"]', "twice"),
+                         (' platform = "linux/amd64"\n platforms = ["linux/arm64"]', "not both")):
+        (root / "BUILD.toml").write_text(f'[images.a]\nrepository = "x/a"\n{body}\n')
+        with pytest.raises(OllyError) as exc:
+            load_workspace(root)
+        assert needle in exc.value.message and re.search(r"BUILD\.toml:\d+$", exc.value.location)

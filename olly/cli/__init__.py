@@ -169,7 +169,7 @@ def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
     def run() -> None:
         tp = api.inputs(ctx.obj.root(), target)
         if as_json:
-            _emit_json(tp.manifest if tp.kind == "image" else _chart_inputs(tp))
+            _emit_json(_image_inputs(tp) if tp.kind == "image" else _chart_inputs(tp))
         else:
             lines = _input_lines(tp) if tp.kind == "image" else _chart_lines(tp)
             _echo("\n".join(map(escape_line, lines)))
@@ -198,7 +198,19 @@ def _escape_char(c: str) -> str:
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+def _image_inputs(tp: TargetPlan) -> dict[str, Any]:
+    """A multi-platform image: its index key and each platform's whole manifest."""
+    if not tp.variants:
+        return tp.manifest
+    return {**tp.manifest, "platforms": {v.platform: v.manifest for v in tp.variants}}
+
+
 def _input_lines(tp: TargetPlan) -> list[str]:
+    if tp.variants:  # the index key, then each platform's inputs
+        lines = [f"target   {tp.label}", f"key      {tp.key} (index of {len(tp.variants)} platforms)", f"tag      {tp.ref}"]
+        for v in tp.variants:
+            lines += [""] + [f"  {line}" for line in _input_lines(v)[1:]]
+        return lines
     m = tp.manifest
     lines = [f"target   {tp.label}", f"key      {tp.key}", f"tag      {tp.ref}",
              f"context  {tp.context.dir if tp.context else '?'}", f"dockerfile {m['dockerfile']}",
