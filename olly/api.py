@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from olly import baselock
 from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
 from olly.config import ImageTarget, Target, Workspace, load_workspace
 from olly.engine import Engine
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.manifest import diff_manifests
-from olly.plan import Plan, TargetPlan, make_plan
+from olly.plan import Plan, TargetPlan, make_plan, native_platform
 from olly.jobs import Outcome, RunContext, remove_stale_temp
+from olly import history
+from olly import shard as sharding
+from olly.progress import Emit, ignore
+from olly.report import exit_code
 from olly.scheduler import RunOptions, Scheduler
 from olly.signing import signer_from_env
 from olly.versions import git_version, resolve_version
@@ -41,16 +46,20 @@ def _optional_engine() -> Engine | None:
 
 
 def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None,
-         version: str | None = None) -> Plan:
-    """What ``make`` would do, without building. Works without an engine."""
+         version: str | None = None, shards: int | None = None) -> Plan:
+    """What ``make`` would do, without building. Works without an engine. With ``shards``,
+    also how ``make --shard I/N`` would split the images and which shards have work."""
     ws, graph = load(root)
     labels = graph.select(patterns)
     reg = ws.registry(registry) if registry else None
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     cache = Cache(ws.cache_dir, reader=True)
     try:
-        return make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg, the_version,
-                         signer_from_env() if reg else None)
+        the_plan = make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg,
+                             the_version, signer_from_env() if reg else None)
+        if shards:
+            the_plan.shards = sharding.describe(the_plan, _assignment(the_plan, cache, shards), shards)
+        return the_plan
     finally:
         cache.close()
 
@@ -65,7 +74,10 @@ class MakeResult:
 def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
          network: str | None = None, registry: str | None = None, push: bool = False,
          version: str | None = None, out_dir: Path | None = None, say: Say = _quiet,
-         on_outcome: Callable[[Outcome], None] = lambda o: None, engine: Engine | None = None) -> MakeResult:
+         on_outcome: Callable[[Outcome], None] = lambda o: None, engine: Engine | None = None,
+         on_event: Emit = ignore, force: list[str] | None = None, pull: bool = False,
+         command: str = "olly make", shard: str | None = None, shard_plan: Path | None = None,
+         wait_s: float = 1800.0) -> MakeResult:
     """Build the selected targets (and their dependencies) whose inputs changed; with
     ``registry``, use it as a remote cache and pin charts to it; with ``push``, publish."""
     started = time.time()
@@ -73,6 +85,9 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     labels = graph.select(patterns)
     if push and not registry:
         raise OllyError("usage", "--push needs --registry NAME (one of the registries in BUILD.toml)")
+    if shard and not (registry and push):
+        raise OllyError("usage", "--shard needs --registry NAME --push: the registry is how shards share images")
+    the_shard = sharding.parse_shard(shard) if shard else None
     reg = ws.registry(registry) if registry else None
     # Default: `git describe`; outside git there is no version (charts keep Chart.yaml's).
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
@@ -90,10 +105,55 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
                              out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts", signer=signer)
             remove_stale_temp(ctx.out_dir / "charts", ctx.store_dir)
             opts = RunOptions(jobs=jobs or os.cpu_count() or 1, keep_going=keep_going)
-            outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome).run()
+            _force(the_plan, graph.select(force) if force else [])
+            if the_shard is not None and reg is not None:
+                assignment = sharding.load_assignment(shard_plan) if shard_plan else _assignment(the_plan, cache, the_shard.count)
+                sharding.apply(the_plan, assignment, the_shard, reg.name)
+                ctx.wait_s, ctx.owners = wait_s, {label: f"shard {n}/{the_shard.count}" for label, n in assignment.items()}
+            ctx.pull = pull
+            outcomes = Scheduler(the_plan, ctx, cache, opts, on_outcome, on_event).run()
+            history.record_run(cache, the_plan, outcomes, started, command, exit_code(outcomes))
         finally:
             cache.close()
     return MakeResult(the_plan, outcomes, time.time() - started)
+
+
+def _assignment(the_plan: Plan, cache: Cache, count: int) -> dict[str, int]:
+    """Which shard builds each image: chains together, balanced by recorded build durations."""
+    images = {tp.label: list(tp.target.depends_on) for tp in the_plan.targets
+              if tp.kind == "image" and tp.target is not None}
+    return sharding.assign(images, count, sharding.weights_from(cache.build_durations(list(images))))
+
+
+def _force(the_plan: Plan, labels: list[str]) -> None:
+    """--force: build these images even though their key is known (a RUN step that fetches
+    something unpinned olly cannot see); the new image is recorded under the same key."""
+    for tp in the_plan.targets:
+        if tp.label in labels and tp.kind == "image":
+            for v in [tp, *tp.variants]:
+                if v.action != "build":
+                    v.action, v.reasons = "build", ["forced (--force)"]
+
+
+def runs(root: Path, limit: int) -> list[history.Run]:
+    """The most recent `olly make` runs of this workspace, newest first."""
+    ws = load_workspace(root)
+    cache = Cache(ws.cache_dir, reader=True)
+    try:
+        return history.recent_runs(cache, limit)
+    finally:
+        cache.close()
+
+
+def stats(root: Path, last: int) -> dict[str, Any]:
+    """Per target over the last ``last`` runs: how often it was built or a cache hit, and its
+    slowest and mean build times (slowest first)."""
+    ws = load_workspace(root)
+    cache = Cache(ws.cache_dir, reader=True)
+    try:
+        return history.stats(cache, last)
+    finally:
+        cache.close()
 
 
 def _one_target(ws: Workspace, graph: Graph, label: str, *, charts: bool = False) -> tuple[Target, list[str]]:
@@ -156,6 +216,33 @@ def cache_import(root: Path, src: Path, say: Say = _quiet) -> dict[str, int]:
     ws = load_workspace(root)
     with workspace_lock(ws.cache_dir, say):
         return import_cache(ws.cache_dir, src)
+
+
+@dataclass
+class LockResult:
+    path: Path  # the workspace's olly.lock
+    changes: list[baselock.Change]  # what `olly lock` did, one per base (empty with check)
+    problems: list[str]  # with check: what is missing or stale, one line each
+
+
+def lock(root: Path, *, update: bool = False, check: bool = False, images: list[str] | tuple[str, ...] = (),
+         say: Say = _quiet) -> LockResult:
+    """Pin every external base image of the workspace in olly.lock (``update``: re-resolve all,
+    or just ``images``); with ``check``, only report what is missing or stale, writing nothing."""
+    ws = load_workspace(root)
+    if check and (update or images):
+        raise OllyError("usage", "--check only reports: it cannot be combined with --update or IMAGE arguments")
+    if images and not update:
+        raise OllyError("usage", "IMAGE arguments name the bases to re-resolve: use them with --update")
+    engine = _optional_engine()  # builds without a platform setting are for the engine's own
+    native = engine.platform if engine else native_platform()
+    path = ws.root / baselock.LOCK_FILE
+    if check:
+        return LockResult(path, [], baselock.check(ws, native))
+    # Held from reading the lock to writing it: two `olly lock` runs do not lose each other's
+    # entries, and an `olly make` plans with the old lock or the new one, never half of one.
+    with workspace_lock(ws.cache_dir, say):
+        return LockResult(path, baselock.lock(ws, native, update=update, images=images), [])
 
 
 def graph_text(root: Path, patterns: list[str], fmt: str) -> str:

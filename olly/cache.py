@@ -217,6 +217,14 @@ class Cache:
                                         pk="target")
 
     @_guarded
+    def build_durations(self, targets: list[str]) -> dict[str, float]:
+        """Mean recorded build seconds per target (those with any), for balancing shards."""
+        marks = ", ".join("?" * len(targets))
+        rows = self.db.execute(f"SELECT target, AVG(duration_s) FROM results WHERE target IN ({marks}) "
+                               "AND duration_s > 0 GROUP BY target", targets).fetchall() if targets else []
+        return {target: float(mean) for target, mean in rows}
+
+    @_guarded
     def push(self, target: str, key: str, registry: str) -> str | None:
         row = self.db.execute("SELECT digest FROM pushes WHERE target = ? AND key = ? AND registry = ?",
                               [target, key, registry]).fetchone()

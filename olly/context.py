@@ -173,6 +173,20 @@ def _add_memory_entry(ctx: Context, entries: dict[str, Entry], ignore: DockerIgn
         parent = posixpath.dirname(parent)
 
 
+def send_dockerfile(ctx: Context, data: bytes) -> None:
+    """Send ``data`` instead of the Dockerfile as read (``olly.baselock`` pins its FROM lines).
+
+    The engine reads it under the Dockerfile's name; where that entry also reaches COPY, the
+    image holds these bytes and the entry's row hashes them, so the key covers what was sent.
+    A symlinked Dockerfile is then sent as a regular file: the daemon would follow a link
+    to the unpinned original."""
+    ctx.dockerfile = data
+    for entries in (ctx.entries, ctx.extras):
+        for n, e in enumerate(entries):
+            if e.path == ctx.dockerfile_name:
+                entries[n] = Entry(e.path, "f", e.type == "f" and e.executable, len(data), hash_bytes(data), data)
+
+
 def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, ignore_bytes: bytes | None,
                             ignore_exec: bool) -> None:
     """As the Docker CLI does: add the Dockerfile under a generated name and list that

@@ -2,23 +2,35 @@
 
 Only this module talks to the engine. Errors become OllyError (engine down) or
 BuildFailed (a target's build failed), never raw SDK exceptions.
+
+Podman's Docker-compatible API (``podman system service``) is supported too; where it
+differs (tag spelling, push output, TLS for loopback registries, build output and error
+text) this module hides the difference, so the rest of olly sees one engine.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from olly import credentials, failpoints
 from olly.errors import OllyError
 from olly.scrub import scrub
 
 KEY_LABEL = "dev.olly.key"
+DOCKER, PODMAN = "docker", "podman"  # Engine.kind
 _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE)
 _STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE)
+# Podman (buildah) heads a step "STEP 1/3: FROM x"; olly's logs use Docker's "Step 1/3 : FROM x".
+_PODMAN_STEP = re.compile(r"^STEP (\d+/\d+): ", re.MULTILINE)
+# Podman's failed RUN step; olly words it as Docker does, so messages do not depend on the engine.
+_PODMAN_RUN_FAILED = re.compile(r'^building at STEP "RUN (.*)": while running runtime: exit status (\d+)$')
+_PUSHED_DIGEST = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")  # "<tag>: digest: sha256:… size: N"
 _PULL_ERRORS = ("pull access denied", "manifest unknown", "not found: manifest", "dial tcp", "no such host",
                 "failed to resolve", "connection refused", "i/o timeout", "repository does not exist",
                 "tls: ", "unauthorized", "denied:")
@@ -55,10 +67,72 @@ class BuildRequest:
     labels: dict[str, str]
     log_path: Path
     no_cache: bool = False  # build every layer afresh (the layer cache would be wrong here)
+    pull: bool = False  # ask the engine to refresh base images (--pull)
+    on_line: Callable[[str], None] | None = None  # called with each build-log line, on the build's thread
 
 
 def endpoint() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def engine_kind(version: dict[str, Any]) -> str:
+    """``podman`` or ``docker``, from the engine's ``/version``: Podman names itself in
+    ``Components`` ("Podman Engine"); Docker says "Engine" there."""
+    names = [str(c.get("Name", "")) for c in version.get("Components") or [] if isinstance(c, dict)]
+    names.append(str((version.get("Platform") or {}).get("Name", "")))
+    return PODMAN if any("podman" in name.lower() for name in names) else DOCKER
+
+
+def _libpod_version(version: dict[str, Any]) -> str:
+    """The version of Podman's own API (its ``/v<version>/libpod/…`` paths)."""
+    for component in version.get("Components") or []:
+        if isinstance(component, dict) and "podman" in str(component.get("Name", "")).lower():
+            return str((component.get("Details") or {}).get("APIVersion") or component.get("Version") or "4.0.0")
+    return "4.0.0"
+
+
+def canonical_ref(ref: str) -> str:
+    """``ref`` fully qualified, as Docker normalises names (``app:t`` → ``docker.io/library/app:t``,
+    ``org/app:t`` → ``docker.io/org/app:t``), with Podman's ``localhost/`` (its prefix for local
+    names) read as Docker Hub's: engines spell one local tag several ways in ``RepoTags``."""
+    host, slash, path = ref.partition("/")
+    if not slash or not ("." in host or ":" in host or host == "localhost"):
+        host, path = "docker.io", ref
+    elif host in ("index.docker.io", "localhost"):
+        host = "docker.io"
+    if host == "docker.io" and "/" not in path:
+        path = "library/" + path
+    return f"{host}/{path}"
+
+
+def has_tag(image: dict[str, Any], ref: str) -> bool:
+    """Does ``image`` (an inspect result) carry the tag ``ref`` (``repository:tag``)? Docker
+    reports ``repo:tag``, Podman ``docker.io/repo:tag`` or ``localhost/repo:tag``."""
+    wanted = canonical_ref(ref)
+    return any(canonical_ref(str(tag)) == wanted for tag in image.get("RepoTags") or [])
+
+
+def _loopback(reference: str) -> bool:
+    """Is the registry of ``reference`` (``host[:port]/repo…``) on this machine? Docker treats
+    127.0.0.0/8 as an insecure (http) registry by default; Podman must be told so per request."""
+    host = reference.split("/", 1)[0]
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _pushed_digest(item: dict[str, Any]) -> str | None:
+    """The manifest digest a push stream line reports: Docker's ``aux.Digest``, or the
+    ``<tag>: digest: sha256:… size: N`` status line (the only one Podman writes)."""
+    aux = item.get("aux")
+    if isinstance(aux, dict) and aux.get("Digest"):
+        return str(aux["Digest"])
+    match = _PUSHED_DIGEST.search(str(item.get("status") or ""))
+    return match.group(1) if match else None
 
 
 class Engine:
@@ -80,15 +154,17 @@ class Engine:
             )
         self.version = probe.api_version
         self.api = probe
-        self._platform: str | None = None
+        try:
+            self._info: dict[str, Any] = probe.version()
+        except Exception as exc:
+            raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
+        self.kind = engine_kind(self._info)  # docker | podman: asked once, for messages and behaviour
+        self.engine_version = str(self._info.get("Version", ""))
 
     @property
     def platform(self) -> str:
         """The engine's own platform (``linux/amd64``): what it builds when none is asked for."""
-        if self._platform is None:
-            info = self.api.version()
-            self._platform = oci_platform(str(info.get("Os", "linux")), str(info.get("Arch", "")))
-        return self._platform
+        return oci_platform(str(self._info.get("Os", "linux")), str(self._info.get("Arch", "")))
 
     def _client(self) -> Any:
         import docker
@@ -129,32 +205,49 @@ class Engine:
         except Exception:
             pass  # a leftover tag is untidy, not wrong
 
-    def push(self, repository: str, tag: str, registry_name: str) -> str:
+    def push(self, repository: str, tag: str, registry_name: str) -> str | None:
         """Push ``repository:tag`` (credentials from the user's docker config); return the
-        registry's manifest digest from the push response."""
+        manifest digest the engine reports, or None if it reports none (an engine's word is
+        no proof anyway: callers read the pushed tag back from the registry)."""
         digest: str | None = None
         auth = credentials.image_auth_config(repository, registry_name)  # the SDK then runs no helper itself
         try:
-            for item in self._client().push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+            for item in self._push_stream(repository, tag, auth):
                 failpoints.hit("pushing")  # the registry upload is under way
                 if "error" in item:
                     raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(Exception(item['error']))}")
-                aux = item.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = aux["Digest"]
+                digest = _pushed_digest(item) or digest
         except OllyError:
             raise
         except Exception as exc:
             raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} failed: {_short(exc)}")
-        if not digest:
-            raise OllyError("push-failed", f"push of {repository}:{tag} to registry {registry_name!r} reported no digest")
         return digest
+
+    def _push_stream(self, repository: str, tag: str, auth: dict[str, str]) -> Iterator[dict[str, Any]]:
+        client = self._client()
+        if self.kind == PODMAN and _loopback(repository):
+            # Podman verifies TLS even on loopback (Docker never does there); tlsVerify=false lets it
+            # fall back to http as Docker would. Elsewhere registries.conf decides, as insecure-registries does.
+            add_params(client, "/push", {"tlsVerify": "false"})
+        return client.push(repository, tag=tag, stream=True, decode=True, auth_config=auth)
+
+    def _pull_stream(self, reference: str, auth: dict[str, str]) -> Iterator[dict[str, Any]]:
+        client = self._client()
+        if self.kind != PODMAN:
+            return client.pull(reference, stream=True, decode=True, auth_config=auth)
+        # Podman's compat pull has no tlsVerify: its own endpoint does (same stream shape: stream/error).
+        params = {"reference": reference, **({"tlsVerify": "false"} if _loopback(reference) else {})}
+        url = f"{client.base_url}/v{_libpod_version(self._info)}/libpod/images/pull"
+        response = client._post(url, params=params, headers={"X-Registry-Auth": _encode_auth(auth)},
+                                stream=True, timeout=None)
+        client._raise_for_status(response)
+        return client._stream_helper(response, decode=True)
 
     def pull(self, reference: str, registry_name: str) -> str:
         """Pull ``reference`` (``repo@sha256:…`` or ``repo:tag``) and return the local image id."""
         auth = credentials.image_auth_config(reference, registry_name)  # the SDK then runs no helper itself
         try:
-            for item in self._client().pull(reference, stream=True, decode=True, auth_config=auth):
+            for item in self._pull_stream(reference, auth):
                 if "error" in item:
                     raise OllyError("pull-failed", f"pull of {reference} from registry {registry_name!r} failed: {_short(Exception(item['error']))}")
         except OllyError:
@@ -181,19 +274,24 @@ class Engine:
                 auth = _base_image_auth(req.dockerfile)
                 client._set_auth_headers = lambda headers: headers.update(
                     {"X-Registry-Config": _encode_auth(auth)} if auth else {})
+                if self.kind == PODMAN:
+                    add_params(client, "/build", _podman_build_params(req.network))
                 stream = client.build(
                     fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,
                     buildargs=req.args, target=req.target or None, platform=req.platform,
                     network_mode=req.network, labels=req.labels, rm=True, forcerm=True,
-                    pull=False, decode=True, nocache=req.no_cache,
+                    pull=req.pull, decode=True, nocache=req.no_cache,
                 )
                 for item in stream:
                     if "stream" in item:
                         text = scrub(item["stream"])  # a RUN step may print a secret build arg
+                        text = _PODMAN_STEP.sub(r"Step \1 : ", text)  # one log format whatever the engine
                         log.write(text)
                         for line in text.splitlines():
                             if line.strip():
                                 tail = (tail + [line])[-20:]
+                                if req.on_line is not None:
+                                    req.on_line(line)  # progress: the live view, --progress json
                                 if line.startswith("Step "):
                                     steps.append(line)
                                     failpoints.hit("building")  # the engine is mid-build
@@ -215,6 +313,38 @@ class Engine:
         if image_id is None:
             raise BuildFailed("the engine reported no image id", tail)
         return image_id
+
+
+def _podman_build_params(network: str | None) -> dict[str, str]:
+    """What Podman's /build needs to build as dockerd does (what podman-remote sends):
+    - ``excludes``: given any, Podman does not apply the context's .dockerignore again with
+      its own (buildah) matcher; olly's stream already is the context after .dockerignore.
+      ``!*`` excludes nothing.
+    - the network as buildah's policy number and namespace option: Podman ignores Docker's
+      ``networkmode`` names (a "none" build would get the host network)."""
+    params = {"excludes": json.dumps(["!*"])}
+    if network == "none":
+        params["networkmode"] = "1"  # buildah NetworkDisabled: loopback only
+    elif network == "host":
+        params.update(networkmode="2", nsoptions=json.dumps([{"Name": "network", "Host": True}]))
+    elif network in ("bridge", "default"):  # Docker's default network: a private one (Podman's default is host)
+        params.update(networkmode="2", nsoptions=json.dumps([{"Name": "network", "Host": False, "Path": ""}]))
+    elif network:  # a Podman network by name
+        params.update(networkmode="2", nsoptions=json.dumps([{"Name": "network", "Path": network}]))
+    return params
+
+
+def add_params(client: Any, path_suffix: str, extra: dict[str, str]) -> None:
+    """Send ``extra`` query parameters with this docker-py client's requests to ``…<path_suffix>``
+    (its ``build`` and ``push`` cannot pass parameters only Podman knows)."""
+    post = client._post
+
+    def _post(url: str, **kwargs: Any) -> Any:
+        if url.endswith(path_suffix):
+            kwargs["params"] = {**(kwargs.get("params") or {}), **extra}
+        return post(url, **kwargs)
+
+    client._post = _post
 
 
 def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
@@ -239,7 +369,7 @@ def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
     return out
 
 
-def _encode_auth(auth: dict[str, dict[str, str]]) -> str:
+def _encode_auth(auth: dict[str, Any]) -> str:
     from docker.auth import encode_header
 
     value = encode_header(auth)
@@ -249,6 +379,9 @@ def _encode_auth(auth: dict[str, dict[str, str]]) -> str:
 def _explain(error: str, steps: list[str], req: BuildRequest) -> str:
     """Turn a base-image pull failure into one line naming the image and Dockerfile line."""
     first = error.splitlines()[0]
+    run = _PODMAN_RUN_FAILED.match(first)
+    if run:
+        return f"The command '{run.group(1)}' returned a non-zero code: {run.group(2)}"
     if not steps or not _STEP_FROM.match(steps[-1]):
         return first
     if not any(marker in error.lower() for marker in _PULL_ERRORS):

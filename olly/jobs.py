@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from olly import charts, failpoints, signing
+from olly import charts, failpoints, progress, signing
 from olly.charts import Pin
 from olly.config import ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
@@ -69,6 +69,34 @@ class RunContext:
     store_dir: Path  # .cache/charts/: packages by key
     signer: signing.Signer | None = None  # signs pushed content tags (signed remote cache)
     network_override: str | None = None  # --network: beats every image's own setting
+    emit: progress.Emit = progress.ignore  # progress events (thread-safe: the scheduler queues them)
+    pull: bool = False  # --pull: the engine refreshes base images
+    wait_s: float = 0.0  # --shard: how long to wait for another shard's image in the registry
+    owners: dict[str, str] = field(default_factory=dict)  # --shard: label -> "shard 2/3"
+
+
+LOGS_KEPT = 10  # earlier logs kept per target (and platform), oldest dropped first
+
+
+def keep_old_log(log: Path) -> None:
+    """Move the previous log of a target to ``.cache/logs/old/<name>.<n>.log`` (1 = newest)
+    instead of overwriting it, keeping at most LOGS_KEPT."""
+    if not log.is_file():
+        return
+    old = log.parent / "old"
+    try:
+        old.mkdir(exist_ok=True)
+        stem = log.name[: -len(".log")]
+        for n in range(LOGS_KEPT, 0, -1):
+            src = old / f"{stem}.{n}.log"
+            if src.exists():
+                if n == LOGS_KEPT:
+                    src.unlink()
+                else:
+                    src.rename(old / f"{stem}.{n + 1}.log")
+        log.rename(old / f"{stem}.1.log")
+    except OSError:
+        pass  # history is a convenience: never fail a build over it
 
 
 def log_name(label: str, platform: str = "") -> str:
@@ -126,8 +154,10 @@ def _build_once(ctx: RunContext, tp: TargetPlan, log: Path, no_cache: bool) -> s
         dockerfile_display=t.dockerfile, args=platform_args(tp.context.dockerfile, tp.platform) | tp.args,
         target=t.target, platform=tp.manifest["platform"],
         network=ctx.network_override or t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
-        log_path=log, no_cache=no_cache,
+        log_path=log, no_cache=no_cache, pull=ctx.pull,
+        on_line=progress.line_emitter(ctx.emit, tp.label, tp.platform if tp.history != tp.label else ""),
     )
+    keep_old_log(log)
     image_id = ctx.engine.build(req)
     failpoints.hit("built")
     if stream.changed:

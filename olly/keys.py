@@ -14,7 +14,7 @@ from typing import Any
 import xxhash
 
 # Bump when the meaning of a record changes: every key changes with it, on purpose.
-KEY_SCHEMA = 2
+KEY_SCHEMA = 3
 
 # Content tags use this many hex digits of the key (80 bits).
 TAG_HEX = 20
@@ -89,6 +89,7 @@ def image_record(
     deps: dict[str, str],
     labels: dict[str, str],
     secrets: list[str],
+    bases: dict[str, str],
 ) -> dict[str, Any]:
     """The explicit record of an image target (see docs/keys.md for each field).
 
@@ -100,7 +101,10 @@ def image_record(
     (a token is a credential, not content: rotating it must not rebuild anything, and a
     stored digest of a weak value could be reversed by a dictionary);
     ``dockerignore`` is the .dockerignore as read (None if absent): always an input,
-    because daemons older than 23.0 keep some self-excluding .dockerignore files.
+    because daemons older than 23.0 keep some self-excluding .dockerignore files;
+    ``bases`` maps each external FROM reference (after ARG substitution) that olly.lock pins
+    to its locked digest: ``dockerfile`` stays the bytes as read, so the digest is what
+    moves when a base is updated (the engine receives the FROM line pinned to it).
     """
     return {
         "schema": KEY_SCHEMA,
@@ -115,4 +119,5 @@ def image_record(
         "deps": dict(deps),
         "labels": dict(labels),
         "secrets": sorted(set(secrets)),
+        "bases": dict(bases),
     }

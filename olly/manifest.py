@@ -32,6 +32,7 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         changes.append("~ .dockerignore content")
     changes += _dict_changes("arg", old.get("args", {}), new.get("args", {}))
     changes += _dict_changes("label", old.get("labels", {}), new.get("labels", {}))
+    changes += _dict_changes("base", old.get("bases", {}), new.get("bases", {}))  # olly.lock digests
     # Names only (older manifests held a dict keyed by name: iterating it gives the names).
     changes += _dict_changes("secret", dict.fromkeys(old.get("secrets", [])), dict.fromkeys(new.get("secrets", [])), values=False)
     for field in ("target", "platform"):

@@ -12,12 +12,13 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from olly import index, keys, scrub, signing
+from olly import baselock, index, keys, scrub, signing
 from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine, oci_platform
+from olly.engine import has_tag as engine_has_tag
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
@@ -51,6 +52,7 @@ class TargetPlan:
     platform: str = ""  # images: the platform this plan builds ("" for a multi-platform parent)
     variants: list[TargetPlan] = field(default_factory=list)  # a multi-platform image: one per platform
     history: str = ""  # where its last input manifest is kept: the label, or label@platform for a variant
+    notes: list[str] = field(default_factory=list)  # warnings added to the reasons, e.g. an unlocked base image
 
     @property
     def ref(self) -> str:
@@ -77,6 +79,7 @@ class Plan:
     engine_checked: bool
     files_read: int = 0
     registry: Registry | None = None
+    shards: dict[str, Any] | None = None  # `olly plan --shards N`: the split, see olly/shard.py describe
 
     def by_label(self) -> dict[str, TargetPlan]:
         return {t.label: t for t in self.targets}
@@ -86,6 +89,8 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
                    platform: str) -> TargetPlan:
     """Hash a target's inputs into its key record, manifest and content tag."""
     ctx = scan(ws.root, t, hasher)
+    read = ctx.dockerfile  # keyed as read; the digests olly.lock pins its FROM lines to are `bases`
+    pinned = baselock.pin_context(ws, t, ctx)  # the engine gets (and COPY may see) the pinned text
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
     dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
     deps = {d: dp.key for d, dp in dep_variants.items()}
@@ -95,21 +100,22 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     secret_values = _secret_values(ws, t)
     secrets = sorted(secret_values)  # names only: a secret's value is never keyed or stored
     record = keys.image_record(
-        files=files, dockerfile=ctx.dockerfile, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
-        platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets,
+        files=files, dockerfile=read, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
+        platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets, bases=pinned.bases,
     )
     key = keys.compute_key(record)
     manifest = {
-        "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(ctx.dockerfile),
+        "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(read),
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
-        "labels": labels, "secrets": secrets,
+        "labels": labels, "secrets": secrets, "bases": pinned.bases,
     }
     # What the engine gets: the user's args, the secrets, each dependency's local image reference.
     args = dict(t.args) | secret_values | {dep_arg_name(d): dp.ref for d, dp in dep_variants.items()}
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
         tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t, platform=plat,
+        notes=pinned.notes,
     )
 
 
@@ -170,6 +176,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             _decide_local(tp, cache, engine)
             if client is not None and registry is not None:
                 _decide_remote(tp, client, registry, signer)
+            tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
             variants.append(tp)
         if len(variants) > 1:
             tp = multi_platform_plan(t, variants)
@@ -275,7 +282,7 @@ def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
         if _key_label(image) != tp.key:  # e.g. an imported cache row: a hint, never trusted blindly
             tp.action, tp.reasons = "build", [f"image {result['image_id'][7:19]} does not carry this key"]
             return
-        has_tag = tp.ref in (image.get("RepoTags") or [])
+        has_tag = engine_has_tag(image, tp.ref)  # Podman reports docker.io/repo:tag
         tp.action, tp.reasons = ("cached", ["up to date"]) if has_tag else ("retag", ["tag missing, image present"])
         return
     if engine is not None:

@@ -27,6 +27,7 @@ def plan_lines(plan: Plan) -> list[str]:
 def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "engine_checked": plan.engine_checked,
+        **({"shards": plan.shards} if plan.shards is not None else {}),
         "targets": [
             {"label": tp.label, "kind": tp.kind, "action": tp.action, "reasons": tp.reasons, "key": tp.key or None,
              "ref": tp.ref if tp.kind == "image" else None, "changes": tp.changes, "depends_on": _deps(tp),

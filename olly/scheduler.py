@@ -16,6 +16,8 @@ from olly.errors import OllyError
 from olly.config import ChartTarget
 from olly.jobs import ChartWork, DepImage, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
 from olly.plan import Plan, TargetPlan
+from olly.progress import Emit, Event, EventQueue, ignore
+from olly.shard import wait_for
 
 __all__ = ["Outcome", "Scheduler"]
 
@@ -33,9 +35,12 @@ def _outcome_for(o: Outcome, platform: str) -> Outcome:
 
 class Scheduler:
     def __init__(self, plan: Plan, ctx: RunContext, cache: Cache, opts: RunOptions,
-                 on_outcome: Callable[[Outcome], None] = lambda o: None) -> None:
+                 on_outcome: Callable[[Outcome], None] = lambda o: None, on_event: Emit = ignore) -> None:
         self.plan, self.ctx, self.cache, self.opts = plan, ctx, cache, opts
         self.on_outcome = on_outcome
+        self.on_event = on_event
+        self.events = EventQueue(on_event)
+        ctx.emit = self.events.put  # build threads report steps and log lines through the queue
         self.by_label = plan.by_label()
         self.outcomes: dict[str, Outcome] = {}
         self.stopped_by: str | None = None
@@ -56,6 +61,8 @@ class Scheduler:
                 # A timeout, so the main thread regularly runs Python code: a Ctrl-C that the
                 # OS delivered to a worker thread is then handled here promptly.
                 done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                self.events.drain()
+                self.on_event(Event("tick"))  # lets a renderer redraw and pace heartbeats
                 for fut in done:
                     tp, work = running.pop(fut)
                     self._finish(tp, work, fut.result())
@@ -72,6 +79,9 @@ class Scheduler:
         still: list[TargetPlan] = []
         for tp in pending:
             deps = tp.target.depends_on if tp.target else []
+            if tp.action == "elsewhere":  # --shard: another runner's (or the final job's) work
+                self._set(Outcome(tp.label, "skipped", "; ".join(tp.reasons), key=tp.key))
+                continue
             blocked = [d for d in deps if d in self.outcomes and self.outcomes[d].status in ("failed", "skipped")]
             if blocked:
                 self._set(Outcome(tp.label, "skipped", f"dependency {blocked[0]} did not build", key=tp.key))
@@ -90,15 +100,21 @@ class Scheduler:
                 except Exception as exc:  # a bug fails this chart, not the whole run
                     self._finish(tp, None, Outcome(tp.label, "failed", f"internal error: {type(exc).__name__}: {exc}"))
                     continue
+                self.on_event(Event("started", tp.label))
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
             elif self._needs_worker(tp):
-                running[pool.submit(run_image, self.ctx, tp, self._deps_for(tp))] = (tp, None)
+                self.on_event(Event("started", tp.label))
+                if tp.action == "wait":
+                    owner = self.ctx.owners.get(tp.label, "another shard")
+                    running[pool.submit(wait_for, self.ctx, tp, owner, self.ctx.wait_s)] = (tp, None)
+                else:
+                    running[pool.submit(run_image, self.ctx, tp, self._deps_for(tp))] = (tp, None)
             else:
                 self._finish(tp, None, run_image(self.ctx, tp, {}))  # cached: nothing slow to do
         return still
 
     def _needs_worker(self, tp: TargetPlan) -> bool:
-        return tp.action == "build" or (self.ctx.push and self.ctx.registry is not None)
+        return tp.action in ("build", "wait") or (self.ctx.push and self.ctx.registry is not None)
 
     def _deps_for(self, tp: TargetPlan) -> dict[str, list[DepImage]]:
         """Per platform, what the build of ``tp`` stands on: each dependency's key and the image
@@ -111,8 +127,8 @@ class Scheduler:
                 dp = self.by_label[label].for_platform(platform)
                 o = _outcome_for(self.outcomes[label], dp.platform)
                 remote = ""
-                if dp.action == "remote" and self.ctx.registry is not None:
-                    remote = f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest}"
+                if dp.action in ("remote", "wait") and self.ctx.registry is not None:  # in the registry, not here
+                    remote = f"{self.ctx.registry.push_ref(dp.repository)}@{dp.remote_digest or o.digest}"
                 out[platform].append(DepImage(label, dp.ref, dp.key, o.image_id, remote))
         return out
 
@@ -152,5 +168,7 @@ class Scheduler:
             self.cache.record_push(tp.label, tp.key, registry, o.ref, o.digest)
 
     def _set(self, outcome: Outcome) -> None:
+        self.events.drain()  # a target's last steps come before its result
         self.outcomes[outcome.label] = outcome
         self.on_outcome(outcome)
+        self.on_event(Event("finished", outcome.label, outcome=outcome))

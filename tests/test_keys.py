@@ -39,11 +39,16 @@ def test_compute_key_requires_schema() -> None:
 def test_record_key_is_pinned() -> None:
     # Pins the encoding + hash of a hand-written record (see docs/keys.md example).
     record = keys.image_record(files=[["a.txt", "f", False, "00" * 16]], dockerfile=b"FROM scratch\n",
-                               args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={}, labels={}, secrets=[], dockerignore=None)
+                               args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={}, labels={}, secrets=[], dockerignore=None,
+                               bases={})
     assert keys.compute_key(record) == GOLDEN_RECORD_KEY
+    # A locked base image (olly.lock) is keyed by its digest: the docs/keys.md example too.
+    record["bases"] = {"python:3.14-slim": "sha256:" + "1" * 64}
+    assert keys.compute_key(record) == GOLDEN_RECORD_KEY_LOCKED
 
 
-GOLDEN_RECORD_KEY = "ce08f5c6fe1665683ce0b3c8033d47c3"
+GOLDEN_RECORD_KEY = "5ff2cb3be30d6989707be34b3e0d7725"
+GOLDEN_RECORD_KEY_LOCKED = "9a1bec145559e6b88f744208b759f0b6"
 
 
 def golden_workspace(tmp_path: Path) -> Path:

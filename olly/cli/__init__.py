@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ import click
 
 from olly import api, report
 from olly.config import find_workspace
-from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, OllyError
+from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TARGET_FAILED, EXIT_USAGE, OllyError
 from olly.plan import TargetPlan
 from olly.scrub import scrub
 
@@ -69,6 +70,15 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
     ctx.exit(code)
 
 
+def _duration(text: str) -> float:
+    """``90s``, ``30m``, ``1h`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise OllyError("usage", f"--wait {text!r}: expected a duration like 90s, 30m or 1h") from None
+
+
 def _emit_json(data: Any) -> None:
     _echo(json.dumps(data, indent=2, sort_keys=True))
 
@@ -91,27 +101,88 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
 @click.option("--registry", metavar="NAME", help="Registry from BUILD.toml: remote cache, chart pins (no push without --push).")
 @click.option("--push", is_flag=True, help="Push images and charts to --registry.")
 @click.option("--version", "version", metavar="VERSION", help="Release version (default: git describe --tags --always --dirty).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "tty", "plain", "json"]), default="auto",
+              show_default=True, help="Live view (tty), lines for CI logs (plain), or one JSON event per line.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Stream the build logs.")
+@click.option("--force", "force", multiple=True, metavar="TARGET",
+              help="Rebuild TARGET even if its key is known (repeatable; for RUN steps that fetch unpinned things).")
+@click.option("--pull", is_flag=True, help="Ask the engine to refresh base images while building.")
+@click.option("--shard", metavar="I/N", help="Build only shard I of N (needs --registry and --push; see README Scaling out).")
+@click.option("--shard-plan", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Take the shard assignment from `olly plan --shards N --json` output.")
+@click.option("--wait", "wait", default="30m", show_default=True, metavar="DURATION",
+              help="With --shard: how long to wait for another shard's image (e.g. 90s, 30m, 1h).")
 @click.pass_context
 def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None,
-         registry: str | None, push: bool, version: str | None, as_json: bool) -> None:
+         registry: str | None, push: bool, version: str | None, as_json: bool, progress_mode: str, quiet: bool,
+         verbose: bool, force: tuple[str, ...], pull: bool, shard: str | None, shard_plan: Path | None,
+         wait: str) -> None:
     """Build TARGETS (default: all) and what they need, skipping what is up to date."""
+    from olly.cli import progress
 
-    def on_outcome(o: Any) -> None:
-        if not as_json:
-            _echo(report.outcome_line(o))
-            if o.status == "failed" and o.tail:
-                _echo("\n".join(report.failure_details(o)))
+    mode = "silent" if as_json else progress.choose(progress_mode, quiet)
+    render = progress.renderer(mode, _echo, verbose)
 
     def run() -> int:
         say = lambda msg: _echo(f"olly: {msg}", err=True)  # noqa: E731
-        result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going, network=network,
-                          registry=registry, push=push, version=version, say=say, on_outcome=on_outcome)
+        try:
+            result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going, network=network,
+                              registry=registry, push=push, version=version, say=say, on_event=render,
+                              force=list(force), pull=pull, command=" ".join(["olly", *sys.argv[1:]]),
+                              shard=shard, shard_plan=shard_plan, wait_s=_duration(wait))
+        finally:
+            render.close()
         if as_json:
             _emit_json(report.outcomes_json(result.outcomes, result.elapsed_s))
-        else:
+        elif mode != "json":
             _echo(report.summary_line(result.outcomes, result.elapsed_s))
         return report.exit_code(result.outcomes)
+
+    _run(ctx, run)
+
+
+@cli.command("log")
+@click.option("-n", "limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many runs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def log_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Recent `olly make` runs: when, the command, what they built."""
+
+    def run() -> None:
+        runs = api.runs(ctx.obj.root(), limit)
+        if as_json:
+            _emit_json([r.__dict__ for r in runs])
+            return
+        for r in runs:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts.items()))
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
+            _echo(f"#{r.id:<4} {when}  {r.ended - r.started:6.1f}s  exit {r.exit_code}  {counts or 'no targets'}  {r.command}")
+        if not runs:
+            _echo("no runs recorded yet in this workspace")
+
+    _run(ctx, run)
+
+
+@cli.command()
+@click.option("--runs", "last", type=click.IntRange(min=1), default=20, show_default=True, help="Over the last N runs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def stats(ctx: click.Context, last: int, as_json: bool) -> None:
+    """Cache hit rates and the slowest targets over recent runs."""
+
+    def run() -> None:
+        data = api.stats(ctx.obj.root(), last)
+        if as_json:
+            _emit_json(data)
+            return
+        _echo(f"over the last {data['runs']} run(s); results came from: "
+              + (", ".join(f"{s} {n}" for s, n in sorted(data["sources"].items())) or "nothing yet"))
+        for t in data["targets"]:
+            slow = f"slowest build {t['slowest_build_s']:.1f}s, mean {t['mean_build_s']:.1f}s" if t["slowest_build_s"] else "never built"
+            _echo(f"{t['target']:<30} hit rate {t['hit_rate'] * 100:5.1f}%  built {t['built']:>3}  cached {t['cached']:>3}  "
+                  f"failed {t['failed']:>3}  {slow}")
 
     _run(ctx, run)
 
@@ -120,17 +191,22 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
 @click.argument("targets", nargs=-1)
 @click.option("--registry", metavar="NAME", help="Also check which images that registry already holds.")
 @click.option("--version", "version", metavar="VERSION", help="Release version, as for make.")
+@click.option("--shards", type=click.IntRange(min=1), metavar="N", help="Also show how `make --shard I/N` splits the images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
-def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, version: str | None, as_json: bool) -> None:
+def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, version: str | None, shards: int | None,
+         as_json: bool) -> None:
     """Show what `make` would build and why, without building."""
 
     def run() -> None:
-        the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry, version=version)
+        the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry, version=version, shards=shards)
         if as_json:
             _emit_json(report.plan_json(the_plan))
         else:
             _echo("\n".join(report.plan_lines(the_plan)))
+            for s in (the_plan.shards or {}).get("list", []):
+                _echo(f"shard {s['index']}/{the_plan.shards['count']}: builds {', '.join(s['build']) or 'nothing'}"
+                      f" (images: {', '.join(s['images']) or 'none'})")
 
     _run(ctx, run)
 
@@ -219,6 +295,7 @@ def _input_lines(tp: TargetPlan) -> list[str]:
         lines.append(f"stage    {m['target']}")
     lines += [f"arg      {k}={v}" for k, v in sorted(m["args"].items())]
     lines += [f"dep      {d} {k}" for d, k in sorted(m["deps"].items())]
+    lines += [f"base     {ref} {digest}" for ref, digest in sorted(m.get("bases", {}).items())]
     lines += [f"input    {h} {p}" for p, h in m["inputs"]]
     for path, kind, exe, digest in m["files"]:
         mode = {"d": "dir ", "l": "link"}.get(kind, "exec" if exe else "file")
@@ -250,6 +327,30 @@ def _chart_lines(tp: TargetPlan) -> list[str]:
 def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
     """The target graph (dependencies after `<-`)."""
     _run(ctx, lambda: _echo(api.graph_text(ctx.obj.root(), list(targets), fmt)))
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--update", is_flag=True, help="Re-resolve every base image (or just IMAGES) to its current digest.")
+@click.option("--check", is_flag=True, help="Exit 1 if a Dockerfile uses a base missing from olly.lock (for CI).")
+@click.pass_context
+def lock(ctx: click.Context, images: tuple[str, ...], update: bool, check: bool) -> None:
+    """Pin the Dockerfiles' base images by digest in olly.lock."""
+
+    def run() -> int:
+        result = api.lock(ctx.obj.root(), update=update, check=check, images=list(images),
+                          say=lambda m: _echo(f"olly: {m}", err=True))
+        if check:
+            _echo("\n".join(result.problems) or f"{result.path.name}: every base image is locked")
+            return EXIT_TARGET_FAILED if result.problems else 0
+        for c in result.changes:
+            detail = {"added": c.new, "kept": c.new, "unchanged": c.new, "removed": "(no Dockerfile uses it)",
+                      "updated": f"{c.old} -> {c.new}"}[c.action]
+            _echo(f"{c.action:<9} {c.reference}  {detail}")
+        _echo(f"{result.path.name}: {sum(c.action != 'removed' for c in result.changes)} base image(s) locked")
+        return 0
+
+    _run(ctx, run)
 
 
 @cli.group()
