@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from olly import baselock
+from olly import baselock, charts
 from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
-from olly.config import ImageTarget, Target, Workspace, load_workspace
+from olly.config import BUILD_FILE, ChartTarget, ImageTarget, Target, Workspace, find_workspace, load_workspace, resolve_engines
 from olly.engine import Engine
+from olly.engines import Engines
 from olly.errors import OllyError
 from olly.graph import Graph
-from olly.manifest import diff_manifests
+from olly.manifest import diff_chart_manifests, diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan, native_platform
 from olly.jobs import Outcome, RunContext, remove_stale_temp
+from olly import doctor as checkup
+from olly import gc as gc_mod
 from olly import history
+from olly import scaffold
 from olly import shard as sharding
 from olly.progress import Emit, ignore
 from olly.report import exit_code
@@ -35,7 +40,19 @@ def _quiet(_: str) -> None:
 
 def load(root: Path) -> tuple[Workspace, Graph]:
     ws = load_workspace(root)
-    return ws, Graph.of(ws)
+    graph = Graph.of(ws)
+    graph.cwd = _cwd_in(ws.root)
+    return ws, graph
+
+
+def _cwd_in(root: Path) -> str:
+    """The current directory relative to the workspace root ("" when outside it): target
+    patterns typed inside apps/web are read relative to it."""
+    try:
+        rel = Path(os.getcwd()).resolve().relative_to(root)
+    except (ValueError, OSError):
+        return ""
+    return rel.as_posix()
 
 
 def _optional_engine() -> Engine | None:
@@ -55,7 +72,8 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     cache = Cache(ws.cache_dir, reader=True)
     try:
-        the_plan = make_plan(ws, graph, labels, cache, _optional_engine() if check_engine else None, reg,
+        probe = _optional_engine() if check_engine else None
+        the_plan = make_plan(ws, graph, labels, cache, _routed(ws, probe, None) if probe else None, reg,
                              the_version, signer_from_env() if reg else None)
         if shards:
             the_plan.shards = sharding.describe(the_plan, _assignment(the_plan, cache, shards), shards)
@@ -77,7 +95,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
          on_outcome: Callable[[Outcome], None] = lambda o: None, engine: Engine | None = None,
          on_event: Emit = ignore, force: list[str] | None = None, pull: bool = False,
          command: str = "olly make", shard: str | None = None, shard_plan: Path | None = None,
-         wait_s: float = 1800.0) -> MakeResult:
+         wait_s: float = 1800.0, engines: dict[str, str] | None = None) -> MakeResult:
     """Build the selected targets (and their dependencies) whose inputs changed; with
     ``registry``, use it as a remote cache and pin charts to it; with ``push``, publish."""
     started = time.time()
@@ -91,7 +109,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     reg = ws.registry(registry) if registry else None
     # Default: `git describe`; outside git there is no version (charts keep Chart.yaml's).
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
-    engine = engine or Engine()  # fails fast, before any work, if no engine answers
+    engine = _routed(ws, engine or Engine(), engines)  # fails fast, before any work, if no engine answers
     with workspace_lock(ws.cache_dir, say):
         # Before any build: a build that cannot write its log would fail half-way, as a bug.
         writable_dir(ws.cache_dir / "logs")
@@ -125,6 +143,13 @@ def _assignment(the_plan: Plan, cache: Cache, count: int) -> dict[str, int]:
     return sharding.assign(images, count, sharding.weights_from(cache.build_durations(list(images))))
 
 
+def _routed(ws: Workspace, default: Any, flags: dict[str, str] | None) -> Any:
+    """The default engine, or it plus per-platform engines ([engines] in BUILD.toml, then
+    --engine PLATFORM=URL on top)."""
+    routes = ws.engines | resolve_engines(flags or {}, lambda p, m: OllyError("usage", f"--engine {p}: {m}"))
+    return Engines(default, routes) if routes else default
+
+
 def _force(the_plan: Plan, labels: list[str]) -> None:
     """--force: build these images even though their key is known (a RUN step that fetches
     something unpinned olly cannot see); the new image is recorded under the same key."""
@@ -156,14 +181,15 @@ def stats(root: Path, last: int) -> dict[str, Any]:
         cache.close()
 
 
-def _one_target(ws: Workspace, graph: Graph, label: str, *, charts: bool = False) -> tuple[Target, list[str]]:
+def _one_target(ws: Workspace, graph: Graph, label: str, *, charts: bool = True) -> tuple[Target, list[str]]:
+    """The one target ``label`` names and the labels to plan for it; ``charts=False`` refuses a chart."""
     matched = graph.match(label)
     if len(matched) != 1:
         raise OllyError("usage", f"{label!r} names {len(matched)} targets; give exactly one")
     (one,) = matched
     target = ws.targets[one]
     if not charts and not isinstance(target, ImageTarget):
-        raise OllyError("usage", f"{one} is a chart: `olly why` explains images; see `olly plan` and `olly inputs {one}`")
+        raise OllyError("usage", f"{one} is a chart; give an image target")
     return target, graph.order(graph.closure({one}))
 
 
@@ -184,7 +210,9 @@ def why(root: Path, label: str) -> dict[str, Any]:
     """What changed in one target's inputs since its last recorded build (a multi-platform
     image: per platform, each change prefixed with its platform)."""
     ws, graph = load(root)
-    target, labels = _one_target(ws, graph, label)
+    target, labels = _one_target(ws, graph, label, charts=True)
+    if isinstance(target, ChartTarget):
+        return _why_chart(ws, graph, target, labels)
     cache = Cache(ws.cache_dir, reader=True)
     try:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
@@ -202,6 +230,31 @@ def why(root: Path, label: str) -> dict[str, Any]:
             info["previous_key"] = previous.get("key") if not current.variants else None
             info["changes"] += [prefix + change for change in diff_manifests(previous, v.manifest)]
     return info
+
+
+def _why_chart(ws: Workspace, graph: Graph, target: ChartTarget, labels: list[str]) -> dict[str, Any]:
+    """What changed in a chart's files, pins and version since its last package. Planned as
+    ``make`` would for the registry that package was made for (asking it for the images'
+    digests, as ``olly plan --registry`` does), with the version ``make`` would stamp."""
+    cache = Cache(ws.cache_dir, reader=True)
+    try:
+        previous = cache.manifest(target.label)
+        previous = previous if previous is not None and previous.get("kind") == "chart" else None
+        reg = ws.registries.get((previous or {}).get("registry") or "")  # None if no longer declared
+        version = git_version(ws.root)
+        plans = make_plan(ws, graph, labels, cache, None, reg, version).by_label()
+        chart = plans[target.label].chart
+        assert chart is not None
+        refs = {label: (plans[label].repository, plans[label].tag, plans[label].remote_digest)
+                for label in target.depends_on}
+        pins = charts.make_pins(target.images, refs, reg)
+        current = charts.chart_manifest(chart, pins, *charts.stamp(chart, pins, version), reg)
+        built = cache.artifact(target.label, current["key"], reg.push if reg else "") is not None
+    finally:
+        cache.close()
+    return {"label": target.label, "key": current["key"], "built_before": previous is not None,
+            "current_key_built": built, "previous_key": previous.get("key") if previous else None,
+            "changes": diff_chart_manifests(previous, current) if previous is not None and not built else []}
 
 
 def cache_export(root: Path, dest: Path, say: Say = _quiet) -> dict[str, int]:
@@ -246,5 +299,55 @@ def lock(root: Path, *, update: bool = False, check: bool = False, images: list[
 
 
 def graph_text(root: Path, patterns: list[str], fmt: str) -> str:
-    _, graph = load(root)
-    return graph.render(fmt, graph.select(patterns))
+    """The graph, with the targets that would build (planned without an engine) marked stale."""
+    ws, graph = load(root)
+    labels = graph.select(patterns)
+    cache = Cache(ws.cache_dir, reader=True)
+    try:
+        the_plan = make_plan(ws, graph, labels, cache, None, version=git_version(ws.root))
+    finally:
+        cache.close()
+    stale = {tp.label for tp in the_plan.targets if tp.action in ("build", "package")}
+    return graph.render(fmt, labels, stale)
+
+
+def gc(root: Path, *, keep: int = gc_mod.DEFAULT_KEEP, registry: str | None = None, dry_run: bool = False,
+       say: Say = _quiet) -> gc_mod.Report:
+    """Remove what no current key, kept chart package or pushed version references, keeping
+    the last ``keep`` builds per target; with ``registry``, its unreferenced content tags too."""
+    ws, graph = load(root)
+    reg = ws.registry(registry) if registry else None
+    version = git_version(ws.root)
+    engine = Engine()  # fails fast: the engine's tags are most of what gc looks at
+    with workspace_lock(ws.cache_dir, say):
+        cache = Cache(ws.cache_dir)
+        try:
+            return gc_mod.run(ws, graph, cache, engine, reg, keep, dry_run, version)
+        finally:
+            cache.close()
+
+
+def init(root: Path) -> scaffold.Scaffold:
+    """Write a commented BUILD.toml for the Dockerfiles and charts under ``root`` (never over
+    an existing one) and ignore olly's own directories in .gitignore."""
+    return scaffold.write(root)
+
+
+def doctor(start: Path) -> checkup.Checkup:
+    """Check what a run needs (engine, registries, qemu, base-image lock, .cache, git)."""
+    return checkup.run(start)
+
+
+def completion_words(start: Path) -> dict[str, list[str]]:
+    """Image labels, chart labels and registry names of the workspace found from ``start``,
+    for shell completion: read from BUILD.toml without validating it (a half-edited file
+    still completes); empty lists when there is none."""
+    words: dict[str, list[str]] = {"images": [], "charts": [], "registries": []}
+    try:
+        data = tomllib.loads((find_workspace(start) / BUILD_FILE).read_text(encoding="utf-8"))
+    except (OllyError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return words
+    for kind in words:
+        table = data.get(kind)
+        words[kind] = sorted(map(str, table)) if isinstance(table, dict) else []
+    return words

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-import sqlite_utils
 
 from olly import failpoints
 from olly.errors import OllyError
@@ -46,6 +45,29 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Db:
+    """The standard sqlite3 connection for reads and the stat cache (the hot path of a no-op
+    run), and sqlite-utils — imported on first use: it takes 0.1 s, numpy included — for the
+    table writes (create, insert, upsert) that happen only when something was recorded."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._utils: Any = None
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def table_names(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+    def __getitem__(self, table: str) -> Any:
+        if self._utils is None:
+            import sqlite_utils
+
+            self._utils = sqlite_utils.Database(self.conn)
+        return self._utils[table]
+
+
 class Cache:
     """One open cache db. Use from one thread (the scheduler's main thread).
 
@@ -60,7 +82,7 @@ class Cache:
         self.read_only = False
         exists = _exists(self.path)
         if not exists and (not create or (reader and _exists(cache_dir) and not _writable(self.path))):
-            self.db = sqlite_utils.Database(memory=True)  # nothing recorded yet, and none to record
+            self.db = _Db(sqlite3.connect(":memory:", isolation_level=None))  # nothing recorded yet, and none to record
         elif exists and reader and not _writable(self.path):
             self.db = self._open_read_only()
         else:
@@ -68,7 +90,7 @@ class Cache:
             self.db = self._open()
         self._init_schema()
 
-    def _open(self) -> sqlite_utils.Database:
+    def _open(self) -> _Db:
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
@@ -78,9 +100,9 @@ class Cache:
             raise OllyError("cache-write-failed", f"cannot open cache database {self.path}: {exc}")
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc)
-        return sqlite_utils.Database(conn)
+        return _Db(conn)
 
-    def _open_read_only(self) -> sqlite_utils.Database:
+    def _open_read_only(self) -> _Db:
         """``mode=ro`` sees committed WAL content but needs the -shm file (or to create it);
         in a read-only dir without one, ``immutable=1`` is the only way in. It skips locking,
         which is safe only if nothing writes: refused while a non-empty -wal file exists."""
@@ -95,9 +117,9 @@ class Cache:
                 tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]  # opens the file for real
                 if not tables:  # an empty file: nothing recorded, as if there were no cache yet
                     conn.close()
-                    return sqlite_utils.Database(memory=True)
+                    return _Db(sqlite3.connect(":memory:", isolation_level=None))
                 self.read_only = True
-                return sqlite_utils.Database(conn)
+                return _Db(conn)
             except sqlite3.OperationalError as exc:
                 error = exc
             except sqlite3.DatabaseError as exc:
@@ -243,10 +265,16 @@ class Cache:
         return {"path": row[0], "digest": row[1], "version": row[2]} if row else None
 
     @_guarded
-    def record_artifact(self, target: str, key: str, registry: str, path: str, digest: str, version: str) -> None:
+    def record_artifact(self, target: str, key: str, registry: str, path: str, digest: str, version: str,
+                        manifest: dict[str, Any] | None = None) -> None:
+        """Record a chart package and the input manifest it was made from (``olly why`` diffs
+        the chart against it)."""
         with self.transaction():
             self.db["artifacts"].upsert({"target": target, "key": key, "registry": registry, "path": path,
                                          "digest": digest, "version": version}, pk=("target", "key", "registry"))
+            if manifest is not None:
+                self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest, sort_keys=True)},
+                                            pk="target")
 
     @_guarded
     def forget_result(self, target: str, key: str) -> None:

@@ -7,6 +7,7 @@ stamped version, so the same inputs give byte-identical ``.tgz`` and manifests.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import io
@@ -36,6 +37,8 @@ PACKAGE_MTIME = 946684800  # 2000-01-01T00:00:00Z, as for image contexts
 _CHART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # no '/', no '..'
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 MAX_ALIAS_EXPANSION = 100_000  # nodes YAML aliases may add to a chart file when expanded
+UTF8_BOM = b"\xef\xbb\xbf"
+PINNED_KEYS = ("repository", "tag")  # what olly sets in each declared values path
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,13 @@ class _CheckedConstructor(RoundTripConstructor):
         return super().construct_document(node)
 
 
+def strip_bom(data: bytes) -> bytes:
+    """A file's bytes as Helm's loader keeps them: it drops a leading UTF-8 BOM from every
+    file of a chart (``bytes.TrimPrefix(data, utf8bom)`` in pkg/chart/loader, for a
+    directory and for an archive alike), so ``helm package`` writes them without it."""
+    return data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+
+
 def _load_yaml(data: bytes, display: str) -> Any:
     y = _yaml()
     y.Constructor = _CheckedConstructor
@@ -154,18 +164,25 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
     for required in ("Chart.yaml", "values.yaml"):
         if required not in names:
             raise OllyError("chart-invalid", f"{target.path}: {required} is missing or excluded by .helmignore")
-    values = _load_yaml((chart_dir / "values.yaml").read_bytes(), f"{target.path}/values.yaml")
+    values = _load_yaml(strip_bom((chart_dir / "values.yaml").read_bytes()), f"{target.path}/values.yaml")
     for path in target.images:
         _values_node(values, path, f"{target.path}/values.yaml")  # caught at plan time, not after the builds
-    meta = _load_yaml((chart_dir / "Chart.yaml").read_bytes(), f"{target.path}/Chart.yaml")
+    meta = _load_yaml(strip_bom((chart_dir / "Chart.yaml").read_bytes()), f"{target.path}/Chart.yaml")
     if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
     if not _CHART_NAME.match(str(meta["name"])):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: invalid chart name {meta['name']!r} (letters, digits, '-', '_', '.')")
     if not _SEMVER.match(str(meta["version"])):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: version {meta['version']!r} is not SemVer (X.Y.Z)")
+    annotations = meta.get("annotations")
+    if annotations is not None and not (isinstance(annotations, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+        # Helm reads annotations as map[string]string and refuses the chart otherwise.
+        raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: annotations must map strings to strings "
+                        "(quote numbers and booleans)")
+    app_version = meta.get("appVersion")
     return ChartSource(target.label, target.path, str(meta["name"]), str(meta["version"]),
-                       str(meta.get("appVersion", "")), files)
+                       "" if app_version is None else str(app_version), files)
 
 
 def make_pins(images: dict[str, str], refs: dict[str, tuple[str, str, str | None]],
@@ -214,15 +231,44 @@ def _record(src: ChartSource, pins: dict[str, Pin], version: str, app_version: s
 
 
 def _values_node(values: Any, path: str, display: str) -> dict[str, Any]:
-    """The mapping at a dotted values path; an error if it is absent (never a silent no-op)."""
-    node = values
+    """The image block at a dotted values path: a mapping holding ``repository`` and ``tag``.
+    Anything else is an error, never a silent no-op: a block with only ``pullPolicy`` would
+    get keys its templates never read, and the chart would deploy the old image."""
+    node, line = values, None
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise OllyError("chart-invalid", f"{display}: values path {path!r} does not exist (declared in BUILD.toml charts images)")
+            raise OllyError("chart-invalid", f"values path {path!r} does not exist (declared in BUILD.toml charts images)",
+                            location=_at(display, line))
+        line = _key_line(node, part)
         node = node[part]
-    if not isinstance(node, dict):
-        raise OllyError("chart-invalid", f"{display}: values path {path!r} is not a mapping with repository/tag")
+    problem = _block_problem(node)
+    if problem:
+        raise OllyError("chart-invalid", f"values path {path!r} (declared in BUILD.toml charts images) must be a "
+                        f"mapping holding repository and tag for olly to pin; {problem}", location=_at(display, line))
     return node
+
+
+def _block_problem(node: Any) -> str:
+    """Why ``node`` is not an image block olly can pin ("" if it is one)."""
+    if not isinstance(node, dict):
+        return f"it is {'a list' if isinstance(node, list) else 'a single value'}"
+    missing = [k for k in PINNED_KEYS if k not in node]
+    if missing:
+        return f"it has no {' and no '.join(missing)} (it has: {', '.join(map(str, node)) or 'nothing'})"
+    nested = [k for k in PINNED_KEYS if isinstance(node[k], (dict, list))]
+    return f"its {' and '.join(nested)} must be plain values, not mappings or lists" if nested else ""
+
+
+def _key_line(node: Any, key: str) -> int | None:
+    """1-based line of ``key`` in a round-trip loaded mapping, if known."""
+    try:
+        return int(node.lc.key(key)[0]) + 1
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _at(display: str, line: int | None) -> str:
+    return f"{display}:{line}" if line else display
 
 
 def _set_pins(values: Any, pins: dict[str, Pin], display: str) -> None:
@@ -243,10 +289,12 @@ def package(src: ChartSource, pins: dict[str, Pin], version: str, app_version: s
             raise OllyError("input-changed", f"{src.dir}/{rel} changed during the run ({exc.strerror}); nothing recorded, run again")
         if hash_bytes(data) != digest:  # the package must be exactly what the key describes
             raise OllyError("input-changed", f"{src.dir}/{rel} changed during the run; nothing recorded, run again")
+        data = strip_bom(data)
         if rel == "Chart.yaml":
             doc = _load_yaml(data, f"{src.dir}/Chart.yaml")
             doc["version"] = version
-            doc["appVersion"] = app_version
+            if app_version:  # as `helm package`: no --app-version, no appVersion added
+                doc["appVersion"] = app_version
             data = _dump_yaml(doc)
             meta = json.loads(json.dumps(doc))  # plain data, no ruamel types
         elif rel == "values.yaml":
@@ -321,15 +369,59 @@ def _all_members(tgz: bytes, prefix: str = "") -> list[tuple[str, bytes]]:
     return out
 
 
-def values_document(pins: dict[str, Pin]) -> bytes:
-    """A values file (``helm -f``) holding just the pinned image blocks."""
-    doc: dict[str, Any] = {}
+def values_document(pins: dict[str, Pin], overlay: Any = None, display: str = "values") -> bytes:
+    """A values file (``helm -f``, ArgoCD): the registry's overlay (see :func:`load_overlay`),
+    if any, with the pinned image blocks merged in. Never part of the package: the package
+    is the same for every registry except for its pins."""
+    doc: Any = copy.deepcopy(overlay) if overlay else {}
     for path, pin in sorted(pins.items()):
         node = doc
         for part in path.split("."):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise OllyError("chart-invalid", f"{display} sets {part!r} of values path {path!r} to a value; "
+                                "olly pins an image block there")
+        for k in PINNED_KEYS:
+            if k in node:
+                raise OllyError("chart-invalid", f"{display} sets {path}.{k}, which olly pins")
         node["repository"], node["tag"] = pin.repository, pin.tag
     return _dump_yaml(doc)
+
+
+def load_overlay(root: Path, registry: Registry | None) -> Any:
+    """A registry's values for every chart's values file: ``values_file`` (comments kept),
+    then the dotted ``values`` paths, creating mappings on the way. None without any."""
+    if registry is None or not (registry.values or registry.values_file):
+        return None
+    doc: Any = {}
+    if registry.values_file:
+        display = registry.values_file
+        try:
+            data = (root / registry.values_file).read_bytes()
+        except OSError as exc:
+            raise OllyError("config-missing-file", f"cannot read {display} (registry {registry.name!r} "
+                            f"values_file): {exc.strerror}")
+        doc = _load_yaml(strip_bom(data), display)
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise OllyError("chart-invalid", f"{display}: a values file is a mapping at the top, not a {type(doc).__name__}")
+    for path, value in registry.values:
+        node = doc
+        for part in path.split(".")[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise OllyError("chart-invalid", f"registry {registry.name!r} values path {path!r}: "
+                                f"{registry.values_file or 'values'} sets {part!r} to a value, not a mapping")
+        node[path.rsplit(".", 1)[-1]] = value
+    return doc
+
+
+def check_overlay(overlay: Any, image_paths: list[str], registry: Registry) -> None:
+    """At plan time: the overlay must leave the image blocks to olly (see values_document)."""
+    if overlay:
+        values_document({p: Pin("", "", False) for p in image_paths}, overlay,
+                        f"registry {registry.name!r} values" + (f" ({registry.values_file})" if registry.values_file else ""))
 
 
 def oci_artifact(tgz: bytes, meta: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -340,13 +432,59 @@ def oci_artifact(tgz: bytes, meta: dict[str, Any]) -> tuple[bytes, bytes]:
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": sha256(config), "size": len(config)},
         "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": sha256(tgz), "size": len(tgz)}],
-        "annotations": {
-            "org.opencontainers.image.title": str(meta.get("name", "")),
-            "org.opencontainers.image.version": str(meta.get("version", "")),
-            **({"org.opencontainers.image.description": str(meta["description"])} if meta.get("description") else {}),
-        },
+        "annotations": oci_annotations(meta),
     }
     return config, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+_OCI = "org.opencontainers.image."
+
+
+def oci_annotations(meta: dict[str, Any]) -> dict[str, str]:
+    """The manifest annotations ``helm push`` sets (pkg/registry generateOCIAnnotations),
+    except ``created``: Helm stamps the wall clock there, which would make every push of the
+    same chart a new manifest. The chart's own ``annotations`` are copied over them, but
+    never over title and version."""
+    out: dict[str, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, str) and value.strip():  # Helm: only non-blank values
+            out[_OCI + name] = value
+
+    add("description", meta.get("description"))
+    add("title", meta.get("name"))
+    add("version", meta.get("version"))
+    add("url", meta.get("home"))
+    sources = meta.get("sources")
+    if isinstance(sources, list) and sources:
+        add("source", sources[0])
+    maintainers = meta.get("maintainers")
+    if isinstance(maintainers, list) and maintainers:
+        add("authors", ", ".join(_maintainer(m) for m in maintainers))
+    annotations = meta.get("annotations")
+    for key, value in (annotations.items() if isinstance(annotations, dict) else []):
+        if key not in (_OCI + "title", _OCI + "version") and isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _maintainer(m: Any) -> str:
+    """``name (email)`` as Helm writes each maintainer (either part may be missing)."""
+    m = m if isinstance(m, dict) else {}
+    name, email = str(m.get("name") or ""), str(m.get("email") or "")
+    return name + (f" ({email})" if email else "")
+
+
+def chart_manifest(src: ChartSource, pins: dict[str, Pin], version: str, app_version: str,
+                   registry: Registry | None) -> dict[str, Any]:
+    """What a package was made from, kept per chart for ``olly why``: its files, pins and
+    stamped version (the inputs of its key), and the registry it was packaged for."""
+    return {
+        "schema": keys.KEY_SCHEMA, "kind": "chart", "key": chart_key(src, pins, version, app_version),
+        "files": [[rel, digest] for rel, _, digest in src.files],
+        "pins": {path: f"{p.repository}:{p.tag}" for path, p in sorted(pins.items())},
+        "version": version, "app_version": app_version, "registry": registry.name if registry else "",
+    }
 
 
 def sha256(data: bytes) -> str:

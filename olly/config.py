@@ -26,6 +26,10 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A registry name is a directory name under dist/charts/; starting with a letter or digit, it
+# can never be UNPUBLISHED_DIR, where charts packaged without a registry go.
+_REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+UNPUBLISHED_DIR = "_unpublished"
 _ENDPOINT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 # Docker refuses a reference whose name (registry host, path prefix and repository) is longer.
 MAX_REFERENCE_NAME = 255
@@ -66,6 +70,8 @@ class RegistrySpec(_Strict):
     insecure: bool = False
     charts: str = "charts"
     platforms: list[str] = []  # built for this registry unless an image sets its own
+    values: dict[str, Any] = {}  # dotted values path (or nested tables) -> scalar, for its values files
+    values_file: str | None = None  # workspace-relative YAML merged into its values files
 
 
 class BuildFileSpec(_Strict):
@@ -73,6 +79,7 @@ class BuildFileSpec(_Strict):
     registries: dict[str, RegistrySpec] = {}
     images: dict[str, ImageSpec] = {}
     charts: dict[str, ChartSpec] = {}
+    engines: dict[str, str] = {}  # platform -> engine endpoint (unix://, tcp://, ssh://)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,10 @@ class Registry:
     insecure: bool
     charts: str  # repository path of charts under the endpoint, e.g. ollyscale/charts
     platforms: tuple[str, ...] = ()  # what images are built for when pushed here (() = native)
+    # Overlay of every chart's values file for this registry (not of the package): the
+    # workspace-relative YAML file first, then the dotted paths, in the order written.
+    values: tuple[tuple[str, str | int | float | bool], ...] = ()
+    values_file: str | None = None
 
     @property
     def host(self) -> str:
@@ -149,6 +160,7 @@ class Workspace:
     targets: dict[str, Target] = field(default_factory=dict)
     registries: dict[str, Registry] = field(default_factory=dict)
     build_file: Path | None = None
+    engines: dict[str, str] = field(default_factory=dict)  # platform -> endpoint; others: DOCKER_HOST
 
     def registry(self, name: str) -> Registry:
         if name in self.registries:
@@ -355,6 +367,8 @@ def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
         raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
     for name, reg in spec.registries.items():
         ws.registries[name] = _resolve_registry(loader, name, reg)
+    _check_registry_names(loader, list(ws.registries))
+    ws.engines = resolve_engines(spec.engines, lambda platform, msg: loader.error(("engines", platform), msg))
     repos: dict[str, str] = {}
     for label, image in spec.images.items():
         loader.label("images", label)  # first: the label is the default context, checked next
@@ -428,8 +442,59 @@ def _resolve_registry(loader: _Loader, name: str, spec: RegistrySpec) -> Registr
     if len(f"{spec.push}/{spec.charts}/c") > MAX_REFERENCE_NAME:  # room for a one-letter chart name
         raise loader.error(key + ("charts",), f"{spec.push}/{spec.charts}/<chart name> would be over the "
                                               f"{MAX_REFERENCE_NAME} characters a reference allows")
+    if not _REGISTRY_NAME.match(name):  # after the endpoints: theirs is the more specific error
+        raise loader.error(key, f"invalid registry name {name!r}: letters, digits, '-' and '_', starting with a "
+                                "letter or digit (it names the directory dist/charts/<registry>/)")
+    values_file = None
+    if spec.values_file is not None:
+        values_file = loader.rel_path(key + ("values_file",), spec.values_file, "values_file")
+        if not loader.exists(key + ("values_file",), values_file, Path.is_file):
+            raise loader.error(key + ("values_file",), f"file not found: {values_file}", "config-missing-file")
     return Registry(name=name, push=spec.push, pull=spec.pull or spec.push, insecure=spec.insecure, charts=spec.charts,
-                    platforms=_platforms(loader, key, "platforms", spec.platforms))
+                    platforms=_platforms(loader, key, "platforms", spec.platforms),
+                    values=_overlay_values(loader, key, spec.values), values_file=values_file)
+
+
+def _overlay_values(loader: _Loader, key: tuple[Any, ...], values: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Dotted values paths, each naming a scalar: none empty, none set twice or inside another.
+    Nested tables (``[registries.local.values]`` with ``frontend.env.MODE = "ui"``) are the
+    same paths written the TOML way."""
+    flat: list[tuple[str, tuple[str, ...], Any]] = []  # (dotted path, TOML key path, value)
+
+    def walk(table: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for name, value in table.items():
+            if isinstance(value, dict):
+                walk(value, prefix + (name,))
+            elif isinstance(value, (str, int, float, bool)):  # bool is an int: listed for the reader
+                flat.append((".".join(prefix + (name,)), prefix + (name,), value))
+            else:
+                raise loader.error(key + ("values", *prefix, name), f"values take a string, number or boolean, "
+                                   f"not {type(value).__name__}; put lists in values_file")
+
+    walk(values, ())
+    seen: dict[str, tuple[str, ...]] = {}
+    for path, where, _ in flat:
+        if any(part == "" for part in path.split(".")):
+            raise loader.error(key + ("values", *where), f"invalid values path {path!r}: an empty key between dots")
+        if path in seen:
+            raise loader.error(key + ("values", *where), f"values path {path!r} is set twice")
+        seen[path] = where
+    for path, where, _ in flat:
+        for other in seen:
+            if path.startswith(other + "."):
+                raise loader.error(key + ("values", *where), f"sets a key inside {other!r}, which is set to a value "
+                                   "(a values path holds a mapping or a value, not both)")
+    return tuple((path, value) for path, _, value in flat)
+
+
+def _check_registry_names(loader: _Loader, names: list[str]) -> None:
+    """Two names differing only in case share dist/charts/<registry>/ on macOS and Windows."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() in seen:
+            raise loader.error(("registries", name), f"registry names {seen[name.lower()]!r} and {name!r} differ only "
+                                                     "in case: their dist/charts/ directories would be one")
+        seen[name.lower()] = name
 
 
 def _platforms(loader: _Loader, key: tuple[Any, ...], field_name: str, values: list[str] | None,
@@ -443,6 +508,20 @@ def _platforms(loader: _Loader, key: tuple[Any, ...], field_name: str, values: l
     if len(set(values or [])) != len(values or []):
         raise loader.error(key + (field_name,), "lists a platform twice")
     return tuple(values or [])
+
+
+_ENGINE_URL = re.compile(r"^(?:unix:///\S+|(?:tcp|ssh)://[^\s/]+(?:/\S*)?)$")
+
+
+def resolve_engines(routes: dict[str, str], error: Any) -> dict[str, str]:
+    """Validated ``platform -> engine endpoint`` routes (BUILD.toml ``[engines]`` or
+    ``--engine PLATFORM=URL``); ``error(platform, message)`` makes the located error."""
+    for platform, url in routes.items():
+        if not _PLATFORM.match(platform):
+            raise error(platform, f"invalid platform {platform!r} (expected os/arch[/variant], e.g. linux/arm64)")
+        if not _ENGINE_URL.match(url):
+            raise error(platform, f"invalid engine endpoint {url!r}: expected unix:///path, tcp://host:port or ssh://[user@]host")
+    return dict(routes)
 
 
 def _port(endpoint: str | None) -> int | None:
@@ -524,6 +603,19 @@ def _check_references(loader: _Loader, ws: Workspace) -> None:
         if isinstance(t, ChartTarget):
             for vpath, dep in t.images.items():
                 _check_image_ref(loader, ws, ("charts", t.label, "images", vpath), dep)
+    _check_overlays(loader, ws)
+
+
+def _check_overlays(loader: _Loader, ws: Workspace) -> None:
+    """A registry's values must not replace what olly pins: an image block or its
+    repository/tag, in any chart (the overlay applies to every chart's values file)."""
+    pinned = {vpath: t.label for t in ws.targets.values() if isinstance(t, ChartTarget) for vpath in t.images}
+    for reg in ws.registries.values():
+        for path, _ in reg.values:
+            for vpath, chart in sorted(pinned.items()):
+                if (vpath + ".").startswith(path + ".") or path in (vpath + ".repository", vpath + ".tag"):
+                    raise loader.error(("registries", reg.name, "values", path),
+                                       f"would override the image block {vpath!r} that olly pins in {chart}")
 
 
 def _check_image_ref(loader: _Loader, ws: Workspace, where: tuple[Any, ...], label: str) -> None:

@@ -3,8 +3,10 @@
 ``scan`` computes what reaches ``COPY`` after ``.dockerignore`` (via
 ``olly.dockerignore``) plus what the daemon needs but removes (an excluded
 Dockerfile or .dockerignore, a Dockerfile from outside the context), mirroring the
-Docker CLI. ``TarStream`` sends exactly the planned entries with normalised
-headers and re-hashes every file as it streams, so a file edited after planning
+Docker CLI. Given the Dockerfile's sources (``olly.reach``), it keeps only the entries
+they reach (``olly.selection``) and their parent directories: those are keyed and sent,
+nothing else is read. ``TarStream`` sends exactly the planned entries with normalised
+headers and re-hashes every keyed file as it streams, so a file edited after planning
 is detected instead of being built under the planned key.
 """
 
@@ -16,7 +18,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import xxhash
 
@@ -25,6 +27,8 @@ from olly.config import ImageTarget, expand_inputs, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
+from olly.reach import Reach, Source
+from olly.selection import Node, Selected, Tree, Unreadable, select
 
 # Fixed mtime of every tar entry (2000-01-01T00:00:00Z): keeps images reproducible
 # and stays after 1980, which zip-based tools (wheels, jars) inside RUN steps need.
@@ -42,6 +46,7 @@ class Entry:
     size: int = 0
     digest: str = ""
     data: bytes | None = None  # content held in memory (Dockerfile, .dockerignore)
+    keyed: bool = True  # False: sent, but no COPY of the target reaches it (not hashed, not verified)
 
     def row(self) -> list[Any]:
         return [self.path, self.type, self.executable, self.digest]
@@ -55,13 +60,17 @@ class Context:
     dockerfile_name: str = "Dockerfile"  # the Dockerfile's name inside the tar
     dockerfile: bytes = b""
     dockerignore: bytes | None = None  # the context's .dockerignore as read, None if absent
+    carried: list[Entry] = field(default_factory=list)  # sent, not keyed: nothing the target copies
+    via: dict[str, list[int]] | None = None  # keyed entry -> the Dockerfile lines reaching it; None: whole context
+    reach: Reach | None = None  # what the Dockerfile reaches (None: not analysed)
 
 
+Analyzer = Callable[[bytes], Reach]  # the Dockerfile's bytes -> its sources (olly.reach.analyze)
 
 
-
-def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
-    """The planned context of ``target``: every entry hashed, nothing sent yet."""
+def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer | None = None) -> Context:
+    """The planned context of ``target``: every keyed entry hashed, nothing sent yet. With an
+    ``analyzer``, only what the Dockerfile's sources reach (unless it names a reason not to)."""
     ctx_dir = target.context
     base = root / ctx_dir
     ignore_path = base / IGNORE_FILE
@@ -80,26 +89,87 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher) -> Context:
     specials = {IGNORE_FILE} if ignore_bytes is not None else set()
     if df_rel is not None:
         specials.add(df_rel)
-    entries: dict[str, Entry] = {}
-    # olly's own .cache/ and dist/ (at the workspace root) are never inputs, even in a
-    # context that contains them: they change during every run.
-    skip_own = ctx_dir == "."
-    for rel, st in ignore.walk(base, shown="" if ctx_dir == "." else ctx_dir + "/"):
-        if rel in specials or (skip_own and in_own_dir(rel)):
-            continue  # specials are added below from the bytes read above
-        entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
     ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile, dockerignore=ignore_bytes)
+    visible: dict[str, Entry] = {}  # the specials COPY sees, and the parents an excluded Dockerfile leaves
     if df_rel is None:
         if ignore_link is not None:
             raise OllyError("unsupported", f"{ignore_display} is a symlink and {target.dockerfile} is outside the context: "
                             "the Docker CLI cannot combine the two either; make one of them a regular file")
-        _add_outside_dockerfile(ctx, entries, ignore, ignore_bytes, _is_exec(ignore_path))
+        _add_outside_dockerfile(ctx, visible, ignore, ignore_bytes, _is_exec(ignore_path))
     else:
         ctx.dockerfile_name = df_rel
-        _add_memory_entry(ctx, entries, ignore, df_rel, dockerfile, _is_exec(base / df_rel), df_link)
+        _add_memory_entry(ctx, visible, ignore, df_rel, dockerfile, _is_exec(base / df_rel), df_link)
         if ignore_bytes is not None:
-            _add_memory_entry(ctx, entries, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path), ignore_link)
+            _add_memory_entry(ctx, visible, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path), ignore_link)
+    shown = "" if ctx_dir == "." else ctx_dir + "/"
+    ctx.reach = analyzer(dockerfile) if analyzer is not None else None
+    everything: list[int] = []  # lines that copy the whole context (`COPY . .`)
+    others = Selected()  # what the other sources reach, for their lines
+    if ctx.reach is not None and ctx.reach.whole is None:
+        if any(getattr(p, "error", "") for p in ignore.patterns):
+            ctx.reach.whole = f"{ignore_display} holds a pattern that does not compile"
+        else:
+            try:
+                sent = specials | ({IGNORE_FILE} if df_rel is None else set())  # the CLI writes one
+                tree = _tree(root, ctx.dir, ignore, shown, sent, visible)
+                everything = [s.line for s in ctx.reach.sources if s.keyed and not s.path and not s.glob]
+                if not everything:
+                    return _scan_selected(root, ctx, tree, hasher, visible)
+                # Everything is keyed and sent: the plain walk below is the fast way to list it.
+                others = select(tree, [s for s in ctx.reach.sources if s.keyed and (s.path or s.glob)])
+            except Unreadable as exc:
+                ctx.reach.whole = str(exc)
+    entries: dict[str, Entry] = {}
+    # olly's own .cache/ and dist/ (at the workspace root) are never inputs, even in a
+    # context that contains them: they change during every run.
+    skip_own = ctx_dir == "."
+    for rel, st in ignore.walk(base, shown=shown):
+        if rel in specials or (skip_own and in_own_dir(rel)):
+            continue  # specials are added from the bytes read above
+        entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
+    entries = {**visible, **entries}
     ctx.entries = [entries[p] for p in sorted(entries)]
+    if everything:
+        ctx.via = {p: sorted(set(everything) | others.lines[p]) if p in others.lines else everything for p in entries}
+    return ctx
+
+
+def _tree(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
+          visible: dict[str, Entry]) -> Tree:
+    """The context as COPY sees it, the Dockerfile and .dockerignore from the bytes read."""
+    nodes: dict[str, Node | None] = {rel: None for rel in specials}
+    ghosts = {rel for rel, e in visible.items() if e.type == "d"}
+    for rel, e in visible.items():
+        if rel not in ghosts:
+            nodes[rel] = Node(e.type, link=e.digest if e.type == "l" else "", special=True)
+    return Tree(root / ctx_dir, ignore, shown=shown, skip_own=ctx_dir == ".", specials=nodes, ghosts=ghosts)
+
+
+def _scan_selected(root: Path, ctx: Context, tree: Tree, hasher: FileHasher, visible: dict[str, Entry]) -> Context:
+    """Key and send only what the Dockerfile's sources reach (and their parents); the
+    Dockerfile and .dockerignore are sent whatever they reach (they are keyed as bytes)."""
+    assert ctx.reach is not None
+    # A symlinked Dockerfile or .dockerignore is sent as a link: the daemon reads what it
+    # points to, so that is sent and keyed too (line 0: the build itself needs it).
+    links = [Source(rel, False, 0) for rel, e in visible.items() if e.type == "l"]
+    chosen = select(tree, [*ctx.reach.sources, *links])
+    keyed: list[Entry] = []
+    carried = [e for rel, e in visible.items() if e.type != "d" and rel not in chosen.nodes]
+    for rel in sorted(chosen.nodes):
+        node, is_keyed = chosen.nodes[rel], rel in chosen.lines
+        if node.special:
+            entry = visible[rel]
+        elif node.kind == "d":
+            entry = Entry(rel, "d")
+        elif node.kind == "l":
+            entry = Entry(rel, "l", digest=node.link)
+        else:
+            assert node.st is not None
+            entry = _entry(root, ctx.dir, rel, node.st, hasher if is_keyed else None)
+        (keyed if is_keyed else carried).append(entry)
+    ctx.entries = keyed
+    ctx.carried = sorted(carried, key=lambda e: e.path)
+    ctx.via = {rel: sorted(lines) if len(lines) > 1 else list(lines) for rel, lines in chosen.lines.items()}
     return ctx
 
 
@@ -144,13 +214,16 @@ def _is_exec(path: Path) -> bool:
         return False
 
 
-def _entry(root: Path, ctx_dir: str, rel: str, st: os.stat_result, hasher: FileHasher) -> Entry:
+def _entry(root: Path, ctx_dir: str, rel: str, st: os.stat_result, hasher: FileHasher | None) -> Entry:
+    """A walked entry; a file is hashed unless ``hasher`` is None (sent, not keyed)."""
     ws_rel = rel if ctx_dir == "." else f"{ctx_dir}/{rel}"
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         return Entry(rel, "d")
     if stat.S_ISLNK(mode):
         return Entry(rel, "l", digest=os.readlink(root / ws_rel))
+    if stat.S_ISREG(mode) and hasher is None:
+        return Entry(rel, "f", bool(mode & 0o111), st.st_size, keyed=False)
     if stat.S_ISREG(mode):
         return Entry(rel, "f", bool(mode & 0o111), st.st_size, hasher.hash(ws_rel, st))
     kind = "fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device file"
@@ -181,10 +254,11 @@ def send_dockerfile(ctx: Context, data: bytes) -> None:
     A symlinked Dockerfile is then sent as a regular file: the daemon would follow a link
     to the unpinned original."""
     ctx.dockerfile = data
-    for entries in (ctx.entries, ctx.extras):
+    for entries in (ctx.entries, ctx.extras, ctx.carried):
         for n, e in enumerate(entries):
             if e.path == ctx.dockerfile_name:
-                entries[n] = Entry(e.path, "f", e.type == "f" and e.executable, len(data), hash_bytes(data), data)
+                entries[n] = Entry(e.path, "f", e.type == "f" and e.executable, len(data), hash_bytes(data), data,
+                                   e.keyed)
 
 
 def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: DockerIgnore, ignore_bytes: bytes | None,
@@ -252,7 +326,8 @@ class TarStream:
         self.changed: list[str] = []
 
     def __iter__(self) -> Iterator[bytes]:
-        for entry in [*self.ctx.entries, *self.ctx.extras]:
+        sent = sorted([*self.ctx.entries, *self.ctx.carried], key=lambda e: e.path)
+        for entry in [*sent, *self.ctx.extras]:
             yield from self._emit(entry)
             failpoints.hit("stream")
         yield b"\0" * (2 * tarfile.BLOCKSIZE)
@@ -295,5 +370,5 @@ class TarStream:
             grew = True  # vanished or unreadable since planning: treat as changed
         if left > 0:
             yield b"\0" * left  # keep the tar well-formed; the build is discarded anyway
-        if grew or left > 0 or h.hexdigest() != entry.digest:
-            self.changed.append(entry.path)
+        if entry.keyed and (grew or left > 0 or h.hexdigest() != entry.digest):
+            self.changed.append(entry.path)  # an unkeyed file cannot change the image: no check

@@ -13,15 +13,19 @@ olly sees the instructions the engine will see:
 Each :class:`Instruction` keeps where its text came from (``spans``), so a word of it can be
 rewritten in the original bytes without touching anything else (:func:`rewrite`): olly sends
 ``FROM python:3.14-slim@sha256:…`` for ``FROM python:3.14-slim`` and nothing else changes,
-line numbers included. Later issues grow this module into a full instruction parser; the
-FROM/ARG view (:func:`stages`, :func:`global_args`, :func:`external_images`) is what
-``olly.baselock`` needs today.
+line numbers included. The FROM/ARG view (:func:`stages`, :func:`global_args`,
+:func:`external_images`) is what ``olly.baselock`` needs; :func:`arguments` splits an
+instruction into its ``--flags`` and words (JSON or shell form) for ``olly.reach``.
 
-Heredocs (BuildKit's ``RUN <<EOF``) are not modelled: the classic builder has none.
+Heredocs (BuildKit's ``RUN <<EOF`` / ``COPY <<EOF /x``) are read as BuildKit's parser reads
+them: after a RUN, COPY or ADD line (not in JSON form) holding a ``<<WORD`` word, the
+following lines up to one equal to ``WORD`` (``<<-``: leading tabs ignored) are its body, not
+instructions. The classic builder has no heredocs; it fails on such a file.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -56,8 +60,9 @@ class Instruction:
     keyword: str  # upper case, e.g. "FROM"
     text: str  # the logical line: continuations joined, comment lines dropped, leading blanks stripped
     line: int  # 1-based line of its first character
-    end_line: int  # 1-based line where it ends
+    end_line: int  # 1-based line where it ends (a heredoc body included)
     spans: tuple[Span, ...]
+    heredocs: tuple[Heredoc, ...] = ()
 
     @property
     def args(self) -> str:
@@ -69,6 +74,13 @@ class Instruction:
         """``(offset in text, word)`` of each blank-separated word after the keyword."""
         found = [(m.start(), m.group()) for m in _WORD.finditer(self.text)]
         return found[1:]
+
+
+@dataclass(frozen=True)
+class Heredoc:
+    name: str  # the terminator word, quotes removed
+    content: str  # the body, each line ending in "\n"
+    terminated: bool  # False: the file ended first (BuildKit refuses that)
 
 
 @dataclass(frozen=True)
@@ -107,8 +119,66 @@ def parse(data: bytes) -> Dockerfile:
             spans.append(Span(len(text), offset, len(piece)))
             text += piece
         keyword = text.strip().split(None, 1)[0].upper() if text.strip() else ""
-        out.append(Instruction(keyword, text, number, end, tuple(spans)))
+        heredocs: list[Heredoc] = []
+        for name, chomp in _heredoc_words(keyword, text):
+            doc, i, end = _read_heredoc(lines, i, name, chomp, end)
+            heredocs.append(doc)
+        out.append(Instruction(keyword, text, number, end, tuple(spans), tuple(heredocs)))
     return Dockerfile(source, tuple(out), escape, directives)
+
+
+_HEREDOC_KEYWORDS = {"RUN", "COPY", "ADD"}
+HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")  # BuildKit's reHeredoc
+
+
+def _heredoc_words(keyword: str, text: str) -> list[tuple[str, bool]]:
+    """``(name, chomp)`` of each ``<<NAME`` word of a RUN/COPY/ADD line, in order (BuildKit:
+    words split as by its shell lexer with quotes kept; never in JSON form)."""
+    if keyword not in _HEREDOC_KEYWORDS or "<<" not in text:
+        return []
+    _, rest = extract_flags(text.strip().split(None, 1)[1] if len(text.split()) > 1 else "")
+    if _json_list(rest) is not None:
+        return []
+    out = []
+    for word in _raw_words(text):
+        match = HEREDOC_WORD.match(word)
+        if match and match.group(3):
+            name = re.sub(r"[\\'\"]", "", match.group(3))
+            if name and not re.search(r"[\t\v\f\r ]", name):
+                out.append((name, match.group(2) == "-"))
+    return out
+
+
+def _raw_words(text: str) -> list[str]:
+    """Blank-separated words; blanks inside quotes or after a backslash kept, quotes kept."""
+    words, word, quote, i = [], "", "", 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and quote != "'" and i + 1 < len(text):
+            word, i = word + text[i:i + 2], i + 2
+            continue
+        if not quote and ch in " \t\v\f\r":
+            words, word = words + ([word] if word else []), ""
+        else:
+            if ch in "'\"" and (not quote or quote == ch):
+                quote = "" if quote else ch
+            word += ch
+        i += 1
+    return words + ([word] if word else [])
+
+
+def _read_heredoc(lines: list[tuple[int, int, str]], i: int, name: str, chomp: bool,
+                  end: int) -> tuple[Heredoc, int, int]:
+    """The body from physical line ``i`` to the line equal to ``name``: (heredoc, next line, end line)."""
+    body = ""
+    while i < len(lines):
+        number, _, content = lines[i]
+        i += 1
+        if (content.lstrip("\t") if chomp else content) == name:
+            return Heredoc(name, body, True), i, number
+        body += content + "\n"
+        end = number
+    return Heredoc(name, body, False), i, end
 
 
 def _physical_lines(source: str) -> list[tuple[int, int, str]]:
@@ -149,6 +219,69 @@ def _trim_continuation(content: str, continuation: re.Pattern[str]) -> tuple[str
     """``(content without the continuation mark, True if the instruction ends here)``."""
     match = continuation.search(content)
     return (content[:match.start()], False) if match else (content, True)
+
+
+# -- flags and words ---------------------------------------------------------------
+
+
+def extract_flags(args: str) -> tuple[list[str], str]:
+    """Leading ``--flag[=value]`` words (quotes removed, backslash escapes applied) and the
+    rest of the line, as BuildKit's ``extractBuilderFlags`` splits every instruction; a bare
+    ``--`` ends the flags."""
+    flags: list[str] = []
+    pos = 0
+    while True:
+        while pos < len(args) and args[pos].isspace():
+            pos += 1
+        if not args.startswith("--", pos):
+            return flags, args[pos:]
+        word, quote, blank_ok = "", "", False
+        while pos < len(args) and (quote or not args[pos].isspace()):
+            ch = args[pos]
+            pos += 1
+            if ch == quote:
+                quote = ""
+            elif not quote and ch in "'\"":
+                quote, blank_ok = ch, True
+            elif ch == "\\":
+                if pos < len(args):
+                    word, pos = word + args[pos], pos + 1
+            else:
+                word += ch
+        if word == "--":
+            return flags, args[pos:]
+        if word or blank_ok:
+            flags.append(word)
+
+
+def _json_list(rest: str) -> list[str] | None:
+    """The JSON form's strings (``["a", "b"]``), or None for the shell form."""
+    rest = rest.lstrip()
+    if not rest.startswith("["):
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+@dataclass(frozen=True)
+class Arguments:
+    flags: tuple[tuple[str, str | None], ...]  # (name, value); value None for a bare ``--flag``
+    words: tuple[str, ...]  # the JSON form's strings, or the blank-separated words
+    json: bool
+
+
+def arguments(inst: Instruction) -> Arguments:
+    """An instruction's flags and words as Docker's parser splits them (shell-form words are
+    split at blanks only, quotes and ``$`` left for :func:`expand`)."""
+    flags, rest = extract_flags(inst.args)
+    parsed = [(f[2:].partition("=")[0], f.partition("=")[2] if "=" in f else None) for f in flags]
+    listed = _json_list(rest)
+    if listed is not None:
+        return Arguments(tuple(parsed), tuple(listed), True)
+    return Arguments(tuple(parsed), tuple(_WORD.findall(rest)), False)
 
 
 def rewrite(df: Dockerfile, edits: list[tuple[Instruction, int, int, str]]) -> bytes:

@@ -12,6 +12,8 @@ Docker's rules, not gitignore's; all patterns are anchored at the context root.
   ``**.md`` matches ``a/b.md``) or Go-regexp matcher. ``*``/``?`` never match ``/``, ``**``
   spans directories, ``\\`` passes the next character to the regexp (``\\d`` is a digit
   class) and, because of a bug in Docker's escaping, ``{`` ``}`` ``|`` are regexp syntax.
+  The regexp is compiled when the pattern is first evaluated: one that does not compile
+  (``![z-a]``) fails only if reached (``*`` then ``![z-a]``), see :class:`Pattern`.
 * Walking (``archive.TarWithOptions``): later lines win, evaluated with the parent
   directory's per-pattern results (``MatchesUsingParentResults``): a pattern that matched
   a directory stays matched below it, one that was skipped there is only tried on the path
@@ -243,14 +245,33 @@ def _compile(text: str) -> Callable[[str], object]:
         raise _Bad(f"regexp: {exc}") from None
 
 
+class _Unusable(Exception):
+    """A pattern whose regexp does not compile was evaluated (Docker: ErrBadPattern)."""
+
+    def __init__(self, pattern: Pattern) -> None:
+        super().__init__(pattern.error)
+        self.pattern = pattern
+
+
 class Pattern:
-    """One pattern as Docker holds it: cleaned ``text`` (without ``!``) and its source line."""
+    """One pattern as Docker holds it: cleaned ``text`` (without ``!``) and its source line.
 
-    __slots__ = ("text", "exclusion", "line", "match")
+    Docker compiles a pattern's regexp the first time it must evaluate it (patternmatcher's
+    lazy ``compile``), so one that does not compile fails the build only when it is reached:
+    ``![z-a]`` alone never is (nothing is excluded yet), after ``*`` it is at once. Such a
+    pattern keeps its ``error`` and raises _Unusable when evaluated."""
 
-    def __init__(self, text: str, exclusion: bool, line: int) -> None:
-        self.text, self.exclusion, self.line = text, exclusion, line
-        self.match: Callable[[str], object] = _compile(text)
+    __slots__ = ("text", "exclusion", "line", "match", "raw", "error")
+
+    def __init__(self, text: str, exclusion: bool, line: int, raw: str = "") -> None:
+        self.text, self.exclusion, self.line, self.raw, self.error = text, exclusion, line, raw, ""
+        try:
+            self.match: Callable[[str], object] = _compile(text)
+        except _Bad as exc:
+            self.error, self.match = str(exc), self._unusable
+
+    def _unusable(self, path: str) -> object:
+        raise _Unusable(self)
 
     def __repr__(self) -> str:
         return f"Pattern({'!' * self.exclusion + self.text!r}, line={self.line})"
@@ -262,8 +283,8 @@ _Info = tuple[bool, ...]  # per-pattern "matched" results of a directory, for it
 class DockerIgnore:
     """A parsed ``.dockerignore``: which context entries ``docker build`` sends."""
 
-    def __init__(self, patterns: list[Pattern]) -> None:
-        self.patterns = patterns
+    def __init__(self, patterns: list[Pattern], source: str = ".dockerignore") -> None:
+        self.patterns, self.source = patterns, source
         self._reincludes = tuple(p.text + "/" for p in patterns if p.exclusion)
 
     @classmethod
@@ -284,12 +305,17 @@ class DockerIgnore:
             try:
                 if p == "!":
                     raise _Bad('illegal exclusion pattern "!"')
-                _check_glob(p[1:] if p[0] == "!" else p)
-                patterns.append(Pattern(p[1:] if p[0] == "!" else p, p[0] == "!", lineno))
+                _check_glob(p[1:] if p[0] == "!" else p)  # patternmatcher.New: checked at once
+                patterns.append(Pattern(p[1:] if p[0] == "!" else p, p[0] == "!", lineno, raw))
             except _Bad as exc:
                 raise OllyError("dockerignore-invalid", f"invalid pattern {raw!r}: {exc}",
                                 location=f"{source}:{lineno}") from None
-        return cls(patterns)
+        return cls(patterns, source)
+
+    def _invalid(self, exc: _Unusable, note: str = "") -> OllyError:
+        p = exc.pattern
+        return OllyError("dockerignore-invalid", f"invalid pattern {p.raw!r}: {p.error}{note}",
+                         location=f"{self.source}:{p.line}")
 
     @classmethod
     def load(cls, context_dir: Path) -> DockerIgnore:
@@ -325,13 +351,37 @@ class DockerIgnore:
         """True if Docker leaves ``relpath`` ('/'-separated, context-relative) out of the tar.
 
         Its ancestors are taken to be directories. A directory that is excluded but walked
-        counts as excluded even though ``walk`` lists it as an implied parent."""
+        counts as excluded even though ``walk`` lists it as an implied parent. Raises
+        OllyError if that needs a pattern that does not compile."""
         parts, info, skip = relpath.strip("/").split("/"), None, False
-        for k in range(1, len(parts) + 1):
-            skip, info = self._match("/".join(parts[:k]), info)
-            if skip and k < len(parts) and not self._descend("/".join(parts[:k])):
-                return True
+        try:
+            for k in range(1, len(parts) + 1):
+                skip, info = self._match("/".join(parts[:k]), info)
+                if skip and k < len(parts) and not self._descend("/".join(parts[:k])):
+                    return True
+        except _Unusable as exc:
+            raise self._invalid(exc) from None
         return skip and parts not in ([""], ["."])  # the root itself is never excluded
+
+    def _check_context(self, root: Path) -> None:
+        """The CLI's ValidateContextDirectory, run only where a pattern does not compile: it
+        walks the context in lexical order, not into excluded directories, matching each
+        entry on its own (MatchesOrParentMatches, our ``_match`` without parent results), and
+        fails the build ("error checking context: syntax error in pattern") on the first
+        entry that needs that pattern."""
+        frames = [(_scan(root), "")]
+        while frames:
+            entry = next(frames[-1][0], None)
+            if entry is None:
+                frames.pop()
+                continue
+            rel = frames[-1][1] + entry.name
+            try:
+                skip = self._match(rel, None)[0]
+            except _Unusable as exc:
+                raise self._invalid(exc) from None
+            if not skip and entry.is_dir(follow_symlinks=False):
+                frames.append((_scan(entry.path), rel + "/"))
 
     def walk(self, root: Path, *, dockerfile: str | None = None, shown: str = "") -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relpath, lstat)`` for every entry ``COPY . /ctx`` would see, root excluded.
@@ -341,10 +391,11 @@ class DockerIgnore:
         ``-f``): the CLI forces an excluded Dockerfile into the tar and the daemon deletes
         it again, which leaves its excluded parent directories behind."""
         ign, drop = self, None
-        if dockerfile is not None and self.patterns:
+        if any(p.error for p in self.patterns):
+            self._check_context(root)
+        if dockerfile is not None and self.patterns and self._forced(_go_clean(dockerfile)):
             path = _go_clean(dockerfile)
-            if path.split("/")[0] != ".." and self._match(path, None)[0]:
-                ign, drop = DockerIgnore(self.patterns + DockerIgnore.parse("!" + path).patterns), path
+            ign, drop = DockerIgnore(self.patterns + DockerIgnore.parse("!" + path).patterns, self.source), path
         frames: list[tuple[Iterator[os.DirEntry[str]], str, _Info | None]] = [(_scan(root), "", None)]
         pending: list[tuple[int, str, os.stat_result]] = []  # walked excluded dirs, not yet shown
         while frames:
@@ -364,7 +415,13 @@ class DockerIgnore:
                 raise OllyError("unreadable-file", f"{shown}{rel}: cannot stat: {exc.strerror or exc}") from None
             if stat.S_ISSOCK(st.st_mode):  # Go's archive/tar cannot store sockets
                 continue
-            skip, info = ign._match(rel, parent) if ign.patterns else (False, None)
+            try:
+                skip, info = ign._match(rel, parent) if ign.patterns else (False, None)
+            except _Unusable as exc:
+                # Past the CLI's check: Docker would log "Error matching", stop the tar here
+                # and build from the entries sent so far. olly refuses to plan that.
+                raise self._invalid(exc, f" (Docker evaluates it at {shown}{rel} and would build from a context "
+                                         "cut short there)") from None
             is_dir = stat.S_ISDIR(st.st_mode)
             if skip:
                 if is_dir and ign._descend(rel):
@@ -377,6 +434,17 @@ class DockerIgnore:
                 yield rel, st
             if is_dir:
                 frames.append((_scan(entry.path), rel + "/", info))
+
+
+    def _forced(self, path: str) -> bool:
+        """The CLI forces an excluded Dockerfile into the tar (TrimBuildFilesFromExcludes),
+        ignoring errors: a pattern that does not compile counts as no match there."""
+        if path.split("/")[0] == "..":
+            return False
+        try:
+            return self._match(path, None)[0]
+        except _Unusable:
+            return False
 
 
 def _scan(path: str | Path) -> Iterator[os.DirEntry[str]]:

@@ -69,6 +69,7 @@ class BuildRequest:
     no_cache: bool = False  # build every layer afresh (the layer cache would be wrong here)
     pull: bool = False  # ask the engine to refresh base images (--pull)
     on_line: Callable[[str], None] | None = None  # called with each build-log line, on the build's thread
+    builder: str = "classic"  # classic | buildkit (olly.buildkit): the one the key was computed for
 
 
 def endpoint() -> str:
@@ -138,12 +139,14 @@ def _pushed_digest(item: dict[str, Any]) -> str | None:
 class Engine:
     """A reachable Docker engine. Construct once; safe to use from build threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_url: str | None = None) -> None:
+        """The engine at ``base_url`` (``unix://``, ``tcp://``, ``ssh://``), by default the one
+        DOCKER_HOST (or the default socket) names."""
         import docker
         from docker.utils import kwargs_from_env
 
-        self.endpoint = endpoint()
-        self._kwargs = kwargs_from_env()
+        self.endpoint = base_url or endpoint()
+        self._kwargs = {"base_url": base_url} if base_url else kwargs_from_env()
         try:
             probe = docker.APIClient(version="auto", timeout=10, **self._kwargs)
             probe.ping()
@@ -243,6 +246,29 @@ class Engine:
         client._raise_for_status(response)
         return client._stream_helper(response, decode=True)
 
+    def _has(self, ref: str) -> bool:
+        try:
+            return self.inspect(ref) is not None
+        except OllyError:  # e.g. a reference the engine finds malformed: its build will say
+            return False
+
+    def _podman_build_params(self, req: BuildRequest) -> dict[str, str]:
+        """What Podman's /build needs, beyond Docker's parameters, to build as dockerd does."""
+        params = _podman_network_params(req.network)
+        # Podman applies the context's .dockerignore again, with its own matcher, to the context
+        # olly already filtered (dockerd only drops the Dockerfile and .dockerignore if excluded).
+        # Given `excludes` it reads no .dockerignore: drop exactly what dockerd drops. Needs
+        # BuildRequest.dropped, the paths olly sends that COPY must not see (tp.context.extras).
+        dropped = getattr(req, "dropped", None)
+        if dropped is not None:
+            params["excludes"] = json.dumps([_literal_pattern(path) for path in dropped] or ["!*"])  # !*: none
+        pulls = [ref for ref in _base_images(req.dockerfile, req.args) if req.pull or not self._has(ref)]
+        if pulls and all("/" in ref and _loopback(ref) for ref in pulls):
+            # As for push and pull: Docker pulls bases from loopback registries over http. Podman's
+            # tlsVerify holds for the whole build, so never when it also pulls from elsewhere.
+            params["tlsVerify"] = "false"
+        return params
+
     def pull(self, reference: str, registry_name: str) -> str:
         """Pull ``reference`` (``repo@sha256:…`` or ``repo:tag``) and return the local image id."""
         auth = credentials.image_auth_config(reference, registry_name)  # the SDK then runs no helper itself
@@ -261,6 +287,10 @@ class Engine:
 
     def build(self, req: BuildRequest) -> str:
         """Build and return the image id; raise BuildFailed with the engine's error."""
+        if req.builder == "buildkit":
+            from olly import buildkit
+
+            return buildkit.build(self, req)
         req.log_path.parent.mkdir(parents=True, exist_ok=True)
         image_id: str | None = None
         tail: list[str] = []
@@ -275,7 +305,7 @@ class Engine:
                 client._set_auth_headers = lambda headers: headers.update(
                     {"X-Registry-Config": _encode_auth(auth)} if auth else {})
                 if self.kind == PODMAN:
-                    add_params(client, "/build", _podman_build_params(req.network))
+                    add_params(client, "/build", self._podman_build_params(req))
                 stream = client.build(
                     fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,
                     buildargs=req.args, target=req.target or None, platform=req.platform,
@@ -308,21 +338,46 @@ class Engine:
             except Exception as exc:
                 # docker's HTTP errors quote the request URL, buildargs (secrets) included.
                 log.write(f"ERROR: {scrub(str(exc))}\n")
-                short = scrub(_short(exc))
+                short = _podman_refusal(exc) if self.kind == PODMAN else None
+                short = short or scrub(_short(exc))
                 raise BuildFailed(f"engine error during build: {short}", tail + [short])
         if image_id is None:
             raise BuildFailed("the engine reported no image id", tail)
         return image_id
 
 
-def _podman_build_params(network: str | None) -> dict[str, str]:
-    """What Podman's /build needs to build as dockerd does (what podman-remote sends):
-    - ``excludes``: given any, Podman does not apply the context's .dockerignore again with
-      its own (buildah) matcher; olly's stream already is the context after .dockerignore.
-      ``!*`` excludes nothing.
-    - the network as buildah's policy number and namespace option: Podman ignores Docker's
-      ``networkmode`` names (a "none" build would get the host network)."""
-    params = {"excludes": json.dumps(["!*"])}
+def _podman_refusal(exc: BaseException) -> str | None:
+    """Podman answers some refusals of a build context with a bare HTTP 500 (the reason is only
+    in its service log): say what it most likely was instead of quoting the request URL."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) != 500 or getattr(exc, "explanation", None):
+        return None
+    return ("Podman refused the build context (HTTP 500 without a reason; its service log has it). "
+            "Podman cannot unpack a context holding a symlink that leaves it (e.g. l -> ../x): "
+            "exclude such links in .dockerignore")
+
+
+def _literal_pattern(path: str) -> str:
+    """``path`` as a .dockerignore pattern that matches only itself."""
+    escaped = re.sub(r"([*?\[\\])", r"\\\1", path)
+    return "\\" + escaped if escaped.startswith("!") else escaped
+
+
+def _base_images(dockerfile: bytes, args: dict[str, str]) -> list[str]:
+    """The external images a build's FROM lines name (not stages, not scratch)."""
+    from olly import dockerfile as parser
+
+    try:
+        return [image.reference for image in parser.external_images(parser.parse(dockerfile), args, set())]
+    except Exception:  # a Dockerfile olly cannot read: the engine will say what is wrong
+        return []
+
+
+def _podman_network_params(network: str | None) -> dict[str, str]:
+    """The build network as Podman's /build takes it (as podman-remote sends it): buildah's
+    policy number and a namespace option. Podman ignores Docker's ``networkmode`` names: a
+    "none" build would get the host network."""
+    params: dict[str, str] = {}
     if network == "none":
         params["networkmode"] = "1"  # buildah NetworkDisabled: loopback only
     elif network == "host":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import posixpath
 from dataclasses import dataclass
 
 from olly.config import ChartTarget, Target, Workspace
@@ -40,7 +41,7 @@ def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
 @dataclass
 class Graph:
     targets: dict[str, Target]
-
+    cwd: str = ""  # the current directory relative to the workspace root, when inside it
     @classmethod
     def of(cls, ws: Workspace) -> "Graph":
         graph = cls(ws.targets)
@@ -104,6 +105,29 @@ class Graph:
         return self.order(self.closure(chosen))
 
     def match(self, pattern: str) -> set[str]:
+        """Targets a pattern names. Inside a subdirectory of the workspace a pattern is first
+        read relative to it (``olly plan .`` in apps/web = apps/web; ``...`` = apps/web/...),
+        then from the root; ``//apps/web`` is always from the root."""
+        relative = self._relative(pattern)
+        if relative is not None:
+            try:
+                return self._match(relative)
+            except OllyError:
+                pass  # e.g. `olly make apps/base` typed inside apps/web: from the root
+        return self._match(pattern)
+
+    def _relative(self, pattern: str) -> str | None:
+        if not self.cwd or self.cwd == "." or pattern.startswith("//"):
+            return None
+        pat = pattern.rstrip("/")
+        tail = pat.endswith("...")
+        base = pat[: -len("...")].rstrip("/") if tail else pat
+        joined = posixpath.normpath(posixpath.join(self.cwd, base or "."))
+        if joined == "." or joined.startswith(".."):
+            return "..." if tail and joined == "." else None
+        return f"{joined}/..." if tail else joined
+
+    def _match(self, pattern: str) -> set[str]:
         pat = pattern.removeprefix("//").removeprefix("./").rstrip("/")
         if pat in ("...", ""):
             return set(self.targets)
@@ -115,48 +139,74 @@ class Graph:
             return found
         if pat in self.targets:
             return {pat}
-        raise OllyError("unknown-target", f"unknown target {pattern!r}{suggest(pat, list(self.targets))}")
+        named = sorted(t for t in self.targets if t.rsplit("/", 1)[-1] == pat)  # a bare `web` for apps/web
+        hint = f"; did you mean {', '.join(named)}?" if named else suggest(pat, list(self.targets))
+        raise OllyError("unknown-target", f"unknown target {pattern!r}{hint}")
 
     # -- rendering -------------------------------------------------------------
 
-    def render(self, fmt: str, labels: list[str] | None = None) -> str:
+    def render(self, fmt: str, labels: list[str] | None = None, stale: set[str] | None = None) -> str:
+        """``stale``: targets whose inputs changed since their last build (marked ``*``, red in
+        dot, a ``stale`` class in mermaid, ``"stale": true`` in JSON)."""
         labels = labels or self.order()
-        if fmt == "dot":
-            return self._dot(labels)
-        if fmt == "mermaid":
-            return self._mermaid(labels)
-        return self._text(labels)
+        stale = stale or set()
+        render = {"dot": self._dot, "mermaid": self._mermaid, "json": self._json}.get(fmt, self._text)
+        return render(labels, stale)
 
     def _kind(self, label: str) -> str:
         return "chart" if isinstance(self.targets[label], ChartTarget) else "image"
 
-    def _text(self, labels: list[str]) -> str:
+    def edge_label(self, label: str, dep: str) -> str:
+        """The values paths through which chart ``label`` receives image ``dep`` ("" for images)."""
+        target = self.targets[label]
+        if not isinstance(target, ChartTarget):
+            return ""
+        return ", ".join(sorted(path for path, image in target.images.items() if image == dep))
+
+    def _text(self, labels: list[str], stale: set[str]) -> str:
         lines = []
         for label in labels:
-            deps = self.deps(label)
-            arrow = f"  <- {', '.join(sorted(deps))}" if deps else ""
-            lines.append(f"{self._kind(label):5}  {label}{arrow}")
+            deps = [f"{d} ({self.edge_label(label, d)})" if self.edge_label(label, d) else d for d in sorted(self.deps(label))]
+            arrow = f"  <- {', '.join(deps)}" if deps else ""
+            mark = "*" if label in stale else " "
+            lines.append(f"{self._kind(label):5} {mark} {label}{arrow}")
+        if stale:
+            lines.append("* = inputs changed since the last build (would build)")
         return "\n".join(lines)
 
-    def _dot(self, labels: list[str]) -> str:
+    def _json(self, labels: list[str], stale: set[str]) -> str:
+        import json
+
+        nodes = [{"label": label, "kind": self._kind(label), "stale": label in stale} for label in labels]
+        edges = [{"from": dep, "to": label, "values_paths": sorted(p for p, i in self.targets[label].images.items() if i == dep)
+                  if isinstance(self.targets[label], ChartTarget) else []}
+                 for label in labels for dep in sorted(self.deps(label)) if dep in labels]
+        return json.dumps({"schema": 1, "nodes": nodes, "edges": edges}, indent=2, sort_keys=True)  # docs/json.md
+
+    def _dot(self, labels: list[str], stale: set[str]) -> str:
         lines = ["digraph olly {", "  rankdir=LR;"]
         for label in labels:
             shape = "box" if self._kind(label) == "image" else "folder"
-            lines.append(f'  "{label}" [shape={shape}];')
+            extra = ', color=red, fontcolor=red, xlabel="stale"' if label in stale else ""
+            lines.append(f'  "{label}" [shape={shape}{extra}];')
         for label in labels:
             for dep in sorted(self.deps(label)):
-                lines.append(f'  "{dep}" -> "{label}";')
+                paths = self.edge_label(label, dep)
+                lines.append(f'  "{dep}" -> "{label}"' + (f' [label="{paths}"]' if paths else "") + ";")
         lines.append("}")
         return "\n".join(lines)
 
-    def _mermaid(self, labels: list[str]) -> str:
+    def _mermaid(self, labels: list[str], stale: set[str]) -> str:
         ids = {label: f"t{i}" for i, label in enumerate(labels)}
         lines = ["graph LR"]
         for label in labels:
             open_, close = ("[", "]") if self._kind(label) == "image" else ("[(", ")]")
-            lines.append(f'  {ids[label]}{open_}"{label}"{close}')
+            lines.append(f'  {ids[label]}{open_}"{label}"{close}' + (":::stale" if label in stale else ""))
         for label in labels:
             for dep in sorted(self.deps(label)):
                 if dep in ids:
-                    lines.append(f"  {ids[dep]} --> {ids[label]}")
+                    paths = self.edge_label(label, dep)
+                    lines.append(f"  {ids[dep]} -->" + (f'|"{paths}"|' if paths else "") + f" {ids[label]}")
+        if stale:
+            lines.append("  classDef stale stroke:#d00,stroke-width:2px")
         return "\n".join(lines)

@@ -6,19 +6,21 @@ scheduler's main thread what to record (build result, registry digest, artifact)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from olly import charts, failpoints, progress, signing
 from olly.charts import Pin
-from olly.config import ImageTarget, Registry
+from olly.config import UNPUBLISHED_DIR, ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
 from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine, oci_platform
+from olly.engines import engine_for
 from olly.errors import OllyError
 from olly.plan import TargetPlan
 from olly.registry import Endpoint, RegistryClient
@@ -288,6 +290,7 @@ def run_platform(ctx: RunContext, tp: TargetPlan, deps: list[DepImage], variant:
     """Build (or reuse) and push one platform's image. A ``variant`` (one platform of a
     multi-platform image) has a log of its own, and its index, not it, gets the version tag."""
     log = ctx.log_dir / log_name(tp.label, tp.platform if variant else "")
+    ctx = dataclasses.replace(ctx, engine=engine_for(ctx.engine, tp.platform))  # [engines]: this platform's
     o = Outcome(tp.label, "cached", "; ".join(tp.reasons), started=time.time(), key=tp.key, ref=tp.ref,
                 image_id=tp.image_id or "", digest=tp.remote_digest or "", platform=tp.platform,
                 log=str(log) if tp.action == "build" else "")
@@ -352,8 +355,13 @@ class ChartWork:
     version: str
     app_version: str
     store: Path  # the package of this key in the cache: written once, replaced only if it does not match the key
-    path: Path  # the user-facing copy, dist/charts/<registry>/<name>-<version>.tgz
+    path: Path  # the user-facing copy, dist/charts/<registry or _unpublished>/<name>-<version>.tgz
     cached_digest: str | None  # sha256 of the recorded, intact package at ``store``
+    # The registry's values overlay, merged into the values file next to the package only: it
+    # is not in the key (the package and its version do not depend on it); the values file is
+    # rewritten whenever it differs, cached package or not.
+    overlay: Any = None
+    manifest: dict[str, Any] = field(default_factory=dict)  # for `olly why`, recorded with the package
 
 
 def chart_pins(ctx: RunContext, tp: TargetPlan, images: dict[str, Outcome], repos: dict[str, str]) -> dict[str, Pin]:
@@ -368,7 +376,8 @@ def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
     version, app_version = charts.stamp(tp.chart, pins, ctx.version)
     key = charts.chart_key(tp.chart, pins, version, app_version)
     recorded = recorded_for(key)
-    where = ctx.registry.name if ctx.registry else "local"
+    # Registry names start with a letter or digit (olly.config): no registry can share this.
+    where = ctx.registry.name if ctx.registry else UNPUBLISHED_DIR
     path = ctx.out_dir / "charts" / where / f"{tp.chart.name}-{version}.tgz"
     store = ctx.store_dir / f"{key}.tgz"
     cached = None
@@ -378,7 +387,9 @@ def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
                 cached = recorded["digest"]
     except OSError:
         cached = None  # an unreadable stored package is simply packaged again
-    return ChartWork(pins, key, version, app_version, store, path, cached)
+    overlay = charts.load_overlay(ctx.root, ctx.registry)
+    manifest = charts.chart_manifest(tp.chart, pins, version, app_version, ctx.registry)
+    return ChartWork(pins, key, version, app_version, store, path, cached, overlay, manifest)
 
 
 def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
@@ -400,7 +411,10 @@ def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
             _write_atomic(work.store, tgz)
             o.status, o.reason = "built", "stored package did not match its key: repackaged"
         _write_if_changed(work.path, tgz)
-        _write_if_changed(work.path.with_suffix(".values.yaml"), charts.values_document(work.pins))
+        values = work.path.with_suffix(".values.yaml")
+        display = f"registry {ctx.registry.name!r} values" if ctx.registry else "values"
+        if _write_if_changed(values, charts.values_document(work.pins, work.overlay, display)) and o.status == "cached":
+            o.notes.append(f"wrote {values.name}: it was missing or differed (e.g. the registry's values changed)")
         o.image_id = charts.sha256(tgz)  # the package's own digest, recorded with the artifact
         if unpinned:
             o.notes.append("not digest-pinned: " + ", ".join(unpinned) + (" (no registry)" if ctx.registry is None else " (not in the registry: use --push)"))
@@ -461,20 +475,26 @@ def remove_stale_temp(*dirs: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` unless ``path`` holds it already; True if it was written."""
     try:
         if path.is_file() and path.read_bytes() == data:
-            return
+            return False
     except OSError:
         pass
     _write_atomic(path, data)
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename: a crash never leaves a half-written package."""
+    """Write via a temporary file and rename: a crash never leaves a half-written package.
+
+    The file gets mode 0666 less the umask (0644 usually), as any tool would give it:
+    mkstemp's 0600 would leave dist/ unreadable to the web server or CI step publishing it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -483,3 +503,27 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise OllyError("io-error", f"cannot write {path}: {exc.strerror}")
+
+
+def _read_umask() -> int:
+    """The umask, by setting it and back: fine at import, before any worker thread exists."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_START = _read_umask()
+
+
+def _umask() -> int:
+    """The process umask now. os.umask cannot read it without changing it for every thread
+    (a worker creating a file meanwhile would get the wrong mode), so Linux's
+    /proc/self/status is read; elsewhere the umask olly started with."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_START

@@ -14,7 +14,7 @@ from typing import Any
 import xxhash
 
 # Bump when the meaning of a record changes: every key changes with it, on purpose.
-KEY_SCHEMA = 3
+KEY_SCHEMA = 5  # 5: `builder` (buildkit | classic); 4: `files` holds only what the Dockerfile can copy (olly.reach)
 
 # Content tags use this many hex digits of the key (80 bits).
 TAG_HEX = 20
@@ -90,11 +90,13 @@ def image_record(
     labels: dict[str, str],
     secrets: list[str],
     bases: dict[str, str],
+    builder: str,
 ) -> dict[str, Any]:
     """The explicit record of an image target (see docs/keys.md for each field).
 
     ``files`` rows are ``[path, type, executable, hash-or-link-target]`` sorted by
-    path; ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
+    path: the context entries the Dockerfile's sources reach and their parent directories
+    (every entry when olly cannot prove less, see olly.reach); ``inputs`` rows are ``[path, hash]``; ``deps`` maps label -> key;
     ``args`` are the user's build args only (a dependency's arg is derived from its
     key, which ``deps`` already carries); ``labels`` are the OCI labels olly sets;
     ``secrets`` are the names of secret build args, never any function of their values
@@ -104,7 +106,9 @@ def image_record(
     because daemons older than 23.0 keep some self-excluding .dockerignore files;
     ``bases`` maps each external FROM reference (after ARG substitution) that olly.lock pins
     to its locked digest: ``dockerfile`` stays the bytes as read, so the digest is what
-    moves when a base is updated (the engine receives the FROM line pinned to it).
+    moves when a base is updated (the engine receives the FROM line pinned to it);
+    ``builder`` is ``"buildkit"`` or ``"classic"``: the two builders can make different images
+    from the same inputs (cache mounts, platform args, symlink handling), so each has its own key.
     """
     return {
         "schema": KEY_SCHEMA,
@@ -120,4 +124,5 @@ def image_record(
         "labels": dict(labels),
         "secrets": sorted(set(secrets)),
         "bases": dict(bases),
+        "builder": builder,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -19,13 +20,15 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         changes.append(f"~ key schema {old.get('schema')} -> {new.get('schema')}")
     a, b = _files(old), _files(new)
     kinds = {"f": "file", "d": "dir", "l": "link"}
+    was, now = _via(old), _via(new)  # which Dockerfile line copies each path
     for path in sorted(a.keys() | b.keys()):
         if path not in a:
-            changes.append(f"+ {kinds.get(b[path][0], 'file')} {path}")
+            changes.append(f"+ {kinds.get(b[path][0], 'file')} {path}" + _detail("", now.get(path)))
         elif path not in b:
-            changes.append(f"- {kinds.get(a[path][0], 'file')} {path}")
+            changes.append(f"- {kinds.get(a[path][0], 'file')} {path}" + _detail("", was.get(path)))
         elif a[path] != b[path]:
-            changes.append(f"~ file {path} ({_file_change(a[path], b[path])})")
+            changes.append(f"~ file {path}" + _detail(_file_change(a[path], b[path]), now.get(path)))
+    changes += _selection_change(old.get("reach"), new.get("reach"))
     if old.get("dockerfile") != new.get("dockerfile"):
         changes.append("~ Dockerfile content")
     if old.get("dockerignore") != new.get("dockerignore"):
@@ -41,6 +44,31 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes += _dict_changes("input", dict(map(tuple, old.get("inputs", []))), dict(map(tuple, new.get("inputs", []))), values=False)
     changes += _dict_changes("dependency", old.get("deps", {}), new.get("deps", {}), values=False, what="key")
     return changes
+
+
+def _via(manifest: dict[str, Any]) -> dict[str, str]:
+    """Path -> ``<dockerfile>:<line>`` of the COPY/ADD/RUN reaching it (``via`` runs parallel
+    to ``files``; parent directories and manifests before key schema 4 have none)."""
+    info, via = manifest.get("reach") or {}, manifest.get("via") or []
+    out = {}
+    for row, lines in zip(manifest.get("files", []), via):
+        if [n for n in lines if n]:
+            out[row[0]] = f"{info.get('dockerfile', 'Dockerfile')}:{','.join(str(n) for n in lines if n)}"
+    return out
+
+
+def _detail(change: str, where: str | None) -> str:
+    """`` (content; via Dockerfile:5)``: what changed, and the line that makes it matter."""
+    parts = [p for p in (change, f"via {where}" if where else "") if p]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _selection_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Whether the key now covers the whole context or only what the Dockerfile copies."""
+    if not old or not new or old.get("whole") == new.get("whole"):
+        return []
+    now = f"whole context ({new['whole']})" if new.get("whole") else "only what the Dockerfile copies"
+    return [f"~ context selection: {now}"]
 
 
 def _file_change(a: tuple[str, bool, str], b: tuple[str, bool, str]) -> str:
@@ -66,17 +94,85 @@ def _dict_changes(kind: str, a: dict[str, Any], b: dict[str, Any], *, values: bo
     return out
 
 
-def summarize(changes: list[str]) -> str:
-    """One short phrase for the plan line, e.g. ``2 files modified, arg VERSION changed``."""
-    counts = {"+": 0, "-": 0, "~": 0}
+def summarize(changes: list[str], names: int = 3) -> str:
+    """One short phrase for the plan line, naming up to ``names`` files per kind of change,
+    e.g. ``1 file modified: main.py, arg VERSION changed``."""
+    files: dict[str, list[str]] = {"~": [], "+": [], "-": []}
     other: list[str] = []
     for line in changes:
         sign, rest = line[0], line[2:]
         if rest.startswith(("file ", "dir ", "link ")):
-            counts[sign] += 1
+            files[sign].append(rest.split(" ", 1)[1].split(" (")[0])
         else:
             name = rest.split(" (")[0].split(":")[0].split("=")[0]
             other.append(name + {"~": " changed", "+": " added", "-": " removed"}[sign])
-    parts = [f"{n} file{'s' if n != 1 else ''} {word}" for sign, word in (("~", "modified"), ("+", "added"), ("-", "removed"))
-             if (n := counts[sign])]
+    parts = []
+    for sign, word in (("~", "modified"), ("+", "added"), ("-", "removed")):
+        paths = files[sign]
+        if paths:
+            shown = ", ".join(paths[:names]) + (f" and {len(paths) - names} more" if len(paths) > names else "")
+            parts.append(f"{len(paths)} file{'s' if len(paths) != 1 else ''} {word}: {shown}")
     return ", ".join(parts + other)
+
+
+_OLD_NEW = re.compile(r"^(?:(?P<path>.*?):? )?(?P<old>\S.*?) -> (?P<new>.*)$")
+_DETAIL = re.compile(r"^(?P<path>.*?) \((?P<detail>[^()]*)\)$")
+
+
+def structured(line: str) -> dict[str, Any]:
+    """A change line as data for ``--json``: ``{"change": added|removed|modified, "kind":
+    file|dir|link|arg|…, "path", "old", "new", "detail", "text"}`` (absent parts are null)."""
+    sign, _, rest = line.partition(" ")
+    kind, _, tail = rest.partition(" ")
+    out: dict[str, Any] = {"change": {"+": "added", "-": "removed"}.get(sign, "modified"), "kind": kind,
+                           "path": tail or None, "old": None, "new": None, "detail": None, "text": line}
+    if (m := _DETAIL.match(tail)) is not None:
+        out["path"], out["detail"] = m["path"], m["detail"]
+    elif (m := _OLD_NEW.match(tail)) is not None and " -> " in tail:
+        out["path"], out["old"], out["new"] = m["path"] or None, m["old"], m["new"]
+    elif "=" in tail and sign == "+":
+        out["path"], _, out["new"] = tail.partition("=")
+    return out
+
+
+def diff_chart_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Changes between two chart manifests (olly.charts.chart_manifest): files, pinned image
+    references and the stamped version, one per line as for images, e.g.
+    ``~ file templates/x.yaml (content)``, ``~ pin web.image: repo:olly-1@sha256:a… -> …``,
+    ``~ version: 0.1.0-x.1a2b3c4d -> 0.1.0-x.5e6f7a8b``."""
+    changes: list[str] = []
+    if old.get("schema") != new.get("schema"):
+        changes.append(f"~ key schema {old.get('schema')} -> {new.get('schema')}")
+    a, b = dict(map(tuple, old.get("files", []))), dict(map(tuple, new.get("files", [])))
+    for path in sorted(a.keys() | b.keys()):
+        if path not in a:
+            changes.append(f"+ file {path}")
+        elif path not in b:
+            changes.append(f"- file {path}")
+        elif a[path] != b[path]:
+            changes.append(f"~ file {path} (content)")
+    old_pins, new_pins = old.get("pins", {}), new.get("pins", {})
+    for path in sorted(old_pins.keys() | new_pins.keys()):
+        if path not in old_pins:
+            changes.append(f"+ pin {path}={new_pins[path]}")
+        elif path not in new_pins:
+            changes.append(f"- pin {path}")
+        elif old_pins[path] != new_pins[path]:
+            changes.append(f"~ pin {path}: {_short_ref(old_pins[path], new_pins[path])}")
+    for field, name in (("version", "version"), ("app_version", "appVersion"), ("registry", "registry")):
+        if old.get(field) != new.get(field):
+            changes.append(f"~ {name}: {old.get(field) or '(none)'} -> {new.get(field) or '(none)'}")
+    return changes
+
+
+def _short_ref(old: str, new: str) -> str:
+    """``old -> new``; only the tags when the repository is the same."""
+    (old_repo, old_tag), (new_repo, new_tag) = _split_ref(old), _split_ref(new)
+    return f"{old_tag} -> {new_tag}" if old_repo == new_repo else f"{old} -> {new}"
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """``host:5000/repo:olly-1@sha256:…`` -> (``host:5000/repo``, ``olly-1@sha256:…``)."""
+    name, at, digest = ref.partition("@")
+    repo, _, tag = name.rpartition(":")
+    return (repo, tag + at + digest) if repo and "/" not in tag else (name, at + digest)

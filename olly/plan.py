@@ -12,17 +12,18 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from olly import baselock, index, keys, scrub, signing
+from olly import baselock, index, keys, reach, scrub, signing
 from olly.cache import Cache
-from olly.charts import ChartSource, chart_key, load_chart, make_pins, stamp
+from olly.charts import ChartSource, chart_key, chart_manifest, check_overlay, load_chart, load_overlay, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine, oci_platform
+from olly.engines import engine_for
 from olly.engine import has_tag as engine_has_tag
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
-from olly.manifest import diff_manifests, summarize
+from olly.manifest import diff_chart_manifests, diff_manifests, summarize
 from olly.registry import Endpoint, RegistryClient
 
 
@@ -88,11 +89,16 @@ class Plan:
 def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan],
                    platform: str) -> TargetPlan:
     """Hash a target's inputs into its key record, manifest and content tag."""
-    ctx = scan(ws.root, t, hasher)
+    dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
+    # Only what the Dockerfile can copy is keyed and sent (olly.reach; whole context if unsure).
+    analyzer = reach.analyzer(target=t.target, args=t.args, secrets=set(t.secrets), platform=platform,
+                              pins={r: e.digest for r, e in (baselock.read_lock(ws.root) or {}).items()},
+                              deps={dep_arg_name(d): (dp.ref, d, dp.context.dockerfile if dp.context else b"")
+                                    for d, dp in dep_variants.items()})
+    ctx = scan(ws.root, t, hasher, analyzer)
     read = ctx.dockerfile  # keyed as read; the digests olly.lock pins its FROM lines to are `bases`
     pinned = baselock.pin_context(ws, t, ctx)  # the engine gets (and COPY may see) the pinned text
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
-    dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
     deps = {d: dp.key for d, dp in dep_variants.items()}
     plat = platform
     files = [e.row() for e in ctx.entries]
@@ -109,6 +115,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
         "labels": labels, "secrets": secrets, "bases": pinned.bases,
+        **reach.manifest_fields(ctx.reach, ctx.via, files, t.dockerfile),  # not keyed: which line reaches what
     }
     # What the engine gets: the user's args, the secrets, each dependency's local image reference.
     args = dict(t.args) | secret_values | {dep_arg_name(d): dp.ref for d, dp in dep_variants.items()}
@@ -173,7 +180,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
         for platform in platforms:
             tp = compute_inputs(ws, t, hasher, plans, platform)
             tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
-            _decide_local(tp, cache, engine)
+            _decide_local(tp, cache, engine_for(engine, platform))  # the engine that builds this platform
             if client is not None and registry is not None:
                 _decide_remote(tp, client, registry, signer)
             tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
@@ -220,6 +227,10 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
                   registry: Registry | None, version: str | None) -> None:
     """A chart's key is known before the run only if none of its images will change."""
     assert isinstance(tp.target, ChartTarget) and tp.chart is not None
+    # The registry's values overlay is refused now, not after the builds, if it is unreadable
+    # or sets what olly pins.
+    if registry is not None:
+        check_overlay(load_overlay(ws.root, registry), list(tp.target.images), registry)
     images = {label: plans[label] for label in tp.target.depends_on}
     if any(p.action == "build" for p in images.values()):
         tp.reasons = ["an image it pins will be rebuilt"]
@@ -234,8 +245,12 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
     recorded = cache.artifact(tp.label, tp.key, registry.push if registry else "")
     if recorded and (ws.root / recorded["path"]).is_file():
         tp.action, tp.reasons = "cached", [f"packaged before as {tp.chart.name}-{chart_version}"]
-    else:
-        tp.reasons = [f"no package of {tp.chart.name}-{chart_version} for these inputs"]
+        return
+    tp.reasons = [f"no package of {tp.chart.name}-{chart_version} for these inputs"]
+    previous = cache.manifest(tp.label)  # of its last package
+    if previous is not None and previous.get("kind") == "chart":
+        tp.changes = diff_chart_manifests(previous, chart_manifest(tp.chart, pins, chart_version, app_version, registry))
+        tp.reasons += [summarize(tp.changes)] if tp.changes else []
 
 
 def _decide_remote(tp: TargetPlan, client: RegistryClient, registry: Registry, signer: signing.Signer | None) -> None:

@@ -35,12 +35,25 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import requests
-
 from olly import credentials
 from olly.credentials import Credentials
-from olly.deadline import Deadline, DeadlineAdapter
 from olly.errors import OllyError
+
+
+class _LazyModule:
+    """``requests`` (and urllib3 under it) imported on first use: a run that never talks to
+    a registry (most local `olly make` and `plan` runs) does not pay ~60 ms for it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+requests: Any = _LazyModule("requests")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -55,6 +68,9 @@ TIMEOUT_ENV = "OLLY_REGISTRY_TIMEOUT"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+TAGS_PAGE = 1000  # tags asked for per page of a tag list
+MAX_TAG_PAGES = 1000
 # Docker Hub's well-known names: credentials live under "docker.io", the API elsewhere.
 _DOCKER_HUB = credentials.DOCKER_HUB
 
@@ -84,7 +100,7 @@ class RegistryClient:
         self._base = f"{'http' if endpoint.insecure else 'https'}://{api_host}"
         self._session = requests.Session()
         for prefix in ("http://", "https://"):
-            self._session.mount(prefix, DeadlineAdapter())
+            self._session.mount(prefix, _deadline().DeadlineAdapter())
         self._tokens: dict[tuple[str, str, str], str] = {}  # (realm, service, scope) -> token
         self._scopes: dict[tuple[str, bool], tuple[str, str, str]] = {}  # (repo, write) -> key
         self._basic = False  # the registry asked for Basic auth
@@ -174,6 +190,35 @@ class RegistryClient:
         resp = self._request("HEAD", repository, f"blobs/{digest}", f"{repository} blob {digest}", ok=(200, 404))
         return resp.status_code == 200
 
+    def list_tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository`` (``GET /v2/<name>/tags/list``, following ``Link`` pages);
+        an unknown repository has none (404)."""
+        tags: list[str] = []
+        url = f"tags/list?n={TAGS_PAGE}"
+        for _ in range(MAX_TAG_PAGES):  # a registry whose Link loops must not keep olly here
+            resp = self._request("GET", repository, url, f"{repository} tags", ok=(200, 404))
+            if resp.status_code == 404:
+                return tags
+            page = _json_object(resp.content).get("tags") or []
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise self._error("registry-error", f"tag list of {repository} is not a list of names")
+            tags += page
+            link = _NEXT_LINK.search(resp.headers.get("Link", ""))
+            if link is None:
+                return tags
+            url = urljoin(self._base + "/", link.group(1))
+        raise self._error("registry-error", f"tag list of {repository} has over {MAX_TAG_PAGES} pages")
+
+    def get_blob(self, repository: str, digest: str) -> bytes | None:
+        """The bytes of blob ``digest`` (checked to hash to it), or None if missing (404)."""
+        what = f"{repository} blob {digest}"
+        resp = self._request("GET", repository, f"blobs/{digest}", what, ok=(200, 404))
+        if resp.status_code == 404:
+            return None
+        if sha256_digest(resp.content) != digest:
+            raise self._error("registry-error", f"blob {repository}@{digest} has digest {sha256_digest(resp.content)}")
+        return resp.content
+
     def push_blob(self, repository: str, data: bytes) -> str:
         """Upload ``data`` (monolithic POST + PUT) unless present; returns its digest."""
         digest = sha256_digest(data)
@@ -238,7 +283,7 @@ class RegistryClient:
 
     def _http(self, method: str, url: str, where: str, **kwargs: Any) -> requests.Response:
         """One HTTP exchange, body included, within ``self.timeout`` seconds in total."""
-        deadline = Deadline(self.timeout)
+        deadline = _deadline().Deadline(self.timeout)
         try:
             with deadline:
                 resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
@@ -359,6 +404,12 @@ class RegistryClient:
 
 def _ref(repository: str, reference: str) -> str:
     return f"{repository}{'@' if ':' in reference else ':'}{reference}"
+
+
+def _deadline() -> Any:
+    from olly import deadline
+
+    return deadline
 
 
 def _basic_header(creds: Credentials) -> str:

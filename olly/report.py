@@ -11,14 +11,15 @@ from olly.jobs import Outcome
 _WIDTH = 7
 
 
-def plan_line(tp: TargetPlan) -> str:
-    action = tp.action
+def plan_line(tp: TargetPlan, width: int = 0) -> str:
+    """``action  label  ref  (reasons)``; ``width`` aligns the label column."""
     tag = f"  {tp.ref}" if tp.kind == "image" else ""
-    return f"{action:<{_WIDTH}} {tp.label}{tag}  ({'; '.join(tp.reasons)})"
+    return f"{tp.action:<{_WIDTH}} {tp.label:<{width}}{tag}  ({'; '.join(tp.reasons)})"
 
 
 def plan_lines(plan: Plan) -> list[str]:
-    lines = [plan_line(tp) for tp in plan.targets]
+    width = max((len(tp.label) for tp in plan.targets), default=0)
+    lines = [plan_line(tp, width) for tp in plan.targets]
     n = sum(tp.action in ("build", "package") for tp in plan.targets)
     lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else " (engine not reachable: images not verified)"))
     return lines
@@ -49,11 +50,13 @@ def _deps(tp: TargetPlan) -> list[str]:
     return list(tp.target.depends_on) if tp.target else []
 
 
-def outcome_line(o: Outcome) -> str:
+def outcome_line(o: Outcome, width: int = 0) -> str:
+    """``status  label  ref  duration  (reason; notes)``; ``width`` aligns the label column."""
     took = f"  {o.duration_s:.1f}s" if o.status in ("built", "failed") else ""
     ref = f"  {o.ref}" if o.ref and o.status != "failed" else ""
     why = "; ".join([o.reason, *o.notes] if o.reason else o.notes)
-    return f"{o.status:<{_WIDTH}} {o.label}{ref}{took}" + (f"  ({why})" if why else "")
+    label = f"{o.label:<{width}}" if ref or took or why else o.label
+    return f"{o.status:<{_WIDTH}} {label}{ref}{took}" + (f"  ({why})" if why else "")
 
 
 def failure_details(o: Outcome) -> list[str]:

@@ -47,6 +47,7 @@ class Scheduler:
 
     def run(self) -> list[Outcome]:
         pending = list(self.plan.targets)
+        self.on_event(Event("planned", text="\n".join(tp.label for tp in pending)))  # e.g. to align columns
         running: dict[Future[Outcome], tuple[TargetPlan, ChartWork | None]] = {}
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
         abandon = True
@@ -147,7 +148,7 @@ class Scheduler:
             self._record_image(tp, o, "")
         if o.status != "failed" and work is not None:
             rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)
-            self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version)
+            self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version, work.manifest)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
             self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)  # a multi-platform image: its index
         if o.changed:  # whatever the stat cache said about these files is no longer to be trusted

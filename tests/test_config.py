@@ -179,3 +179,57 @@ def test_invalid_platforms_are_located_config_errors(tmp_path: Path) -> None:
         with pytest.raises(OllyError) as exc:
             load_workspace(root)
         assert needle in exc.value.message and re.search(r"BUILD\.toml:\d+$", exc.value.location)
+
+
+# -- registries: names and values overlays (issue #13) -------------------------------------
+
+CHART_WS = ("apps/a/Dockerfile", "c/Chart.yaml")
+IMAGE_AND_CHART = '[images."apps/a"]\nrepository = "x/a"\n[charts.c]\nimages = { "web.image" = "apps/a" }\n'
+
+
+@pytest.mark.parametrize(
+    "registry, line, fragment, reason",
+    [
+        ('[registries._unpublished]\npush = "r.example"\n', 1, "invalid registry name '_unpublished'", "config-invalid"),
+        ('[registries."a.b"]\npush = "r.example"\n', 1, "letters, digits, '-' and '_'", "config-invalid"),
+        ('[registries.Local]\npush = "r.example"\n[registries.local]\npush = "r.example"\n', 3,
+         "registry names 'Local' and 'local' differ only in case", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "a..b" = 1 }\n', 3, "an empty key between dots", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "a" = 1, "a.b" = 2 }\n', 3,
+         "sets a key inside 'a', which is set to a value", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "a.b" = 1, a = { b = 2 } }\n', 3, "'a.b' is set twice", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "a" = [1, 2] }\n', 3, "not list; put lists in values_file",
+         "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "web.image.tag" = "x" }\n', 3,
+         "would override the image block 'web.image' that olly pins in c", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues = { "web" = "x" }\n', 3, "image block 'web.image'", "config-invalid"),
+        ('[registries.r]\npush = "r.example"\nvalues_file = "nope.yaml"\n', 3, "file not found: nope.yaml",
+         "config-missing-file"),
+        ('[registries.r]\npush = "r.example"\nvalues_file = "../x.yaml"\n', 3, "escapes the workspace", "config-invalid"),
+    ],
+)
+def test_registry_settings_refused_at_load_time(tmp_path: Path, registry: str, line: int, fragment: str, reason: str) -> None:
+    root = write_ws(tmp_path, registry + IMAGE_AND_CHART, CHART_WS)
+    err = error_of(root)
+    assert err.reason == reason and f"BUILD.toml:{line}: " in err.line() and fragment in err.line(), err.line()
+
+
+def test_registry_values_load_in_both_toml_forms(tmp_path: Path) -> None:
+    root = write_ws(tmp_path, '[registries.local-dev_2]\npush = "r.example"\nvalues_file = "deploy/v.yaml"\n'
+                              'values = { "web.env.MODE" = "ui", "web.image.pullPolicy" = "Always" }\n'
+                              '[registries.b.values]\notelCollector.enabled = false\n"otelCollector.port" = 4317\n'
+                              '[registries.b]\npush = "r.example"\n'
+                    + IMAGE_AND_CHART, CHART_WS + ("deploy/v.yaml",))
+    ws = load_workspace(root)
+    reg = ws.registries["local-dev_2"]
+    assert reg.values_file == "deploy/v.yaml"
+    assert dict(reg.values) == {"web.env.MODE": "ui", "web.image.pullPolicy": "Always"}
+    assert dict(ws.registries["b"].values) == {"otelCollector.enabled": False, "otelCollector.port": 4317}
+
+
+def test_repo_build_file_pins_existing_image_blocks() -> None:
+    """BUILD.toml's values paths are the image blocks the repo's charts really have."""
+    from olly import api
+
+    the_plan = api.plan(REPO, ["charts/..."], check_engine=False)
+    assert {t.label for t in the_plan.targets if t.kind == "chart"} == {"charts/ollyscale", "charts/ollyscale-demos"}

@@ -90,9 +90,10 @@ def test_cleaning_happens_before_the_bang_check() -> None:
     ("[]a]", 1), ("[-a]", 1), ("[a-]", 1), ("[a", 1), ("[^]", 1), ("a\\y*", 1), ("[z-a]*", 1),
     ("\\é*", 1), ("[[:nope:]]", 1), ("a{1001}?", 1), ("*{2}", 1), ("caf[\udce9]", 1),
 ])
-def test_invalid_patterns_raise_with_line(text: str, line: int) -> None:
+def test_invalid_patterns_raise_with_line(tmp_path: Path, text: str, line: int) -> None:
+    (tmp_path / "a").write_text("a")  # an entry: the first pattern is evaluated on it
     with pytest.raises(OllyError) as info:
-        DockerIgnore.parse(text, source="ctx/.dockerignore")
+        list(DockerIgnore.parse(text, source="ctx/.dockerignore").walk(tmp_path))
     assert info.value.reason == "dockerignore-invalid"
     assert info.value.location == f"ctx/.dockerignore:{line}"
     assert info.value.line().startswith(f"ctx/.dockerignore:{line}: invalid pattern")
@@ -110,9 +111,39 @@ def test_syntax_check_is_partial_like_go_filepath_match() -> None:
     assert excl("a*\\", "a$", "ab$c", "ab", "b$") == {"a$": True, "ab$c": True, "ab": False, "b$": False}
     assert excl("a*[]]", "a]", "ab]", "a") == {"a]": True, "ab]": True, "a": False}
     assert excl("{2}x?", "xa", "x") == {"xa": True, "x": False}  # Go repeats the ^ anchor
-    for text in (".*[]]", "?*\\", "ab\\", "**[a-]", "a*[z-"):
+    for text in (".*[]]", "?*\\", "ab\\", "**[a-]"):
         with pytest.raises(OllyError):
             DockerIgnore.parse(text)
+    with pytest.raises(OllyError):  # passes the syntax check; its regexp fails when evaluated
+        DockerIgnore.parse("a*[z-").excluded("a")
+
+
+def test_a_pattern_that_does_not_compile_fails_only_where_docker_evaluates_it(tmp_path: Path) -> None:
+    """Docker compiles a pattern's regexp when it first evaluates it (issue #13). An exception
+    is evaluated only once something is excluded; an exclusion only while nothing is."""
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    every = [".dockerignore", "a", "d", "d/x"]
+
+    def walk(text: str) -> list[str] | str:
+        (tmp_path / ".dockerignore").write_text(text)
+        try:
+            return [rel for rel, _ in DockerIgnore.load(tmp_path).walk(tmp_path)]
+        except OllyError as exc:
+            assert exc.reason == "dockerignore-invalid"
+            return exc.line()
+
+    assert walk("![z-a]\n") == every  # nothing excluded: never evaluated, never compiled
+    assert walk("zz\n![z-a]*\n") == every  # zz matches nothing
+    assert walk("**/zz\n![z-a]\n") == every
+    assert walk("a/b\n!a/[z-a]\n") == every  # a/b matches nothing
+    assert walk("*\n![z-a]\n").endswith(".dockerignore:2: invalid pattern '![z-a]': invalid character class range")
+    assert ".dockerignore:2: invalid pattern" in walk("a\n![z-a]\n")
+    # Docker's context check skips the excluded d, so it passes; its tar walk then descends
+    # into d for the exception, evaluates [z-a] at d/x, logs an error and sends a context
+    # cut short there. olly refuses instead of planning that build.
+    assert walk("*\n!d/x\n[z-a]\n").endswith("(Docker evaluates it at d/x and would build from a context cut short there)")
 
 
 def test_load_missing_file_means_no_patterns(tmp_path: Path) -> None:

@@ -54,12 +54,31 @@ def test_unknown_label_suggests(tmp_path: Path) -> None:
         g.select(["nope/..."])
 
 
+def test_patterns_relative_to_the_current_directory(tmp_path: Path) -> None:
+    g = ws_with(tmp_path, {"apps/base": [], "apps/web": ["apps/base"], "charts/x": []})
+    g.cwd = "apps/web"
+    assert g.select(["."]) == ["apps/base", "apps/web"]
+    assert g.match("../base") == {"apps/base"}
+    assert g.match("apps/base") == {"apps/base"}  # a label from the root still works
+    assert g.match("//charts/x") == {"charts/x"}
+    g.cwd = "apps"
+    assert g.match("...") == {"apps/base", "apps/web"}
+    g.cwd = ""
+    with pytest.raises(OllyError, match="did you mean apps/web"):
+        g.match("web")
+
+
 def test_repo_graph_renders() -> None:
     g = Graph.of(load_workspace(REPO))
-    text = g.render("text")
-    assert "chart  charts/ollyscale  <- apps/ollyscale, apps/ollyscale-ui, apps/opamp-server" in text
+    text = g.render("text", stale={"apps/demo"})
+    assert "chart   charts/ollyscale-demos  <- apps/demo (backend.image, frontend.image)" in text
+    assert "image * apps/demo" in text and text.endswith("* = inputs changed since the last build (would build)")
     dot = g.render("dot")
-    assert '"apps/demo" -> "charts/ollyscale-demos";' in dot
+    assert '"apps/demo" -> "charts/ollyscale-demos" [label="backend.image, frontend.image"];' in dot
+    data = __import__("json").loads(g.render("json", stale={"apps/demo"}))
+    assert data["schema"] == 1 and {"label": "apps/demo", "kind": "image", "stale": True} in data["nodes"]
+    assert {"from": "apps/demo", "to": "charts/ollyscale-demos",
+            "values_paths": ["backend.image", "frontend.image"]} in data["edges"]
     mermaid = g.render("mermaid")
     assert mermaid.startswith("graph LR") and "-->" in mermaid
     assert g.select(["charts/ollyscale-demos"]) == ["apps/demo", "charts/ollyscale-demos"]

@@ -47,8 +47,8 @@ def test_record_key_is_pinned() -> None:
     assert keys.compute_key(record) == GOLDEN_RECORD_KEY_LOCKED
 
 
-GOLDEN_RECORD_KEY = "5ff2cb3be30d6989707be34b3e0d7725"
-GOLDEN_RECORD_KEY_LOCKED = "9a1bec145559e6b88f744208b759f0b6"
+GOLDEN_RECORD_KEY = "d1ad6609798bdf53a77d26c3cdb5c2e7"
+GOLDEN_RECORD_KEY_LOCKED = "19aef4a60b3e8ef18df409d745b572a0"
 
 
 def golden_workspace(tmp_path: Path) -> Path:

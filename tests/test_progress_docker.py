@@ -87,7 +87,7 @@ def test_json_progress_events_parse_and_history_records_runs(ws: Path) -> None:
                            capture_output=True, text=True, env=olly_env(), timeout=300)
     assert again.returncode == 0 and "1 built" in again.stdout, again.stdout + again.stderr
     log = subprocess.run([sys.executable, "-m", "olly", "-C", str(ws), "log", "--json"], capture_output=True, text=True)
-    runs = json.loads(log.stdout)
+    runs = json.loads(log.stdout)["runs"]
     assert [r["counts"] for r in runs] == [{"built": 1}, {"built": 1}]
     assert "--force solo" in runs[0]["command"]
     # The first run's log was kept, not overwritten.

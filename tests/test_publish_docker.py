@@ -67,7 +67,10 @@ def test_push_records_registry_digest_and_pins_chart(ws: Path, registry, unique_
     assert raw["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
     assert raw["layers"][0]["mediaType"] == "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
     assert raw["layers"][0]["digest"] == charts.sha256(tgz.read_bytes())
-    assert "org.opencontainers.image.created" not in raw.get("annotations", {})
+    assert raw["annotations"] == {  # what `helm push` sets from Chart.yaml, but no wall-clock `created`
+        "org.opencontainers.image.title": "fixture", "org.opencontainers.image.version": "1.2.3",
+        "org.opencontainers.image.description": "olly fixture chart"}
+    assert tgz.parent == ws / "dist" / "charts" / "test"
     # Second run: nothing built, nothing pushed.
     again = by_label(api.make(ws, [], registry="test", push=True, version="v1.2.3"))
     assert {x.status for x in again.values()} == {"cached"}
@@ -236,3 +239,30 @@ def test_image_adopted_from_the_engine_is_recorded_with_a_registry(ws: Path) -> 
     result = by_label(api.make(ws, ["base"], registry="test"))
     assert result["base"].status == "cached" and "found in engine" in result["base"].reason
     assert api.why(ws, "base")["current_key_built"] is True
+
+
+def test_why_of_a_chart_plans_for_the_registry_it_was_packaged_for(ws: Path) -> None:
+    # A git checkout: make and why then stamp the same `git describe` version (a dev version:
+    # a push of other content under it is allowed).
+    git = ["git", "-C", str(ws), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "fixture"], check=True)
+    first = by_label(api.make(ws, [], registry="test", push=True))
+    assert first["chart"].status == "built", first["chart"].reason
+    info = api.why(ws, "chart")
+    assert (info["built_before"], info["current_key_built"], info["changes"]) == (True, True, [])
+    (ws / "chart" / "templates" / "deployment.yaml").write_text("kind: Deployment\n")
+    info = api.why(ws, "chart")  # pins from the registry's digests: unchanged, only the file is
+    assert info["changes"][0] == "~ file templates/deployment.yaml (content)"
+    assert [line.split(":")[0] for line in info["changes"][1:]] == ["~ version"]  # its content suffix
+    (ws / "web" / "index.html").write_text("<h1>v3</h1>\n")
+    second = by_label(api.make(ws, [], registry="test", push=True))
+    assert second["chart"].status == "built", second["chart"].reason
+    old, new = (f"{o['web'].ref.rsplit(':', 1)[1]}@{o['web'].digest}" for o in (first, second))
+    (ws / "chart" / "templates" / "deployment.yaml").write_text("kind: StatefulSet\n")
+    (ws / "web" / "index.html").write_text("<h1>v1</h1>\n")  # back to the first image, in the registry
+    changes = api.why(ws, "chart")["changes"]
+    assert changes[:2] == ["~ file templates/deployment.yaml (content)", f"~ pin web.image: {new} -> {old}"], changes
+    by_label(api.make(ws, [], registry="test", push=True))
+    assert api.why(ws, "chart")["current_key_built"] is True

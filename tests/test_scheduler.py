@@ -124,7 +124,7 @@ def test_why_lists_changes(ws: Path) -> None:
     info = api.why(ws, "app")
     assert info["changes"] == ["~ file Dockerfile (now executable)", "~ file main.txt (content)", "+ file new.txt"]
     plan = api.plan(ws, ["app"], check_engine=False)
-    assert plan.targets[-1].reasons == ["2 files modified, 1 file added"]
+    assert plan.targets[-1].reasons == ["2 files modified: Dockerfile, main.txt, 1 file added: new.txt"]
 
 
 def test_build_arg_change_rebuilds(ws: Path) -> None:

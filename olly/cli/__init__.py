@@ -12,15 +12,44 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from olly import api, report
-from olly.config import find_workspace
-from olly.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TARGET_FAILED, EXIT_USAGE, OllyError
-from olly.plan import TargetPlan
+from olly.errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TARGET_FAILED, EXIT_USAGE, OllyError
 from olly.scrub import scrub
+
+if TYPE_CHECKING:
+    from olly.plan import TargetPlan
+
+
+class _Lazy:
+    """A module imported on first use: `olly --help` and completion need none of the core
+    (pydantic, the docker SDK, sqlite-utils), only the command that runs does."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+api: Any = _Lazy("olly.api")
+report: Any = _Lazy("olly.report")
+
+
+def find_workspace(start: Path) -> Path:
+    from olly.config import find_workspace as find
+
+    return find(start)
+
+
+def structured(line: str) -> dict[str, Any]:
+    from olly.manifest import structured as convert
+
+    return convert(line)
 
 
 def _echo(text: str = "", err: bool = False) -> None:
@@ -54,6 +83,9 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
         if state.debug:
             traceback.print_exc()
         _echo(f"olly: error: {exc.line()}", err=True)
+        if _wants_json(ctx):  # a tool reading stdout gets the failure in its own format too
+            _emit_json({"schema": JSON_SCHEMA, "error": {"reason": exc.reason, "message": exc.line(),
+                                                         "exit_code": exc.exit_code}})
         code = exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, keep the traceback for --debug
         if state.debug:
@@ -70,6 +102,14 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
     ctx.exit(code)
 
 
+JSON_SCHEMA = 1  # of every --json document (docs/json.md); bumped when a shape changes incompatibly
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    params = ctx.params
+    return bool(params.get("as_json")) or params.get("fmt") == "json" or params.get("progress_mode") == "json"
+
+
 def _duration(text: str) -> float:
     """``90s``, ``30m``, ``1h`` or plain seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -79,8 +119,56 @@ def _duration(text: str) -> float:
         raise OllyError("usage", f"--wait {text!r}: expected a duration like 90s, 30m or 1h") from None
 
 
+def _routes(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``linux/arm64=ssh://arm-builder`` pairs."""
+    out = {}
+    for pair in pairs:
+        platform, sep, url = pair.partition("=")
+        if not sep:
+            raise OllyError("usage", f"--engine {pair!r}: expected PLATFORM=URL, e.g. linux/arm64=ssh://arm-builder")
+        out[platform] = url
+    return out
+
+
 def _emit_json(data: Any) -> None:
+    """Every --json document is an object carrying ``schema`` (docs/json.md)."""
+    if isinstance(data, dict) and "schema" not in data:
+        data = {"schema": JSON_SCHEMA, **data}
     _echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# -- shell completion (`eval "$(_OLLY_COMPLETE=bash_source olly)"`) ------------------------
+
+
+def _completion_start(ctx: click.Context) -> Path:
+    """Where the workspace is looked for: -C if typed on the line, else the current directory.
+    While completing, no command runs (ctx.obj is unset): read -C from the parsed root."""
+    directory = ctx.find_root().params.get("directory")
+    return Path(directory or os.getcwd())
+
+
+def _pattern_words(labels: list[str]) -> list[str]:
+    """The labels, ``...`` and a ``<dir>/...`` pattern for every directory above a label."""
+    dirs = {label.rsplit("/", n)[0] for label in labels for n in range(1, label.count("/") + 1)}
+    return sorted(set(labels)) + ["..."] + sorted(f"{d}/..." for d in dirs) if labels else []
+
+
+def _completer(kinds: tuple[str, ...], patterns: bool) -> Callable[..., list[Any]]:
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        words = api.completion_words(_completion_start(ctx))
+        found = [w for kind in kinds for w in words[kind]]
+        return [CompletionItem(w) for w in (_pattern_words(found) if patterns else sorted(found))
+                if w.startswith(incomplete)]
+
+    return complete
+
+
+_complete_patterns = _completer(("images", "charts"), patterns=True)  # make, plan, graph, gc
+_complete_targets = _completer(("images", "charts"), patterns=False)  # why, inputs: one target
+_complete_images = _completer(("images",), patterns=False)  # make --force (rebuilds images)
+_complete_registries = _completer(("registries",), patterns=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,12 +181,13 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
     ctx.obj = _State(debug, directory)
 
 
-@cli.command()
-@click.argument("targets", nargs=-1)
+@cli.command(short_help="Build TARGETS and what they need; skip what is up to date.")
+@click.argument("targets", nargs=-1, shell_complete=_complete_patterns)
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Parallel builds (default: CPU count).")
 @click.option("-k", "--keep-going", is_flag=True, help="Continue with independent targets after a failure.")
 @click.option("--network", help="Network for RUN steps (e.g. host, none); overrides BUILD.toml.")
-@click.option("--registry", metavar="NAME", help="Registry from BUILD.toml: remote cache, chart pins (no push without --push).")
+@click.option("--registry", metavar="NAME", shell_complete=_complete_registries,
+              help="Registry from BUILD.toml: remote cache, chart pins (no push without --push).")
 @click.option("--push", is_flag=True, help="Push images and charts to --registry.")
 @click.option("--version", "version", metavar="VERSION", help="Release version (default: git describe --tags --always --dirty).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
@@ -106,19 +195,21 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
               show_default=True, help="Live view (tty), lines for CI logs (plain), or one JSON event per line.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Stream the build logs.")
-@click.option("--force", "force", multiple=True, metavar="TARGET",
+@click.option("--force", "force", multiple=True, metavar="TARGET", shell_complete=_complete_images,
               help="Rebuild TARGET even if its key is known (repeatable; for RUN steps that fetch unpinned things).")
 @click.option("--pull", is_flag=True, help="Ask the engine to refresh base images while building.")
 @click.option("--shard", metavar="I/N", help="Build only shard I of N (needs --registry and --push; see README Scaling out).")
 @click.option("--shard-plan", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Take the shard assignment from `olly plan --shards N --json` output.")
+@click.option("--engine", "engine_routes", multiple=True, metavar="PLATFORM=URL",
+              help="Build PLATFORM on the engine at URL (tcp://, ssh://, unix://); beats BUILD.toml [engines].")
 @click.option("--wait", "wait", default="30m", show_default=True, metavar="DURATION",
               help="With --shard: how long to wait for another shard's image (e.g. 90s, 30m, 1h).")
 @click.pass_context
 def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None,
          registry: str | None, push: bool, version: str | None, as_json: bool, progress_mode: str, quiet: bool,
          verbose: bool, force: tuple[str, ...], pull: bool, shard: str | None, shard_plan: Path | None,
-         wait: str) -> None:
+         engine_routes: tuple[str, ...], wait: str) -> None:
     """Build TARGETS (default: all) and what they need, skipping what is up to date."""
     from olly.cli import progress
 
@@ -131,7 +222,8 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
             result = api.make(ctx.obj.root(), list(targets), jobs=jobs, keep_going=keep_going, network=network,
                               registry=registry, push=push, version=version, say=say, on_event=render,
                               force=list(force), pull=pull, command=" ".join(["olly", *sys.argv[1:]]),
-                              shard=shard, shard_plan=shard_plan, wait_s=_duration(wait))
+                              shard=shard, shard_plan=shard_plan, wait_s=_duration(wait),
+                              engines=_routes(engine_routes))
         finally:
             render.close()
         if as_json:
@@ -153,7 +245,7 @@ def log_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
     def run() -> None:
         runs = api.runs(ctx.obj.root(), limit)
         if as_json:
-            _emit_json([r.__dict__ for r in runs])
+            _emit_json({"runs": [r.__dict__ for r in runs]})
             return
         for r in runs:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts.items()))
@@ -188,8 +280,9 @@ def stats(ctx: click.Context, last: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
-@click.option("--registry", metavar="NAME", help="Also check which images that registry already holds.")
+@click.argument("targets", nargs=-1, shell_complete=_complete_patterns)
+@click.option("--registry", metavar="NAME", shell_complete=_complete_registries,
+              help="Also check which images that registry already holds.")
 @click.option("--version", "version", metavar="VERSION", help="Release version, as for make.")
 @click.option("--shards", type=click.IntRange(min=1), metavar="N", help="Also show how `make --shard I/N` splits the images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -212,7 +305,7 @@ def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, ver
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", shell_complete=_complete_targets)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def why(ctx: click.Context, target: str, as_json: bool) -> None:
@@ -221,7 +314,7 @@ def why(ctx: click.Context, target: str, as_json: bool) -> None:
     def run() -> None:
         info = api.why(ctx.obj.root(), target)
         if as_json:
-            _emit_json(info)
+            _emit_json({**info, "details": [structured(line) for line in info["changes"]]})
         elif info["current_key_built"]:
             _echo(f"{info['label']}: up to date: these inputs were built before (key {info['key']})")
         elif not info["built_before"]:
@@ -236,7 +329,7 @@ def why(ctx: click.Context, target: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", shell_complete=_complete_targets)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def inputs(ctx: click.Context, target: str, as_json: bool) -> None:
@@ -275,10 +368,16 @@ def _escape_char(c: str) -> str:
 
 
 def _image_inputs(tp: TargetPlan) -> dict[str, Any]:
-    """A multi-platform image: its index key and each platform's whole manifest."""
+    """The key's manifest (its ``schema`` is the key schema: ``key_schema`` here); a
+    multi-platform image: its index key and each platform's whole manifest."""
+
+    def doc(manifest: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in manifest.items() if k != "schema"}
+        return {"schema": JSON_SCHEMA, "key_schema": manifest.get("schema"), **out}
+
     if not tp.variants:
-        return tp.manifest
-    return {**tp.manifest, "platforms": {v.platform: v.manifest for v in tp.variants}}
+        return doc(tp.manifest)
+    return {**doc(tp.manifest), "platforms": {v.platform: doc(v.manifest) for v in tp.variants}}
 
 
 def _input_lines(tp: TargetPlan) -> list[str]:
@@ -297,10 +396,40 @@ def _input_lines(tp: TargetPlan) -> list[str]:
     lines += [f"dep      {d} {k}" for d, k in sorted(m["deps"].items())]
     lines += [f"base     {ref} {digest}" for ref, digest in sorted(m.get("bases", {}).items())]
     lines += [f"input    {h} {p}" for p, h in m["inputs"]]
-    for path, kind, exe, digest in m["files"]:
+    lines += _reach_lines(tp)
+    via = m.get("via") or [None] * len(m["files"])
+    for (path, kind, exe, digest), reached in zip(m["files"], via):
         mode = {"d": "dir ", "l": "link"}.get(kind, "exec" if exe else "file")
-        lines.append(f"{mode}     {digest or '-':32} {path}")
+        lines.append(f"{mode}     {digest or '-':32} {path}{_via_suffix(reached)}")
     return lines
+
+
+def _reach_lines(tp: TargetPlan) -> list[str]:
+    """What part of the context the key covers, and why (olly.reach)."""
+    info = tp.manifest.get("reach")
+    if not info:
+        return []
+    if info["whole"]:
+        lines = [f"reach    whole context: {info['whole']}"]
+    else:
+        lines = [f"reach    only what {info['dockerfile']} copies (each path below: the line that reaches it)"]
+    lines += [f"note     {note}" for note in info["notes"]]
+    builds = {tp.context.dockerfile_name, ".dockerignore"} if tp.context else set()
+    carried = [e for e in (tp.context.carried if tp.context else []) if e.path not in builds]
+    if carried:
+        lines.append(f"sent     {len(carried)} more entries, not keyed: copied only by stages the target does "
+                     "not use (the classic builder still runs them)")
+    return lines
+
+
+def _via_suffix(lines: list[int] | None) -> str:
+    if lines is None:
+        return ""
+    if not lines:
+        return "  <- parent"
+    if lines == [0]:
+        return "  <- the Dockerfile or .dockerignore links to it"
+    return f"  <- line{'s' if len(lines) > 1 else ''} {', '.join(str(n) for n in lines if n)}"
 
 
 def _chart_inputs(tp: TargetPlan) -> dict[str, Any]:
@@ -321,8 +450,8 @@ def _chart_lines(tp: TargetPlan) -> list[str]:
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid"]), default="text", show_default=True)
+@click.argument("targets", nargs=-1, shell_complete=_complete_patterns)
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid", "json"]), default="text", show_default=True)
 @click.pass_context
 def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
     """The target graph (dependencies after `<-`)."""
@@ -353,12 +482,12 @@ def lock(ctx: click.Context, images: tuple[str, ...], update: bool, check: bool)
     _run(ctx, run)
 
 
-@cli.group()
+@cli.group(short_help="Move the build cache between machines (for CI).")
 def cache() -> None:
     """Move the build cache between machines (e.g. CI runs)."""
 
 
-@cache.command("export")
+@cache.command("export", short_help="Write a snapshot of the cache to FILE.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
 def cache_export(ctx: click.Context, file: Path) -> None:
@@ -372,7 +501,7 @@ def cache_export(ctx: click.Context, file: Path) -> None:
     _run(ctx, run)
 
 
-@cache.command("import")
+@cache.command("import", short_help="Merge a cache snapshot from FILE (local entries win).")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def cache_import(ctx: click.Context, file: Path) -> None:
@@ -382,6 +511,90 @@ def cache_import(ctx: click.Context, file: Path) -> None:
         counts = api.cache_import(ctx.obj.root(), file, say=lambda m: _echo(f"olly: {m}", err=True))
         _echo(f"imported {counts['results']} build result(s), {counts['pushes']} push record(s), "
                    f"{counts['artifacts']} package record(s)")
+
+    _run(ctx, run)
+
+
+@cli.command(short_help="Remove old olly-<hash> images, chart packages and logs.")
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="The newest builds kept per target and platform; the current one is kept too.")
+@click.option("--registry", metavar="NAME", shell_complete=_complete_registries,
+              help="Also delete that registry's unreferenced content tags (never a version tag or a pinned digest).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@click.pass_context
+def gc(ctx: click.Context, keep: int, registry: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove olly's build results that nothing references any more: the engine's
+    `<repository>:olly-<hash>` tags, stored chart packages, old logs and their db rows (with
+    --registry, that registry's content tags), keeping every target's current key, its last
+    N builds, what kept charts pin and what version tags name."""
+
+    def run() -> int:
+        result = api.gc(ctx.obj.root(), keep=keep, registry=registry, dry_run=dry_run,
+                        say=lambda m: _echo(f"olly: {m}", err=True))
+        if as_json:
+            _emit_json({"dry_run": result.dry_run, "keep": result.keep, "kept": result.kept, "notes": result.notes,
+                        "items": [i.__dict__ for i in result.items]})
+        else:
+            for i in result.items:
+                _echo(f"{i.status:<14} {i.kind:<17} {i.name}  {_size(i.size)}" + (f"  ({i.detail})" if i.detail else ""))
+            for note in result.notes:
+                _echo(f"olly: {note}", err=True)
+            freed = sum(i.size for i in result.items if i.status in ("removed", "would remove"))
+            kept = ", ".join(f"{n} {kind}(s)" for kind, n in sorted(result.kept.items()))
+            verb = "would free" if dry_run else "freed"
+            _echo(f"{'dry run: ' if dry_run else ''}{len(result.items)} item(s), {verb} about {_size(freed)}; kept {kept}")
+        return EXIT_TARGET_FAILED if result.failed else 0
+
+    _run(ctx, run)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+@cli.command(short_help="Write a BUILD.toml for this repository's Dockerfiles and charts.")
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Write a commented BUILD.toml for the Dockerfiles and charts under the current
+    directory (or -C DIR), and add .cache/ and dist/ to .gitignore. Never overwrites a
+    BUILD.toml."""
+
+    def run() -> None:
+        result = api.init(Path(ctx.obj.directory or os.getcwd()))
+        _echo(f"wrote {result.path}: {len(result.images)} image(s), {len(result.charts)} chart(s)")
+        for i in result.images:
+            deps = f" <- {', '.join(i.depends_on)}" if i.depends_on else ""
+            _echo(f"  image {i.label}  {i.repository}{deps}")
+        for c in result.charts:
+            pins = ", ".join(f"{p} <- {label}" for p, label in sorted(c.images.items())) or "no image block matched"
+            _echo(f"  chart {c.label}  {pins}")
+        _echo(f".gitignore: {result.gitignore}; check the guesses in BUILD.toml, then run: olly plan")
+
+    _run(ctx, run)
+
+
+@cli.command(short_help="Check the engine, registries, qemu, lock, cache and git.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON document.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check what a run will need — engine, each registry of BUILD.toml, qemu for foreign
+    platforms, the base-image lock, a writable .cache/, git — and say how to fix each miss.
+    Exit 3 if anything is missing."""
+
+    def run() -> int:
+        result = api.doctor(Path(ctx.obj.directory or os.getcwd()))
+        if as_json:
+            _emit_json({"ok": result.ok, "workspace": str(result.root) if result.root else None,
+                        "checks": [c.__dict__ for c in result.checks]})
+        for c in [] if as_json else result.checks:
+            fix = f"  -> fix: {c.fix}" if c.fix and not c.ok else ""
+            _echo(f"{'ok' if c.ok else 'MISS':<5} {c.name:<16} {c.detail}{fix}")
+        return 0 if result.ok else EXIT_ENVIRONMENT
 
     _run(ctx, run)
 

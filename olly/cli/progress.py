@@ -52,6 +52,10 @@ class Renderer:
     def __init__(self, echo: Echo, verbose: bool) -> None:
         self.echo, self.verbose = echo, verbose
         self.running: dict[str, dict[str, Any]] = {}
+        self.width = 0  # of the label column, from the planned targets
+
+    def on_planned(self, e: Event) -> None:
+        self.width = max((len(label) for label in e.text.split("\n")), default=0)
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"on_{event.kind}", None)
@@ -71,7 +75,7 @@ class Renderer:
         self.result(e.outcome)
 
     def result(self, o: Any) -> None:
-        self.echo(report.outcome_line(o))
+        self.echo(report.outcome_line(o, self.width))
         if o.status == "failed" and o.tail:
             self.echo("\n".join(report.failure_details(o)))
 
@@ -106,7 +110,7 @@ class PlainRenderer(Renderer):
 
     def on_started(self, e: Event) -> None:
         super().on_started(e)
-        self.echo(f"{'started':<7} {e.label}")
+        self.echo(f"{'started':<7} {e.label}")  # not padded: nothing follows the label
 
     def on_step(self, e: Event) -> None:
         super().on_step(e)
@@ -181,7 +185,7 @@ class TtyRenderer(Renderer):
             super().result(o)
             return
         colour = {"built": "green", "cached": "blue", "failed": "red", "skipped": "yellow"}.get(o.status, "")
-        line = report.outcome_line(o)
+        line = report.outcome_line(o, self.width)
         self.live.console.print(f"[{colour}]{_esc(line[:7])}[/{colour}]{_esc(scrub(line[7:]))}")
         if o.status == "failed" and o.tail:
             self.live.console.print(_esc(scrub("\n".join(report.failure_details(o)))))

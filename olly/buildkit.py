@@ -1,0 +1,345 @@
+"""BuildKit builds through the engine's own API (``POST /build?version=2``), without a session.
+
+dockerd (API >= 1.39) runs a Dockerfile with BuildKit when ``/build`` gets ``version=2``: the
+context is the same tar stream the classic builder gets (so olly's exact-context check holds),
+and the response streams JSON lines whose ``moby.buildkit.trace`` items carry a base64
+protobuf ``StatusResponse`` (moby/buildkit ``api/services/control/control.proto``) and whose
+``moby.image.id`` item names the image built. This module turns that trace into olly's build
+log: one line per step (the vertex name, ``[2/5] RUN …``), the steps' output, and a
+``BuildFailed`` naming the failing step.
+
+Without a session the engine cannot ask the client for secrets or an ssh agent, so
+``RUN --mount=type=secret`` and ``--mount=type=ssh`` are refused here, before anything is sent.
+
+Also here: which builder a target uses (``builder_for``), decided at plan time because the
+builder is part of the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from olly import failpoints
+from olly.errors import OllyError
+from olly.scrub import scrub
+
+if TYPE_CHECKING:
+    from olly.engine import BuildRequest, Engine
+
+BUILDKIT, CLASSIC = "buildkit", "classic"
+BUILDERS = (BUILDKIT, CLASSIC)
+ENV = "OLLY_BUILDER"  # lowest-precedence override: below BUILD.toml, above the engine's default
+MIN_API = (1, 39)  # dockerd's /build takes version=2 from API 1.39 (Docker 18.09)
+TAIL = 20
+
+# -- choosing the builder -------------------------------------------------------------
+
+
+def supports(engine: Any) -> bool:
+    """Can ``engine`` build with BuildKit through /build?version=2? Docker from API 1.39. Podman's
+    compatible API takes ``version`` but builds with buildah: treated as classic. An engine that
+    says nothing about itself (a test double) is assumed to, like a plan without an engine."""
+    from olly.engine import DOCKER
+
+    if engine is None:
+        return True
+    override = getattr(engine, "supports_buildkit", None)
+    if isinstance(override, bool):
+        return override
+    if getattr(engine, "kind", DOCKER) != DOCKER:
+        return False
+    version = getattr(engine, "version", None)
+    if not isinstance(version, str):
+        return True
+    try:
+        return tuple(int(p) for p in version.split(".")[:2]) >= MIN_API
+    except ValueError:
+        return False
+
+
+def check_name(value: str, where: str) -> str:
+    if value not in BUILDERS:
+        raise OllyError("config-invalid", f"{where}: unknown builder {value!r} (expected \"buildkit\" or \"classic\")")
+    return value
+
+
+def builder_for(image_builder: str | None, workspace_builder: str | None, override: str | None,
+                engine: Any) -> str:
+    """The builder of one image: ``--builder``, else the image's ``builder``, else
+    ``[workspace] builder``, else ``$OLLY_BUILDER``, else BuildKit where the engine supports it
+    (and without an engine: olly plan/why/inputs offline), classic otherwise. Asking for BuildKit
+    on an engine without it is an error, not a silent switch: the builder is in the key."""
+    env = os.environ.get(ENV) or None
+    chosen = override or image_builder or workspace_builder or (check_name(env, f"${ENV}") if env else None)
+    if chosen is None:
+        return BUILDKIT if supports(engine) else CLASSIC
+    if chosen == BUILDKIT and not supports(engine):
+        kind = getattr(engine, "kind", "engine")
+        raise OllyError("builder-unsupported", f"builder \"buildkit\" was asked for, but the {kind} engine at "
+                        f"{getattr(engine, 'endpoint', '?')} cannot build with BuildKit through its API "
+                        "(needs Docker API >= 1.39): use builder = \"classic\" or --builder classic")
+    return chosen
+
+
+# -- the trace: moby.buildkit.v1.StatusResponse ----------------------------------------
+
+_MESSAGES: dict[str, Any] = {}
+
+
+def _message_classes() -> dict[str, Any]:
+    """StatusResponse and the messages it holds, declared with protobuf's descriptor API (the
+    fields of control.proto that olly reads; others are skipped as unknown fields)."""
+    if _MESSAGES:
+        return _MESSAGES
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+    ts = ".google.protobuf.Timestamp"
+    messages = {
+        "StatusResponse": [("vertexes", 1, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.Vertex"),
+                           ("statuses", 2, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexStatus"),
+                           ("logs", 3, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexLog"),
+                           ("warnings", 4, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexWarning")],
+        "Vertex": [("digest", 1, F.TYPE_STRING, opt, None), ("inputs", 2, F.TYPE_STRING, rep, None),
+                   ("name", 3, F.TYPE_STRING, opt, None), ("cached", 4, F.TYPE_BOOL, opt, None),
+                   ("started", 5, F.TYPE_MESSAGE, opt, ts), ("completed", 6, F.TYPE_MESSAGE, opt, ts),
+                   ("error", 7, F.TYPE_STRING, opt, None)],
+        "VertexStatus": [("ID", 1, F.TYPE_STRING, opt, None), ("vertex", 2, F.TYPE_STRING, opt, None),
+                         ("name", 3, F.TYPE_STRING, opt, None), ("current", 4, F.TYPE_INT64, opt, None),
+                         ("total", 5, F.TYPE_INT64, opt, None), ("timestamp", 6, F.TYPE_MESSAGE, opt, ts),
+                         ("started", 7, F.TYPE_MESSAGE, opt, ts), ("completed", 8, F.TYPE_MESSAGE, opt, ts)],
+        "VertexLog": [("vertex", 1, F.TYPE_STRING, opt, None), ("timestamp", 2, F.TYPE_MESSAGE, opt, ts),
+                      ("stream", 3, F.TYPE_INT64, opt, None), ("msg", 4, F.TYPE_BYTES, opt, None)],
+        "VertexWarning": [("vertex", 1, F.TYPE_STRING, opt, None), ("level", 2, F.TYPE_INT64, opt, None),
+                          ("short", 3, F.TYPE_BYTES, opt, None), ("detail", 4, F.TYPE_BYTES, rep, None),
+                          ("url", 5, F.TYPE_STRING, opt, None)],
+    }
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(name="olly/buildkit_control.proto", package="moby.buildkit.v1",
+                                              syntax="proto3", dependency=["google/protobuf/timestamp.proto"])
+    for name, fields in messages.items():
+        msg = file.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            f = msg.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                f.type_name = type_name
+    pool.Add(file)
+    for name in messages:
+        _MESSAGES[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"moby.buildkit.v1.{name}"))
+    return _MESSAGES
+
+
+def status_response_class() -> Any:
+    return _message_classes()["StatusResponse"]
+
+
+def decode_trace(aux: Any) -> Any:
+    """A ``moby.buildkit.trace`` item's ``aux`` (base64 of the protobuf bytes) as a StatusResponse."""
+    response = status_response_class()()
+    response.ParseFromString(base64.b64decode(aux))
+    return response
+
+
+# -- the trace as a build log ---------------------------------------------------------
+
+
+@dataclass
+class _Vertex:
+    name: str = ""
+    shown: bool = False
+    done: bool = False
+    partial: str = ""  # output after the last newline
+    lines: list[str] = field(default_factory=list)  # its last output lines
+
+
+class TraceLog:
+    """Turns StatusResponses into log lines: a vertex's name when it starts (``[2/5] RUN …``,
+    what the live view shows as the step), ``CACHED`` after a cached one, its output, and
+    ``ERROR: …`` for a failed one. ``emit`` gets every line (already scrubbed)."""
+
+    def __init__(self, emit: Any) -> None:
+        self._emit = emit
+        self.vertexes: dict[str, _Vertex] = {}
+        self.failed: list[tuple[str, str]] = []  # (vertex name, error), in order
+        self.tail: list[str] = []
+
+    def _line(self, line: str, v: _Vertex | None = None) -> None:
+        line = scrub(line.rstrip("\r"))
+        if not line.strip():
+            return
+        self.tail = (self.tail + [line])[-TAIL:]
+        if v is not None:
+            v.lines = (v.lines + [line])[-TAIL:]
+        self._emit(line)
+
+    def feed(self, response: Any) -> None:
+        for vx in response.vertexes:
+            v = self.vertexes.setdefault(vx.digest, _Vertex())
+            v.name = vx.name or v.name
+            if not v.shown and (vx.HasField("started") or vx.cached or vx.HasField("completed")):
+                v.shown = True
+                self._line(v.name)
+                if _STEP.match(v.name):
+                    failpoints.hit("building")  # the engine is mid-build
+            if vx.HasField("completed") and not v.done:
+                v.done = True
+                self._flush(v)
+                if vx.cached:
+                    self._line(f"CACHED {v.name}")
+                if vx.error:
+                    self.failed.append((v.name, vx.error))
+                    self._line(f"ERROR: {v.name}: {vx.error}")
+        for log in response.logs:
+            v = self.vertexes.setdefault(log.vertex, _Vertex())
+            text = v.partial + log.msg.decode("utf-8", "replace")
+            *complete, v.partial = text.split("\n")
+            for line in complete:
+                self._line(line, v)
+
+    def _flush(self, v: _Vertex) -> None:
+        if v.partial:
+            partial, v.partial = v.partial, ""
+            self._line(partial, v)
+
+    def close(self) -> None:
+        for v in self.vertexes.values():
+            self._flush(v)
+
+
+_STEP = re.compile(r"^\[(?:[\w-]+ )?\d+/\d+\] ")
+_EXIT_CODE = re.compile(r"exit code: (\d+)")
+_FROM_STEP = re.compile(r"^\[(?:[\w-]+ )?\d+/\d+\] FROM (\S+)")
+_METADATA = re.compile(r"^\[internal\] load metadata for (\S+)")
+
+
+def explain(error: str, trace: TraceLog) -> tuple[str, list[str]]:
+    """One line for a failed BuildKit build (the failing step first), and the tail to show."""
+    first = (error.strip().splitlines() or ["build failed"])[0]
+    name, vertex_error = trace.failed[0] if trace.failed else ("", "")
+    v = next((v for v in trace.vertexes.values() if v.name == name), None) if name else None
+    tail = (v.lines if v is not None and v.lines else trace.tail) + [first]
+    if "network bridge not found" in first or "network default not found" in first:
+        return (f"{first}: the engine has no bridge network for RUN steps; set network = \"host\" or \"none\" "
+                "(BUILD.toml or --network)", tail)
+    base = _FROM_STEP.match(name) or _METADATA.match(name)
+    if base:
+        return f"base image {base.group(1)} cannot be pulled: {first}", tail
+    if name and _STEP.match(name):
+        code = _EXIT_CODE.search(vertex_error or first)
+        if " RUN " in name and code:
+            return f"{name} returned a non-zero code: {code.group(1)}", tail
+        return f"{name} failed: {(vertex_error or first).splitlines()[0]}", tail
+    return first, tail
+
+
+# -- what needs a session -------------------------------------------------------------
+
+_NEEDS_SESSION = {
+    "secret": "pass the secret as a build arg instead (BUILD.toml `secrets = [\"NAME\"]`, then `ARG NAME`)",
+    "ssh": "fetch with a token passed as a secret build arg (BUILD.toml `secrets`) instead of an ssh agent",
+}
+
+
+def session_refusal(dockerfile: bytes, display: str) -> str | None:
+    """One line naming the first ``RUN --mount=type=secret|ssh`` (which BuildKit serves from a
+    client session olly does not open) and what to do instead; None if there is none."""
+    from olly import dockerfile as parser
+
+    try:
+        df = parser.parse(dockerfile)
+    except Exception:  # the engine will say what is wrong with it
+        return None
+    for inst in df.instructions:
+        if inst.keyword != "RUN":
+            continue
+        for name, value in parser.arguments(inst).flags:
+            if name != "mount" or not value:
+                continue
+            options = dict(part.partition("=")[::2] for part in value.split(","))
+            kind = options.get("type", "bind")
+            if kind in _NEEDS_SESSION:
+                return (f"{display}:{inst.line}: RUN --mount=type={kind} needs a BuildKit session, which olly does "
+                        f"not open: {_NEEDS_SESSION[kind]}")
+    return None
+
+
+# -- the build ------------------------------------------------------------------------
+
+
+def build_params(req: BuildRequest) -> dict[str, str]:
+    """/build query parameters for a BuildKit build; the same values the classic build gets."""
+    params = {"version": "2", "dockerfile": req.dockerfile_name, "rm": "1", "forcerm": "1",
+              "buildargs": json.dumps(req.args), "labels": json.dumps(req.labels)}
+    if req.target:
+        params["target"] = req.target
+    if req.platform:
+        params["platform"] = req.platform
+    if req.network:  # unset: the engine's default, as for the classic builder
+        params["networkmode"] = req.network
+    if req.pull:
+        params["pull"] = "1"
+    if req.no_cache:
+        params["nocache"] = "1"
+    return params
+
+
+def build(engine: Engine, req: BuildRequest) -> str:
+    """Build ``req`` with BuildKit on ``engine``; return the image id or raise BuildFailed."""
+    from olly.engine import BuildFailed, _base_image_auth, _encode_auth, _short
+
+    req.log_path.parent.mkdir(parents=True, exist_ok=True)
+    image_id: str | None = None
+    with open(req.log_path, "w", encoding="utf-8", errors="replace", buffering=1) as log:
+        refusal = session_refusal(req.dockerfile, req.dockerfile_display)
+        if refusal:
+            log.write(f"ERROR: {refusal}\n")
+            raise BuildFailed(refusal, [refusal])
+
+        def emit(line: str) -> None:
+            log.write(line + "\n")
+            if req.on_line is not None:
+                req.on_line(line)  # progress: the live view, --progress json
+
+        trace = TraceLog(emit)
+        try:
+            client = engine._client()
+            headers = {"Content-Type": "application/x-tar"}
+            auth = _base_image_auth(req.dockerfile)
+            if auth:
+                headers["X-Registry-Config"] = _encode_auth(auth)
+            response = client._post(client._url("/build"), params=build_params(req), data=req.context,
+                                    headers=headers, stream=True, timeout=None)
+            client._raise_for_status(response)
+            for item in client._stream_helper(response, decode=True):
+                if item.get("id") == "moby.buildkit.trace" and item.get("aux"):
+                    trace.feed(decode_trace(item["aux"]))
+                elif item.get("id") == "moby.image.id" and isinstance(item.get("aux"), dict):
+                    image_id = item["aux"].get("ID") or image_id
+                elif "stream" in item:
+                    for line in str(item["stream"]).splitlines():
+                        trace._line(line)
+                if "error" in item:
+                    trace.close()
+                    error = scrub(str(item["error"]).strip())
+                    log.write(f"ERROR: {error}\n")
+                    message, tail = explain(error, trace)
+                    raise BuildFailed(message, tail)
+            trace.close()
+        except BuildFailed:
+            raise
+        except OllyError:
+            raise
+        except Exception as exc:
+            log.write(f"ERROR: {scrub(str(exc))}\n")
+            short = scrub(_short(exc))
+            raise BuildFailed(f"engine error during build: {short}", trace.tail + [short])
+    if image_id is None:
+        raise BuildFailed("the engine reported no image id", trace.tail)
+    return image_id
