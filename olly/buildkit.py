@@ -77,13 +77,27 @@ def builder_for(image_builder: str | None, workspace_builder: str | None, overri
     env = os.environ.get(ENV) or None
     chosen = override or image_builder or workspace_builder or (check_name(env, f"${ENV}") if env else None)
     if chosen is None:
-        return BUILDKIT if supports(engine) else CLASSIC
+        # Classic until BuildKit holds every guarantee: it does not apply .dockerignore to the
+        # uploaded tar, so files the daemon must drop (an out-of-context Dockerfile, a
+        # self-excluding .dockerignore) would reach COPY (see check_context).
+        return CLASSIC
     if chosen == BUILDKIT and not supports(engine):
         kind = getattr(engine, "kind", "engine")
         raise OllyError("builder-unsupported", f"builder \"buildkit\" was asked for, but the {kind} engine at "
                         f"{getattr(engine, 'endpoint', '?')} cannot build with BuildKit through its API "
                         "(needs Docker API >= 1.39): use builder = \"classic\" or --builder classic")
     return chosen
+
+
+def check_context(builder: str, extras: list[Any], label: str) -> None:
+    """BuildKit copies what olly uploads, ignoring .dockerignore: the files the classic daemon
+    removes before COPY (``extras``: a generated ``.dockerfile.<hex>``, a self-excluding
+    .dockerignore or Dockerfile) would land in the image without being keyed as files."""
+    if builder == BUILDKIT and extras:
+        names = ", ".join(sorted(e.path for e in extras)[:3])
+        raise OllyError("builder-unsupported", f"{label}: builder \"buildkit\" would copy {names} into the image "
+                        "(BuildKit does not drop them as the classic daemon does): move the Dockerfile into the "
+                        "context and do not exclude it or .dockerignore, or use builder = \"classic\"")
 
 
 # -- the trace: moby.buildkit.v1.StatusResponse ----------------------------------------
@@ -219,7 +233,19 @@ _FROM_STEP = re.compile(r"^\[(?:[\w-]+ )?\d+/\d+\] FROM (\S+)")
 _METADATA = re.compile(r"^\[internal\] load metadata for (\S+)")
 
 
-def explain(error: str, trace: TraceLog) -> tuple[str, list[str]]:
+def _from_line(dockerfile: bytes, reference: str) -> tuple[int | None, str]:
+    """The Dockerfile line whose FROM names ``reference`` (BuildKit says it normalised:
+    ``docker.io/library/python:3.14-slim``) and the reference as written there."""
+    from olly.engine import _FROM, canonical_ref
+
+    for number, line in enumerate(dockerfile.decode("utf-8", "replace").splitlines(), start=1):
+        match = _FROM.match(line)
+        if match and canonical_ref(match.group(1)) == canonical_ref(reference):
+            return number, match.group(1)
+    return None, reference
+
+
+def explain(error: str, trace: TraceLog, req: BuildRequest | None = None) -> tuple[str, list[str]]:
     """One line for a failed BuildKit build (the failing step first), and the tail to show."""
     first = (error.strip().splitlines() or ["build failed"])[0]
     name, vertex_error = trace.failed[0] if trace.failed else ("", "")
@@ -230,7 +256,9 @@ def explain(error: str, trace: TraceLog) -> tuple[str, list[str]]:
                 "(BUILD.toml or --network)", tail)
     base = _FROM_STEP.match(name) or _METADATA.match(name)
     if base:
-        return f"base image {base.group(1)} cannot be pulled: {first}", tail
+        line, image = _from_line(req.dockerfile, base.group(1)) if req is not None else (None, base.group(1))
+        where = f" ({req.dockerfile_display}:{line})" if req is not None and line else ""
+        return f"base image {image} cannot be pulled{where}: {first}", tail
     if name and _STEP.match(name):
         code = _EXIT_CODE.search(vertex_error or first)
         if " RUN " in name and code:
@@ -273,21 +301,40 @@ def session_refusal(dockerfile: bytes, display: str) -> str | None:
 # -- the build ------------------------------------------------------------------------
 
 
-def build_params(req: BuildRequest) -> dict[str, str]:
-    """/build query parameters for a BuildKit build; the same values the classic build gets."""
+def build_params(req: BuildRequest, network: str | None = None) -> dict[str, str]:
+    """/build query parameters for a BuildKit build; the same values the classic build gets
+    (``network``: the one to send when ``req.network`` is unset, see ``_default_network``)."""
     params = {"version": "2", "dockerfile": req.dockerfile_name, "rm": "1", "forcerm": "1",
               "buildargs": json.dumps(req.args), "labels": json.dumps(req.labels)}
     if req.target:
         params["target"] = req.target
     if req.platform:
         params["platform"] = req.platform
-    if req.network:  # unset: the engine's default, as for the classic builder
-        params["networkmode"] = req.network
+    if req.network or network:  # unset: the engine's default, as for the classic builder
+        params["networkmode"] = req.network or network  # type: ignore[assignment]
     if req.pull:
         params["pull"] = "1"
     if req.no_cache:
         params["nocache"] = "1"
     return params
+
+
+_BRIDGE: dict[str, bool] = {}  # engine endpoint -> has a "bridge" network
+
+
+def _default_network(engine: Any, client: Any) -> str | None:
+    """The network a build with none set gets: the engine's default (None), as classic builds
+    get; but dockerd started without a bridge (``--bridge=none``) gives classic RUN steps no
+    network, while BuildKit would fail ("network bridge not found"): send ``none`` there."""
+    endpoint = str(getattr(engine, "endpoint", ""))
+    if endpoint not in _BRIDGE:
+        try:
+            client.inspect_network("bridge")
+            _BRIDGE[endpoint] = True
+        except Exception as exc:
+            # Only a definite "no such network" counts; anything else: leave it to the engine.
+            _BRIDGE[endpoint] = getattr(getattr(exc, "response", None), "status_code", None) != 404
+    return None if _BRIDGE[endpoint] else "none"
 
 
 def build(engine: Engine, req: BuildRequest) -> str:
@@ -314,7 +361,8 @@ def build(engine: Engine, req: BuildRequest) -> str:
             auth = _base_image_auth(req.dockerfile)
             if auth:
                 headers["X-Registry-Config"] = _encode_auth(auth)
-            response = client._post(client._url("/build"), params=build_params(req), data=req.context,
+            response = client._post(client._url("/build"), params=build_params(req, _default_network(engine, client)),
+                                    data=req.context,
                                     headers=headers, stream=True, timeout=None)
             client._raise_for_status(response)
             for item in client._stream_helper(response, decode=True):
@@ -329,7 +377,7 @@ def build(engine: Engine, req: BuildRequest) -> str:
                     trace.close()
                     error = scrub(str(item["error"]).strip())
                     log.write(f"ERROR: {error}\n")
-                    message, tail = explain(error, trace)
+                    message, tail = explain(error, trace, req)
                     raise BuildFailed(message, tail)
             trace.close()
         except BuildFailed:

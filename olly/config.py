@@ -14,7 +14,7 @@ import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -42,6 +42,7 @@ class _Strict(BaseModel):
 class WorkspaceSpec(_Strict):
     name: str = "workspace"
     network: str | None = None
+    builder: Literal["buildkit", "classic"] | None = None  # None: BuildKit where the engine has it
     source: str | None = None
 
 
@@ -57,6 +58,7 @@ class ImageSpec(_Strict):
     platform: str | None = None  # one platform; `platforms` for several (an OCI image index)
     platforms: list[str] | None = None
     network: str | None = None
+    builder: Literal["buildkit", "classic"] | None = None  # beats [workspace] builder
 
 
 class ChartSpec(_Strict):
@@ -95,6 +97,7 @@ class ImageTarget:
     platforms: tuple[str, ...]  # () = the registry's, else the engine's own platform
     network: str | None
     secrets: list[str] = field(default_factory=list)  # build args read from the environment
+    builder: str | None = None  # buildkit | classic; None: the workspace's (olly.buildkit.builder_for)
     kind: str = "image"
 
 
@@ -161,6 +164,8 @@ class Workspace:
     registries: dict[str, Registry] = field(default_factory=dict)
     build_file: Path | None = None
     engines: dict[str, str] = field(default_factory=dict)  # platform -> endpoint; others: DOCKER_HOST
+    builder: str | None = None  # [workspace] builder
+    builder_override: str | None = None  # olly make --builder: beats every image's own (set by olly.api)
 
     def registry(self, name: str) -> Registry:
         if name in self.registries:
@@ -362,7 +367,7 @@ def _pydantic_message(err: dict[str, Any]) -> str:
 
 def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
     ws = Workspace(root=loader.root, name=spec.workspace.name, network=spec.workspace.network,
-                   source=spec.workspace.source, build_file=loader.file)
+                   source=spec.workspace.source, build_file=loader.file, builder=spec.workspace.builder)
     if not spec.images and not spec.charts:
         raise loader.error((), "declares no targets: add an [images.\"<path>\"] or [charts.\"<path>\"] table", "config-empty")
     for name, reg in spec.registries.items():
@@ -424,7 +429,7 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
         label=label, repository=spec.repository, context=context, dockerfile=dockerfile,
         args=dict(spec.args), target=spec.target, inputs=list(spec.inputs),
         depends_on=list(spec.depends_on), platforms=platforms, network=spec.network,
-        secrets=sorted(set(spec.secrets)),
+        secrets=sorted(set(spec.secrets)), builder=spec.builder,
     )
 
 

@@ -27,8 +27,8 @@ from olly.config import ImageTarget, expand_inputs, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
-from olly.reach import Reach, Source
-from olly.selection import Node, Selected, Tree, Unreadable, select
+from olly.reach import Reach, Source, clean
+from olly.selection import Node, Tree, Unreadable, select
 
 # Fixed mtime of every tar entry (2000-01-01T00:00:00Z): keeps images reproducible
 # and stays after 1980, which zip-based tools (wheels, jars) inside RUN steps need.
@@ -103,20 +103,15 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
             _add_memory_entry(ctx, visible, ignore, IGNORE_FILE, ignore_bytes, _is_exec(ignore_path), ignore_link)
     shown = "" if ctx_dir == "." else ctx_dir + "/"
     ctx.reach = analyzer(dockerfile) if analyzer is not None else None
-    everything: list[int] = []  # lines that copy the whole context (`COPY . .`)
-    others = Selected()  # what the other sources reach, for their lines
     if ctx.reach is not None and ctx.reach.whole is None:
         if any(getattr(p, "error", "") for p in ignore.patterns):
             ctx.reach.whole = f"{ignore_display} holds a pattern that does not compile"
         else:
             try:
                 sent = specials | ({IGNORE_FILE} if df_rel is None else set())  # the CLI writes one
-                tree = _tree(root, ctx.dir, ignore, shown, sent, visible)
-                everything = [s.line for s in ctx.reach.sources if s.keyed and not s.path and not s.glob]
-                if not everything:
+                if not ctx.reach.everything:  # else (`COPY . .`) the plain walk below lists it all, faster
+                    tree = _tree(root, ctx.dir, ignore, shown, sent, visible)
                     return _scan_selected(root, ctx, tree, hasher, visible)
-                # Everything is keyed and sent: the plain walk below is the fast way to list it.
-                others = select(tree, [s for s in ctx.reach.sources if s.keyed and (s.path or s.glob)])
             except Unreadable as exc:
                 ctx.reach.whole = str(exc)
     entries: dict[str, Entry] = {}
@@ -129,8 +124,6 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
         entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
     entries = {**visible, **entries}
     ctx.entries = [entries[p] for p in sorted(entries)]
-    if everything:
-        ctx.via = {p: sorted(set(everything) | others.lines[p]) if p in others.lines else everything for p in entries}
     return ctx
 
 
@@ -152,6 +145,8 @@ def _scan_selected(root: Path, ctx: Context, tree: Tree, hasher: FileHasher, vis
     # A symlinked Dockerfile or .dockerignore is sent as a link: the daemon reads what it
     # points to, so that is sent and keyed too (line 0: the build itself needs it).
     links = [Source(rel, False, 0) for rel, e in visible.items() if e.type == "l"]
+    links += [Source(clean(posixpath.join(posixpath.dirname(e.path), e.digest)), False, 0)
+              for e in ctx.extras if e.type == "l"]  # excluded, but the daemon still reads it first
     chosen = select(tree, [*ctx.reach.sources, *links])
     keyed: list[Entry] = []
     carried = [e for rel, e in visible.items() if e.type != "d" and rel not in chosen.nodes]

@@ -30,6 +30,7 @@ _STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM\s+(?:--\S+\s+)*(\S+)", re.IGNOREC
 _PODMAN_STEP = re.compile(r"^STEP (\d+/\d+): ", re.MULTILINE)
 # Podman's failed RUN step; olly words it as Docker does, so messages do not depend on the engine.
 _PODMAN_RUN_FAILED = re.compile(r'^building at STEP "RUN (.*)": while running runtime: exit status (\d+)$')
+_ONBUILD = re.compile(r"#\(nop\) ONBUILD (.+)$")  # an image history entry of an ONBUILD instruction
 _PUSHED_DIGEST = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")  # "<tag>: digest: sha256:… size: N"
 _PULL_ERRORS = ("pull access denied", "manifest unknown", "not found: manifest", "dial tcp", "no such host",
                 "failed to resolve", "connection refused", "i/o timeout", "repository does not exist",
@@ -106,6 +107,16 @@ def canonical_ref(ref: str) -> str:
     return f"{host}/{path}"
 
 
+def familiar_ref(ref: str) -> str:
+    """``ref`` as Docker shows it (``docker.io/library/app:t`` → ``app:t``, ``localhost/org/app:t``
+    → ``org/app:t``): for messages; talk to the engine with the spelling it reported."""
+    full = canonical_ref(ref)
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if full.startswith(prefix):
+            return full[len(prefix):]
+    return full
+
+
 def has_tag(image: dict[str, Any], ref: str) -> bool:
     """Does ``image`` (an inspect result) carry the tag ``ref`` (``repository:tag``)? Docker
     reports ``repo:tag``, Podman ``docker.io/repo:tag`` or ``localhost/repo:tag``."""
@@ -124,6 +135,20 @@ def _loopback(reference: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _fill_onbuild(api: Any, image: dict[str, Any]) -> None:
+    """Podman's inspect reports no ``Config.OnBuild`` (4.3), though its builds run the triggers:
+    take them from the image history. A trigger that a build of this image already ran (from
+    its base) shows there too: olly then keys more of the context than needed, never less."""
+    config = image.get("Config")
+    if not isinstance(config, dict) or config.get("OnBuild"):
+        return
+    history = api.history(image["Id"])  # newest first
+    triggers = [m.group(1).strip() for item in reversed(history or [])
+                if (m := _ONBUILD.search(str(item.get("CreatedBy") or "")))]
+    if triggers:
+        config["OnBuild"] = triggers
 
 
 def _pushed_digest(item: dict[str, Any]) -> str | None:
@@ -178,7 +203,10 @@ class Engine:
         import docker.errors
 
         try:
-            return self.api.inspect_image(ref)
+            image: dict[str, Any] = self.api.inspect_image(ref)
+            if self.kind == PODMAN:
+                _fill_onbuild(self.api, image)
+            return image
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.APIError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from olly import charts, failpoints, progress, signing
+from olly.buildkit import BUILDKIT, CLASSIC
 from olly.charts import Pin
 from olly.config import UNPUBLISHED_DIR, ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
@@ -75,6 +76,7 @@ class RunContext:
     pull: bool = False  # --pull: the engine refreshes base images
     wait_s: float = 0.0  # --shard: how long to wait for another shard's image in the registry
     owners: dict[str, str] = field(default_factory=dict)  # --shard: label -> "shard 2/3"
+    builder: str | None = None  # --builder (already in each plan's key and manifest, which decide)
 
 
 LOGS_KEPT = 10  # earlier logs kept per target (and platform), oldest dropped first
@@ -123,6 +125,12 @@ def finish(o: Outcome) -> Outcome:
 def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str], log: Path) -> str:
     """Stream the planned context, build, verify the bytes and the platform, tag. Returns the image id."""
     assert tp.context is not None
+    if _builder(ctx, tp) == BUILDKIT:
+        # BuildKit keys its cache by symlink targets and platform: the classic builder's
+        # workarounds below (no layer cache; a second, uncached build) are not needed.
+        image_id = _build_once(ctx, tp, log, no_cache=False)
+        ctx.engine.tag(image_id, tp.repository, tp.tag)
+        return image_id
     misread = links_the_layer_cache_misreads(tp.context)
     if misread:  # a cached layer could hold an old link target under this new key
         notes.append(f"layer cache not used: symlink {misread[0]}{' and others' if len(misread) > 1 else ''} "
@@ -146,6 +154,11 @@ def build_image(ctx: RunContext, tp: TargetPlan, notes: list[str], log: Path) ->
     return image_id
 
 
+def _builder(ctx: RunContext, tp: TargetPlan) -> str:
+    """The builder the plan keyed (older manifests, without one: --builder, else classic)."""
+    return str(tp.manifest.get("builder") or ctx.builder or CLASSIC)
+
+
 def _build_once(ctx: RunContext, tp: TargetPlan, log: Path, no_cache: bool) -> str:
     assert tp.context is not None and isinstance(tp.target, ImageTarget)
     t = tp.target
@@ -156,7 +169,7 @@ def _build_once(ctx: RunContext, tp: TargetPlan, log: Path, no_cache: bool) -> s
         dockerfile_display=t.dockerfile, args=platform_args(tp.context.dockerfile, tp.platform) | tp.args,
         target=t.target, platform=tp.manifest["platform"],
         network=ctx.network_override or t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
-        log_path=log, no_cache=no_cache, pull=ctx.pull,
+        log_path=log, no_cache=no_cache, pull=ctx.pull, builder=_builder(ctx, tp),
         on_line=progress.line_emitter(ctx.emit, tp.label, tp.platform if tp.history != tp.label else ""),
     )
     keep_old_log(log)

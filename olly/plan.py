@@ -12,7 +12,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from olly import baselock, index, keys, reach, scrub, signing
+from olly import baselock, buildkit, index, keys, reach, scrub, signing
 from olly.cache import Cache
 from olly.charts import ChartSource, chart_key, chart_manifest, check_overlay, load_chart, load_overlay, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
@@ -87,14 +87,15 @@ class Plan:
 
 
 def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans: dict[str, TargetPlan],
-                   platform: str) -> TargetPlan:
-    """Hash a target's inputs into its key record, manifest and content tag."""
+                   platform: str, engine: Engine | None = None) -> TargetPlan:
+    """Hash a target's inputs into its key record, manifest and content tag. ``engine`` (the one
+    building this platform; None: not consulted) decides the default builder, which is keyed."""
     dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
     # Only what the Dockerfile can copy is keyed and sent (olly.reach; whole context if unsure).
     analyzer = reach.analyzer(target=t.target, args=t.args, secrets=set(t.secrets), platform=platform,
                               pins={r: e.digest for r, e in (baselock.read_lock(ws.root) or {}).items()},
                               deps={dep_arg_name(d): (dp.ref, d, dp.context.dockerfile if dp.context else b"")
-                                    for d, dp in dep_variants.items()})
+                                    for d, dp in dep_variants.items()}, engine=engine)
     ctx = scan(ws.root, t, hasher, analyzer)
     read = ctx.dockerfile  # keyed as read; the digests olly.lock pins its FROM lines to are `bases`
     pinned = baselock.pin_context(ws, t, ctx)  # the engine gets (and COPY may see) the pinned text
@@ -105,16 +106,19 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     labels = image_labels(ws, t)
     secret_values = _secret_values(ws, t)
     secrets = sorted(secret_values)  # names only: a secret's value is never keyed or stored
+    builder = buildkit.builder_for(t.builder, ws.builder, ws.builder_override, engine)
+    buildkit.check_context(builder, ctx.extras, t.label)
     record = keys.image_record(
         files=files, dockerfile=read, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets, bases=pinned.bases,
+        builder=builder,
     )
     key = keys.compute_key(record)
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(read),
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
-        "labels": labels, "secrets": secrets, "bases": pinned.bases,
+        "labels": labels, "secrets": secrets, "bases": pinned.bases, "builder": builder,
         **reach.manifest_fields(ctx.reach, ctx.via, files, t.dockerfile),  # not keyed: which line reaches what
     }
     # What the engine gets: the user's args, the secrets, each dependency's local image reference.
@@ -178,7 +182,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
         platforms = target_platforms(t, registry, engine.platform if engine else native_platform())
         variants = []
         for platform in platforms:
-            tp = compute_inputs(ws, t, hasher, plans, platform)
+            tp = compute_inputs(ws, t, hasher, plans, platform, engine_for(engine, platform))
             tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
             _decide_local(tp, cache, engine_for(engine, platform))  # the engine that builds this platform
             if client is not None and registry is not None:

@@ -61,6 +61,11 @@ class Reach:
     whole: str | None = None  # why the whole context is keyed; None: only what ``sources`` reach
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def everything(self) -> list[int]:
+        """Lines whose (keyed) source is the whole context: ``COPY . .``, a bind mount of ``.``."""
+        return [s.line for s in self.sources if s.keyed and not s.path and not s.glob]
+
 
 class _Whole(Exception):
     """The whole file is unreadable to olly (e.g. an unknown instruction)."""
@@ -79,12 +84,13 @@ class _Stage:
     index: int
     line: int
     name: str | None
-    base: str  # "scratch" | "stage" | "dep" | "image" | "unknown"
+    base: str  # "scratch" | "stage" | "image" (an external one or an olly dependency) | "unknown"
     ref: str  # the expanded FROM reference
     parent: int | None = None  # base stage index
     env: dict[str, object] = field(default_factory=dict)  # ENV (inherited from a base stage)
     args: dict[str, object] = field(default_factory=dict)  # ARGs declared in this stage
     uses: set[int] = field(default_factory=set)  # stages it copies or mounts from
+    refs: list[str] = field(default_factory=list)  # --from / from= values, resolved once all stages are read
     any_stage: bool = False  # an unresolved --from: it may use any stage
     sources: list[tuple[str, bool, int]] = field(default_factory=list)
     whole: str | None = None  # the first thing in it olly cannot read
@@ -117,8 +123,12 @@ def analyze(data: bytes, *, target: str | None, args: Mapping[str, str], blocked
         return Reach(whole=f"the Dockerfile has no stage named {target!r}")
     reached = _reachable(stages, chosen)
     out = Reach()
-    for s in stages[:chosen + 1]:  # the classic builder runs each stage up to the target
+    for s in stages:
         keyed = s.index in reached
+        if not keyed and s.index > chosen:
+            continue  # after the target and unused: no builder runs it
+        # Not keyed: the classic builder runs it (each stage up to the target) but the target
+        # does not use it, so it is sent (the build must not fail) and cannot change the image.
         problem = s.whole or _onbuild(s, stages, deps, probe, out.notes if keyed else [])
         if problem and keyed:
             return Reach(whole=problem, notes=out.notes)
@@ -150,7 +160,14 @@ def _read(df: Dockerfile, args: Mapping[str, str], blocked: set[str]) -> list[_S
             if inst.keyword != "ARG":
                 raise _Whole(f"{inst.keyword} before the first FROM (line {inst.line})")
         else:
-            _instruction(stages[-1], inst, stages, args, blocked, meta, df.escape)
+            _instruction(stages[-1], inst, args, blocked, meta, df.escape)
+    for stage in stages:  # BuildKit resolves --from names across the whole file
+        for value in stage.refs:
+            named = [s.index for s in stages if s.name == value.lower()]
+            if named:
+                stage.uses.add(named[0])
+            elif value.isdigit() and int(value) < len(stages):
+                stage.uses.add(int(value))
     return stages
 
 
@@ -179,8 +196,8 @@ def _from(inst: Instruction, stages: list[_Stage], meta: Mapping[str, object], e
     return stage
 
 
-def _instruction(stage: _Stage, inst: Instruction, stages: list[_Stage], args: Mapping[str, str],
-                 blocked: set[str], meta: Mapping[str, object], escape: str) -> None:
+def _instruction(stage: _Stage, inst: Instruction, args: Mapping[str, str], blocked: set[str],
+                 meta: Mapping[str, object], escape: str) -> None:
     kw = inst.keyword
     if kw == "ARG":
         _arg(stage, inst, args, blocked, meta, escape)
@@ -194,11 +211,11 @@ def _instruction(stage: _Stage, inst: Instruction, stages: list[_Stage], args: M
         if unknown:
             stage.give_up(f"unknown flag --{unknown[0]} on {kw} (line {inst.line})")
         elif kw in ("COPY", "ADD"):
-            _copy(stage, inst, a, stages, escape)
+            _copy(stage, inst, a, escape)
         elif kw == "RUN":
             for flag, value in a.flags:
                 if flag == "mount":
-                    _mount(stage, inst, value or "", stages, escape)
+                    _mount(stage, inst, value or "", escape)
 
 
 def _arg(stage: _Stage, inst: Instruction, args: Mapping[str, str], blocked: set[str],
@@ -237,27 +254,23 @@ def _env(stage: _Stage, inst: Instruction, escape: str) -> None:
         stage.env[name] = BLOCKED if value is None else value
 
 
-def _stage_ref(stage: _Stage, raw: str, stages: list[_Stage], escape: str) -> None:
-    """``--from=`` / ``from=``: a stage (by name or index) it now uses; anything else is an image.
-    BuildKit expands variables there; unresolved, it may be any stage."""
+def _stage_ref(stage: _Stage, raw: str, escape: str) -> None:
+    """``--from=`` / ``from=``: a stage (by name or index) it uses, or an image. BuildKit
+    expands variables there; unresolved, it may be any stage."""
     value = expand(raw, stage.variables(), escape) if "$" in raw else raw
     if value is None:
         stage.any_stage = True
-        return
-    named = [s.index for s in stages if s.name == value.lower()]
-    if named:
-        stage.uses.add(named[0])
-    elif value.isdigit() and int(value) < len(stages):
-        stage.uses.add(int(value))
+    else:
+        stage.refs.append(value)
 
 
-def _copy(stage: _Stage, inst: Instruction, a: d.Arguments, stages: list[_Stage], escape: str) -> None:
+def _copy(stage: _Stage, inst: Instruction, a: d.Arguments, escape: str) -> None:
     kw, flags = inst.keyword, dict(a.flags)
     if len(a.words) < 2:
         stage.give_up(f"{kw} without a source and a destination (line {inst.line})")
         return
     if "from" in flags:
-        _stage_ref(stage, flags["from"] or "", stages, escape)
+        _stage_ref(stage, flags["from"] or "", escape)
         return
     inline = {h.name for h in inst.heredocs}
     for word in a.words[:-1]:
@@ -276,7 +289,7 @@ def _copy(stage: _Stage, inst: Instruction, a: d.Arguments, stages: list[_Stage]
         stage.sources.append((clean(value), glob, inst.line))
 
 
-def _mount(stage: _Stage, inst: Instruction, spec: str, stages: list[_Stage], escape: str) -> None:
+def _mount(stage: _Stage, inst: Instruction, spec: str, escape: str) -> None:
     """``RUN --mount=type=bind,source=x,target=/y`` reads ``x`` of the context (default ``.``);
     ``from=`` (bind or cache) reads a stage or an image instead."""
     fields = dict((f.partition("=")[0].lower(), f.partition("=")[2]) for f in _csv(spec))
@@ -284,7 +297,7 @@ def _mount(stage: _Stage, inst: Instruction, spec: str, stages: list[_Stage], es
     if kind not in ("bind", "cache", "secret", "ssh", "tmpfs"):
         stage.give_up(f"RUN --mount type {kind!r} is unknown (line {inst.line})")
     elif "from" in fields and kind in ("bind", "cache"):
-        _stage_ref(stage, fields["from"], stages, escape)
+        _stage_ref(stage, fields["from"], escape)
     elif kind == "bind":
         raw = fields.get("source", fields.get("src", "."))
         value = expand(raw, stage.variables(), escape) if "$" in raw else raw
@@ -380,53 +393,21 @@ def _onbuild(s: _Stage, stages: list[_Stage], deps: Mapping[str, tuple[str, byte
 # -- wiring: what compute_inputs hands the analysis ---------------------------------------
 
 
-def _local_inspect(ref: str) -> dict | None:
-    """The local engine's ``inspect`` of ``ref`` (None: no engine, or it does not hold it).
-    The same engine for ``plan``, ``make``, ``why`` and ``inputs``, so they key alike."""
-    global _ENGINE
-    if _ENGINE is None:
-        from olly.engine import Engine
-        from olly.errors import OllyError
-
-        try:
-            _ENGINE = Engine()
-        except OllyError:
-            _ENGINE = False
-    if _ENGINE is False:
-        return None
-    try:
-        return _ENGINE.inspect(ref)
-    except Exception:  # an engine that fails now cannot prove anything: unchecked
-        return None
-
-
-_ENGINE: object = None  # None: not asked yet; False: no engine
-inspect_base: Callable[[str], "dict | None"] = _local_inspect  # tests replace it
-
-
-def probe_for(pins: Mapping[str, str]) -> Probe:
-    """ONBUILD triggers of a base as the engine holds it: by its olly.lock digest when pinned
-    (what the build uses), else by its reference."""
-
-    def probe(ref: str) -> list[str] | None:
-        image = inspect_base(f"{ref}@{pins[ref]}" if ref in pins else ref)
-        if image is None:
-            return None
-        return list((image.get("Config") or {}).get("OnBuild") or [])
-
-    return probe
-
-
 def analyzer(*, target: str | None, args: Mapping[str, str], secrets: set[str], platform: str,
-             deps: Mapping[str, tuple[str, str, bytes]], pins: Mapping[str, str]) -> Callable[[bytes], Reach]:
+             deps: Mapping[str, tuple[str, str, bytes]], pins: Mapping[str, str],
+             engine: object = None) -> Callable[[bytes], Reach]:
     """``analyze`` for one target: ``deps`` maps each dependency's build-arg name to (its image
-    reference, its label, its Dockerfile); the platform args olly passes are added."""
+    reference, its label, its Dockerfile); the platform args olly passes are added. Base
+    images are checked for ONBUILD in ``engine`` (the one building this platform), else in
+    the local engine (olly.basecheck)."""
+    from olly import basecheck
     from olly.jobs import platform_args  # what the classic builder receives for TARGETARCH & co
 
     def run(data: bytes) -> Reach:
         values = {**platform_args(data, platform), **args, **{name: ref for name, (ref, _, _) in deps.items()}}
         by_ref = {ref: (label, df) for ref, label, df in deps.values()}
-        return analyze(data, target=target, args=values, blocked=set(secrets), deps=by_ref, probe=probe_for(pins))
+        return analyze(data, target=target, args=values, blocked=set(secrets), deps=by_ref,
+                       probe=basecheck.probe_for(pins, engine))
 
     return run
 
@@ -434,11 +415,15 @@ def analyzer(*, target: str | None, args: Mapping[str, str], secrets: set[str], 
 def manifest_fields(result: Reach | None, via: Mapping[str, list[int]] | None, files: list[list[object]],
                     dockerfile: str) -> dict[str, object]:
     """What ``olly inputs`` and ``olly why`` show about the selection (never keyed): ``reach``
-    (the Dockerfile, why the whole context is keyed if it is, notes) and ``via``, parallel to
-    ``files``: the Dockerfile lines reaching each row ([] for a parent directory)."""
+    (the Dockerfile; why the whole context is keyed if olly cannot prove less; the lines that
+    copy all of it, ``COPY . .``; notes) and, when only part of the context is keyed, ``via``,
+    parallel to ``files``: the Dockerfile lines reaching each row ([] for a parent directory)."""
     if result is None:
         return {}
-    out: dict[str, object] = {"reach": {"dockerfile": dockerfile, "whole": result.whole, "notes": list(result.notes)}}
+    info = {"dockerfile": dockerfile, "whole": result.whole, "everything": [], "notes": list(result.notes)}
+    if result.whole is None:
+        info["everything"] = result.everything  # every entry is reached by these lines: no `via`
+    out: dict[str, object] = {"reach": info}
     if via is not None:
         out["via"] = [via.get(str(row[0]), []) for row in files]
     return out

@@ -40,6 +40,11 @@ PODMAN_SKIPS = {
 
 _podman = PodmanService()
 
+# OLLY_TEST_BUILDER=buildkit|classic: every olly of the session (and its subprocesses) defaults to
+# that builder through OLLY_BUILDER, the lowest-precedence choice (README: Builders).
+if os.environ.get("OLLY_TEST_BUILDER"):
+    os.environ["OLLY_BUILDER"] = os.environ["OLLY_TEST_BUILDER"]
+
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Point DOCKER_HOST at Podman before any test runs, if the session has engine tests."""

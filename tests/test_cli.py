@@ -186,3 +186,51 @@ def test_why_escapes_file_names(tmp_path: Path) -> None:
     proc = olly("why", "a", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert "  + file new\\nfile" in proc.stdout.splitlines(), proc.stdout
+
+
+# -- machine-readable output (issue #13) -------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("plan", "--json"), ("inputs", "apps/demo", "--json"), ("why", "apps/demo", "--json"),
+                                  ("graph", "--format", "json"), ("log", "--json"), ("stats", "--json")])
+def test_every_json_document_carries_a_schema(args: tuple[str, ...]) -> None:
+    proc = olly(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["schema"] == 1
+
+
+def test_a_fatal_error_in_json_mode_is_json_on_stdout_too() -> None:
+    proc = olly("plan", "web", "--json")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("olly: error: unknown target 'web'")
+    data = json.loads(proc.stdout)
+    assert data["schema"] == 1 and data["error"]["reason"] == "unknown-target" and data["error"]["exit_code"] == 2
+    assert "did you mean apps/web" not in data["error"]["message"]  # (no apps/web in this repo)
+    plain = olly("plan", "web")
+    assert plain.stdout == ""  # without --json, stdout stays empty
+
+
+def test_why_changes_come_as_structured_objects_too(tmp_path: Path) -> None:
+    from fakes import FakeEngine
+    from olly import api
+
+    root = tmp_path / "w"
+    shutil.copytree(REPO / "tests" / "data" / "busy", root)
+    api.make(root, ["solo"], engine=FakeEngine())
+    (root / "solo" / "data.txt").write_text("changed\n")
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace('GREETING = "hello"', 'GREETING = "bye"'))
+    data = json.loads(olly("why", "solo", "--json", cwd=root).stdout)
+    assert data["changes"] and len(data["details"]) == len(data["changes"])
+    by_path = {d["path"]: d for d in data["details"]}
+    assert by_path["data.txt"]["change"] == "modified" and by_path["data.txt"]["kind"] == "file"
+    assert by_path["GREETING"] | {"text": None} == {"change": "modified", "kind": "arg", "path": "GREETING",
+                                                    "old": "'hello'", "new": "'bye'", "detail": None, "text": None}
+
+
+def test_labels_relative_to_the_current_directory_and_bare_names() -> None:
+    inside = olly("plan", ".", cwd=REPO / "apps" / "demo")
+    assert inside.returncode == 0, inside.stderr
+    assert [line.split()[1] for line in inside.stdout.splitlines()[:-1]] == ["apps/demo"]
+    bare = olly("plan", "demo")
+    assert bare.returncode == 2 and "did you mean apps/demo?" in bare.stderr

@@ -40,15 +40,19 @@ def test_record_key_is_pinned() -> None:
     # Pins the encoding + hash of a hand-written record (see docs/keys.md example).
     record = keys.image_record(files=[["a.txt", "f", False, "00" * 16]], dockerfile=b"FROM scratch\n",
                                args={"X": "1"}, target=None, platform="linux/amd64", inputs=[], deps={}, labels={}, secrets=[], dockerignore=None,
-                               bases={})
+                               bases={}, builder="buildkit")
     assert keys.compute_key(record) == GOLDEN_RECORD_KEY
     # A locked base image (olly.lock) is keyed by its digest: the docs/keys.md example too.
     record["bases"] = {"python:3.14-slim": "sha256:" + "1" * 64}
     assert keys.compute_key(record) == GOLDEN_RECORD_KEY_LOCKED
+    # The builder is keyed: the same inputs built by the classic builder have another key.
+    record["bases"], record["builder"] = {}, "classic"
+    assert keys.compute_key(record) == GOLDEN_RECORD_KEY_CLASSIC
 
 
-GOLDEN_RECORD_KEY = "d1ad6609798bdf53a77d26c3cdb5c2e7"
-GOLDEN_RECORD_KEY_LOCKED = "19aef4a60b3e8ef18df409d745b572a0"
+GOLDEN_RECORD_KEY = "4b8ebd4eb419830fa2fa6e0a00468add"
+GOLDEN_RECORD_KEY_LOCKED = "471233d5b215960aa08f22537be9af05"
+GOLDEN_RECORD_KEY_CLASSIC = "59f6f36c2face85fd4c7bae0b38ca3e1"
 
 
 def golden_workspace(tmp_path: Path) -> Path:

@@ -16,7 +16,7 @@ from olly.cache import Cache
 import json
 
 from olly.engine import (DOCKER, PODMAN, Engine, _base_images, _explain, _literal_pattern, _loopback,
-                         _podman_network_params, _pushed_digest, canonical_ref, engine_kind, has_tag)
+                         _podman_network_params, _pushed_digest, canonical_ref, engine_kind, familiar_ref, has_tag)
 from olly.registry import Endpoint, RegistryClient
 from support import engine_under_test
 from test_publish_docker import by_label, pub
@@ -51,6 +51,12 @@ def test_no_tags_at_all() -> None:
 def test_canonical_ref_keeps_registry_hosts() -> None:
     assert canonical_ref("127.0.0.1:5000/a/b:t") == "127.0.0.1:5000/a/b:t"
     assert canonical_ref("localhost:5000/b@" + DIGEST) == "localhost:5000/b@" + DIGEST
+
+
+def test_familiar_ref_is_dockers_spelling() -> None:
+    assert [familiar_ref(r) for r in ("docker.io/library/app:t", "docker.io/org/app:t", "localhost/org/app:t",
+                                      "org/app:t", "127.0.0.1:5000/org/app:t")] == \
+        ["app:t", "org/app:t", "org/app:t", "org/app:t", "127.0.0.1:5000/org/app:t"]
 
 
 def test_engine_kind_from_version() -> None:
@@ -168,6 +174,8 @@ def test_a_link_leaving_the_context(tmp_path: Path, docker_client, busybox: Path
     """dockerd builds it; Podman cannot unpack such a context, and olly says why in one line
     (Podman's bare HTTP 500 would quote the request URL instead)."""
     ws = copy_workspace("busy", tmp_path, busybox, unique_prefix)
+    df = ws / "solo" / "Dockerfile"
+    df.write_text(df.read_text() + "COPY . /ctx/\n")  # the link is sent (olly sends what COPY can reach)
     (ws / "solo" / "l").symlink_to("../outside")
     o = api.make(ws, ["solo"]).outcomes[0]
     if engine_under_test() == PODMAN:
@@ -175,3 +183,16 @@ def test_a_link_leaving_the_context(tmp_path: Path, docker_client, busybox: Path
         assert "buildargs" not in o.reason
     else:
         assert o.status == "built", o.reason
+
+
+@pytest.mark.docker
+def test_an_images_onbuild_triggers_are_seen(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
+    """Podman runs ONBUILD triggers but its inspect omits Config.OnBuild: olly must still see
+    them (a trigger like COPY . makes the whole context an input of the images built on it)."""
+    ws = copy_workspace("busy", tmp_path, busybox, unique_prefix)
+    df = ws / "base" / "Dockerfile"
+    df.write_text(df.read_text() + "ONBUILD COPY . /ctx/\n")
+    base = by_label(api.make(ws, ["base"]))["base"]
+    assert base.status == "built", base.reason
+    image = Engine().inspect(base.ref)
+    assert image is not None and image["Config"]["OnBuild"] == ["COPY . /ctx/"]

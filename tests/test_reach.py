@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeEngine
-from olly import api, reach
+from olly import api, basecheck, reach
 from olly.dockerignore import DockerIgnore
 from olly.hashing import FileHasher
 from olly.reach import Reach, Source, analyze
@@ -72,6 +72,22 @@ def test_heredoc_bodies_are_not_instructions() -> None:
     r = read("FROM scratch\nCOPY <<EOF /x\nCOPY secret /\nEOF\nRUN <<-A cat\n\tRUN nothing\n\tA\n"
              'COPY <<"B" real /r/\nFROM nope\nB\n')
     assert keyed(r) == [("real", False, 8)]
+
+
+def test_the_parser_reads_heredocs_flags_and_json_as_docker_does() -> None:
+    from olly.dockerfile import arguments, extract_flags, parse, stages
+
+    df = parse(b"FROM a AS one\nRUN <<EOF\nFROM b\nEOF\nCOPY --chown=\"a b\" --link \\\n  x y\nFROM c\n")
+    assert [(i.keyword, i.line, i.end_line) for i in df.instructions] == [("FROM", 1, 1), ("RUN", 2, 4), ("COPY", 5, 6),
+                                                                        ("FROM", 7, 7)]
+    assert df.instructions[1].heredocs[0].content == "FROM b\n"
+    assert [s.image for s in stages(df)] == ["a", "c"]  # olly.lock pins no FROM of a heredoc body
+    a = arguments(df.instructions[2])
+    assert (a.flags, a.words, a.json) == ((("chown", "a b"), ("link", None)), ("x", "y"), False)
+    assert extract_flags("--a=1 -- --b x") == (["--a=1"], " --b x")  # a bare -- ends the flags
+    assert extract_flags(' --m="type=bind,src=a b" rest') == (["--m=type=bind,src=a b"], "rest")
+    assert arguments(parse(b'COPY ["a", "b c", "/d"]\n').instructions[0]).words == ("a", "b c", "/d")
+    assert arguments(parse(b'COPY ["a", 1]\n').instructions[0]).words == ('["a",', "1]")  # not a string array
 
 
 def test_unsafe_heredocs_fall_back() -> None:
@@ -150,6 +166,11 @@ def test_only_stages_the_target_reaches_are_keyed() -> None:
     assert keyed(read(text, target="A")) == [("a", False, 2)]  # stage names match case-insensitively
     assert keyed(read(text)) == [("d", False, 9)]
     assert carried(read(text)) == [("a", 2), ("b", 4), ("c", 7)]
+
+
+def test_copy_from_a_stage_defined_later_counts() -> None:
+    text = "FROM scratch AS final\nCOPY --from=late /x /x\nFROM scratch AS late\nCOPY late /x\n"
+    assert keyed(read(text, target="final")) == [("late", False, 4)]  # BuildKit resolves it: a superset
 
 
 def test_an_unresolved_from_flag_may_use_any_stage() -> None:
@@ -380,7 +401,7 @@ def test_inputs_show_the_line_reaching_each_path(mono: Path) -> None:
     assert not any("README.md" in line for line in lines if not line.startswith("sent"))
     assert any(line.startswith("sent     1 more entries, not keyed") for line in lines), lines
     m = api.inputs(mono, "pay").manifest
-    assert m["reach"] == {"dockerfile": "src/pay/Dockerfile", "whole": None, "notes": []}
+    assert m["reach"] == {"dockerfile": "src/pay/Dockerfile", "whole": None, "everything": [], "notes": []}
     assert dict(zip([r[0] for r in m["files"]], m["via"]))["src/pay/a.go"] == [6]
 
 
@@ -393,22 +414,28 @@ def test_why_names_the_line(mono: Path) -> None:
 
 
 def test_copy_everything_is_still_the_whole_context(mono: Path) -> None:
-    files = {row[0] for row in api.inputs(mono, "web").manifest["files"]}
+    from olly.cli import _input_lines
+
+    tp = api.inputs(mono, "web")
+    files = {row[0] for row in tp.manifest["files"]}
     assert {"BUILD.toml", "README.md", "src/pay/README.md", "pb/demo.proto", ".dockerignore"} <= files
     assert "docs" not in files and "src/pay/notes.tmp" not in files
+    assert tp.manifest["reach"]["everything"] == [2] and "via" not in tp.manifest
+    assert "reach    whole context: src/web/Dockerfile line 2 copies it" in _input_lines(tp)
+    assert any(line.endswith(" README.md") for line in _input_lines(tp))  # no per-path line: all are line 2
 
 
 def test_an_onbuild_base_falls_back_and_inputs_say_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from olly.cli import _input_lines
 
     ws = mono_like(tmp_path / "ws", "FROM python:3.14-slim\nCOPY app /app\n", ("app/a.go", "other.txt"))
-    monkeypatch.setattr(reach, "inspect_base", lambda ref: {"Config": {"OnBuild": ["COPY . /app"]}})
+    monkeypatch.setattr(basecheck, "inspect_base", lambda ref: {"Config": {"OnBuild": ["COPY . /app"]}})
     tp = api.inputs(ws, "img")
     assert "reach    whole context: ONBUILD in python:3.14-slim" in _input_lines(tp)
     assert "other.txt" in {row[0] for row in tp.manifest["files"]} and "via" not in tp.manifest
-    monkeypatch.setattr(reach, "inspect_base", lambda ref: {"Config": {"OnBuild": None}})
+    monkeypatch.setattr(basecheck, "inspect_base", lambda ref: {"Config": {"OnBuild": None}})
     assert "other.txt" not in {row[0] for row in api.inputs(ws, "img").manifest["files"]}
-    monkeypatch.setattr(reach, "inspect_base", lambda ref: None)
+    monkeypatch.setattr(basecheck, "inspect_base", lambda ref: None)
     lines = _input_lines(api.inputs(ws, "img"))
     assert "note     ONBUILD triggers of python:3.14-slim not checked: the engine does not hold it" in lines
 
@@ -418,7 +445,7 @@ def test_a_locked_base_is_checked_by_its_digest(tmp_path: Path, monkeypatch: pyt
     digest = "sha256:" + "1" * 64
     (ws / "olly.lock").write_text(f'version = 1\n[base."python:3.14-slim"]\nkind = "manifest"\ndigest = "{digest}"\n')
     asked = []
-    monkeypatch.setattr(reach, "inspect_base", lambda ref: asked.append(ref))
+    monkeypatch.setattr(basecheck, "inspect_base", lambda ref: asked.append(ref))
     api.inputs(ws, "img")
     assert asked == [f"python:3.14-slim@{digest}"]
 
@@ -444,6 +471,16 @@ def test_a_dockerignore_pattern_that_does_not_compile_keys_the_whole_context(tmp
     tp = api.inputs(ws, "img")
     assert tp.manifest["reach"]["whole"] == ".dockerignore holds a pattern that does not compile"
     assert "other.txt" in {r[0] for r in tp.manifest["files"]}
+
+
+def test_a_locked_dockerfile_is_sent_pinned_even_when_nothing_copies_it(tmp_path: Path) -> None:
+    ws = mono_like(tmp_path / "ws", "FROM python:3.14-slim\nCOPY app /app\n")
+    digest = "sha256:" + "2" * 64
+    (ws / "olly.lock").write_text(f'version = 1\n[base."python:3.14-slim"]\nkind = "manifest"\ndigest = "{digest}"\n')
+    engine = FakeEngine()
+    (o,) = api.make(ws, [], engine=engine).outcomes
+    assert engine.received[o.image_id]["Dockerfile"] == f"FROM python:3.14-slim@{digest}\nCOPY app /app\n".encode()
+    assert "Dockerfile" not in {r[0] for r in api.inputs(ws, "img").manifest["files"]}  # keyed as bytes only
 
 
 def test_a_symlinked_dockerfile_sends_what_it_points_to(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """"Not an input" checked against Docker itself, not against olly (issue #9).
 
-For each Dockerfile construct, a small workspace (context = its root) is built with the real
-CLI, ``DOCKER_BUILDKIT=0 docker build --no-cache``, from the WHOLE context. Then every file
+For each Dockerfile construct, a small workspace (context = its root) is built by the engine
+from the WHOLE context, with both builders: the classic one by the real CLI
+(``DOCKER_BUILDKIT=0 docker build --no-cache``), and the engine's BuildKit through its API
+(``POST /build?version=2``, the context tarred by docker-py, whose .dockerignore reading is
+not olly's; there is no buildx here for the CLI). Then every file
 olly's reader calls unreachable is edited (content and executable bit), and new files are
 added where the reader says nothing reaches: built again, the image must hold exactly the
 same layers (every tar header and byte; only the mtimes of directories the daemon creates
@@ -13,10 +16,11 @@ hold the same files as the CLI's whole-context image (olly's tar normalises mtim
 Fallback cases go the other way: there the reader keys the whole context because Docker's
 image really depends on a file no COPY names (an ONBUILD trigger), shown by the same build.
 
-BuildKit-only forms (heredocs, ``COPY --parents``/``--exclude``/``--chmod``/``--link``,
-``RUN --mount``) cannot be built by this engine's classic builder, which refuses them; for
-those, tests/test_reach.py checks the reader and ``test_buildkit_only_forms_fail_on_the_classic_builder``
-checks that no image can depend on anything here.
+``RUN --mount`` (bind, ``from=``, cache ``from=``), ``COPY --chmod`` and ``**`` are built by
+BuildKit only (the classic builder refuses the first two). This engine's BuildKit (dockerd
+20.10's) refuses heredocs, ``COPY --parents``/``--exclude``/``--link``, as the classic builder
+does: no image here can depend on a file through them (checked below); tests/test_reach.py
+checks olly's reader on them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from docker.utils.build import exclude_paths
 
 from olly import api
 from olly.context import TarStream
@@ -52,9 +58,18 @@ class Case:
     args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
     whole: str | None = None  # the reader must fall back with this reason (prefix)
+    builders: tuple[str, ...] = ("classic", "buildkit")
 
     def __str__(self) -> str:
         return self.name
+
+
+BB = "FROM scratch\nCOPY busybox /bin/busybox\n"  # a static busybox: RUN needs a program
+
+
+def cp(src: str, dst: str) -> str:
+    """A RUN copying a mount into the image, keeping mtimes (a plain cp stamps the build time)."""
+    return f'["/bin/busybox", "cp", "-rp", "{src}", "{dst}"]'
 
 
 MONO = ("src/cart/main.go", "src/cart/util/x.go", "src/pay/main.go", "pb/demo.proto", "docs/guide.md", "README.md")
@@ -99,6 +114,20 @@ CASES = [
     C("onbuild_in_a_stage", ("app/a.go", "other.txt"),
       "FROM scratch AS base\nONBUILD COPY . /ctx/\nFROM base\nCOPY app /app\n", "other.txt",
       whole="ONBUILD in stage base (line 2)"),
+    # BuildKit only: RUN --mount reads the context (or a stage) without copying it.
+    C("run_mount_bind", ("busybox", "a/x.txt", "a/y/z.txt", "other/o.txt", "o.txt"),
+      f"{BB}RUN --mount=type=bind,source=a,target=/a {cp('/a', '/out')}\n", "a/y/z.txt", builders=("buildkit",)),
+    C("run_mount_default_source_is_everything", ("busybox", "a/x.txt", "skip.md"),
+      f"{BB}RUN --mount=target=/ctx {cp('/ctx/a', '/out')}\n", "a/x.txt", ignore="*.md\n", builders=("buildkit",)),
+    C("run_mount_from_a_stage", ("busybox", "s/x.txt", "other.txt"),
+      f"FROM scratch AS s\nCOPY s /s\n{BB}RUN --mount=type=bind,from=s,source=/s,target=/m {cp('/m', '/out')}\n", "s/x.txt",
+      builders=("buildkit",)),
+    C("run_mount_cache_from_a_stage", ("busybox", "s/x.txt", "other.txt"),
+      f"FROM scratch AS s\nCOPY s /s\n{BB}RUN --mount=type=cache,from=s,source=/s,target=/m {cp('/m', '/out')}\n",
+      "s/x.txt", builders=("buildkit",)),
+    C("copy_chmod", ("a/x.txt", "b/y.txt"), "FROM scratch\nCOPY --chmod=755 a /d/\n", "a/x.txt", builders=("buildkit",)),
+    C("doublestar", ("t.txt", "a/b.txt", "a/x/c.txt", "a/c.md", "b/x/d.txt"), "FROM scratch\nCOPY a/**/*.txt /d/\n",
+      "a/x/c.txt"),  # olly: ** spans any depth (a superset); these builders: one segment
 ]
 
 
@@ -115,17 +144,27 @@ def make_tree(root: Path, case: Case) -> None:
                 info = tarfile.TarInfo("inner.txt")
                 info.size = 5
                 tar.addfile(info, io.BytesIO(b"inner"))
+        elif name == "busybox":
+            shutil.copyfile(BUSYBOX, path)
+            path.chmod(0o755)
+            # BuildKit shares a layer between concurrent builds of the same content, whatever
+            # its mtime: give every case's copy the same one.
+            os.utime(path, (946684800, 946684800))
         elif name.endswith("/"):
             path.mkdir(exist_ok=True)
         else:
-            path.write_text(f"{name}\n")
+            path.write_text(f"{case.name}: {name}\n")  # unique: BuildKit shares equal layers across builds
     (root / "Dockerfile").write_text(case.dockerfile)
     # olly's own .cache/ (made by `olly inputs`) is never sent by olly; keep the CLI from sending it.
     (root / ".dockerignore").write_text(".cache\n" + (case.ignore or ""))
     args = "".join(f'{k} = "{v}", ' for k, v in case.args.items()).rstrip(", ")
-    (root / "BUILD.toml").write_text(f'[images.img]\nrepository = "t/img"\ncontext = "."\n'
+    (root / "BUILD.toml").write_text('[images.img]\nrepository = "t/img"\ncontext = "."\n'
                                      + (f'target = "{case.target}"\n' if case.target else "")
                                      + (f"args = {{ {args} }}\n" if args else ""))
+
+
+BUSYBOX = "/bin/busybox"
+IMAGES: list[str] = []
 
 
 def docker(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
@@ -136,7 +175,10 @@ def docker(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> b
     return done.stdout
 
 
-def build(root: Path, case: Case, tar: bytes | None = None, dockerfile: str = "Dockerfile") -> str:
+def build(root: Path, case: Case, builder: str, tar: bytes | None = None, dockerfile: str = "Dockerfile") -> str:
+    """An image of ``root`` (the whole context) or of ``tar`` (olly's), with no layer cache."""
+    if builder == "buildkit":
+        return buildkit(root, case, tar, dockerfile)
     flags = ["--no-cache", "-q", "-f", dockerfile]
     flags += ["--target", case.target] if case.target else []
     for k, v in case.args.items():
@@ -146,7 +188,35 @@ def build(root: Path, case: Case, tar: bytes | None = None, dockerfile: str = "D
     return image
 
 
-IMAGES: list[str] = []
+def buildkit(root: Path, case: Case, tar: bytes | None, dockerfile: str) -> str:
+    """The engine's BuildKit through its API; the whole context tarred by docker-py."""
+    if tar is None:
+        patterns = [line for line in (root / ".dockerignore").read_text().splitlines() if line]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as out:
+            for rel in sorted(exclude_paths(str(root), patterns)):
+                out.add(root / rel, arcname=rel, recursive=False)
+        tar = buf.getvalue()
+    api = docker_api()
+    params = {"version": "2", "nocache": "1", "networkmode": "none", "dockerfile": dockerfile,
+              "buildargs": json.dumps(case.args)} | ({"target": case.target} if case.target else {})
+    response = api._post(api._url("/build"), params=params, data=tar, headers={"Content-Type": "application/x-tar"},
+                         stream=True)
+    image, errors = None, []
+    for line in response.iter_lines():
+        item = json.loads(line)
+        if item.get("id") == "moby.image.id":
+            image = item["aux"]["ID"]
+        errors += [item["error"]] if "error" in item else []
+    assert image and not errors, f"BuildKit: {errors}"
+    IMAGES.append(image)
+    return image
+
+
+def docker_api():  # noqa: ANN201
+    import docker as sdk
+
+    return sdk.APIClient(version="auto", timeout=300)
 
 
 def layers(image: str, mtimes: bool = True) -> list[tuple]:
@@ -158,7 +228,8 @@ def layers(image: str, mtimes: bool = True) -> list[tuple]:
         for n, name in enumerate(manifest[0]["Layers"]):
             with tarfile.open(fileobj=io.BytesIO(saved.extractfile(name).read())) as layer:  # type: ignore[union-attr]
                 for m in layer:
-                    body = hashlib.sha256(layer.extractfile(m).read()).hexdigest() if m.isfile() else ""  # type: ignore[union-attr]
+                    data = layer.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
+                    body = hashlib.sha256(data).hexdigest() if m.isfile() else ""
                     out.append((n, m.name, m.type, m.mode, m.uid, m.gid, m.linkname, body,
                                 m.mtime if mtimes and not m.isdir() else 0))
     return out
@@ -211,51 +282,64 @@ def olly_tar(root: Path) -> tuple[bytes, str]:
     return b"".join(TarStream(root, tp.context)), tp.context.dockerfile_name
 
 
-def run_case(base: Path, case: Case) -> dict:
-    root = base / case.name
+def run_case(base: Path, case: Case, builder: str) -> dict:
+    root = base / f"{case.name}@{builder}"
     root.mkdir()
     make_tree(root, case)
     keyed, whole = keyed_paths(root)
-    before = layers(build(root, case))
+    before = layers(build(root, case, builder))
     result = {"keyed": keyed, "whole": whole, "edited": edit_unreached(root, keyed)}
-    result["unreached_edit_changed"] = layers(build(root, case)) != before
+    after = layers(build(root, case, builder))
+    result["unreached_edit_changed"] = [row for row in after if row not in before] if after != before else []
     tar, name = olly_tar(root)
-    result["olly_same_files"] = layers(build(root, case, tar, name), mtimes=False) == layers(build(root, case), mtimes=False)
+    olly = layers(build(root, case, builder, tar, name), mtimes=False)
+    result["olly_same_files"] = olly == layers(build(root, case, builder), mtimes=False)
     with open(root / case.reachable, "a") as fh:
         fh.write("edited too\n")
-    result["reachable_edit_changed"] = layers(build(root, case)) != before
+    result["reachable_edit_changed"] = layers(build(root, case, builder)) != before
     return result
 
 
+RUNS = [(c, b) for c in CASES for b in c.builders]
+
+
+def run_id(run: tuple[Case, str]) -> str:
+    return f"{run[0].name}@{run[1]}"
+
+
 @pytest.fixture(scope="module")
-def results(docker_client, tmp_path_factory) -> dict[str, dict]:
+def results(docker_client, busybox, tmp_path_factory) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("reach-docker")
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:
-            return dict(zip((c.name for c in CASES), pool.map(lambda c: run_case(base, c), CASES)))
+            return dict(zip(map(run_id, RUNS), pool.map(lambda run: run_case(base, *run), RUNS)))
     finally:
         for image in set(IMAGES):
             subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.whole is None], ids=str)
-def test_an_unreachable_edit_leaves_the_image_identical(case: Case, results: dict[str, dict]) -> None:
-    r = results[case.name]
+@pytest.mark.parametrize("run", [r for r in RUNS if r[0].whole is None], ids=run_id)
+def test_an_unreachable_edit_leaves_the_image_identical(run: tuple[Case, str], results: dict[str, dict]) -> None:
+    case, r = run[0], results[run_id(run)]
     assert r["whole"] is None, r["whole"]
     assert case.reachable in r["keyed"]
     assert r["edited"], "nothing unreachable to edit"
-    assert not r["unreached_edit_changed"], f"Docker's image changed after editing {r['edited']}: olly missed an input"
+    assert not r["unreached_edit_changed"], (f"Docker's image changed after editing {r['edited']}: olly missed an "
+                                             f"input; new layer entries: {r['unreached_edit_changed']}")
     assert r["reachable_edit_changed"], "the comparison did not see an edit to a reachable file"
-    assert r["olly_same_files"], "the image built from olly's reduced context differs from the CLI's"
+    assert r["olly_same_files"], "the image built from olly's reduced context differs from the whole context's"
 
 
-def test_copy_everything_keys_every_entry(results: dict[str, dict]) -> None:
-    assert {"a.txt", "d", "d/b.txt", "Dockerfile", ".dockerignore", "BUILD.toml"} <= results["copy_everything"]["keyed"]
+@pytest.mark.parametrize("name, ignored", [("copy_everything", "x.md"),
+                                           ("run_mount_default_source_is_everything", "skip.md")])
+def test_copying_everything_keys_every_entry(name: str, ignored: str, results: dict[str, dict]) -> None:
+    keyed = next(r for run, r in results.items() if run.startswith(name + "@"))["keyed"]
+    assert {"Dockerfile", ".dockerignore", "BUILD.toml"} <= keyed and ignored not in keyed
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.whole is not None], ids=str)
-def test_a_fallback_is_needed_where_olly_falls_back(case: Case, results: dict[str, dict]) -> None:
-    r = results[case.name]
+@pytest.mark.parametrize("run", [r for r in RUNS if r[0].whole is not None], ids=run_id)
+def test_a_fallback_is_needed_where_olly_falls_back(run: tuple[Case, str], results: dict[str, dict]) -> None:
+    case, r = run[0], results[run_id(run)]
     assert r["whole"] is not None and r["whole"].startswith(case.whole)
     assert r["edited"] == [], "the whole context is keyed: nothing is unreachable"
     assert r["reachable_edit_changed"], f"Docker's image does depend on {case.reachable}, which no COPY names"
@@ -276,12 +360,10 @@ def test_onbuild_in_a_base_image_the_engine_holds(docker_client, tmp_path: Path)
         make_tree(root, case)
         keyed, whole = keyed_paths(root)
         assert whole == f"ONBUILD in {base}" and "other.txt" in keyed
-        before = layers(build(root, case))
+        before = layers(build(root, case, "classic"))
         (root / "other.txt").write_text("changed\n")
-        assert layers(build(root, case)) != before
+        assert layers(build(root, case, "classic")) != before
     finally:
-        for image in set(IMAGES):
-            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
         docker("rmi", "-f", base)
 
 
@@ -289,16 +371,22 @@ def test_onbuild_in_a_base_image_the_engine_holds(docker_client, tmp_path: Path)
     "FROM scratch\nCOPY <<EOF /x\nhello\nEOF\n",
     "FROM scratch\nCOPY --parents ./a/./b.txt /d/\n",
     "FROM scratch\nCOPY --exclude=*.md a /d/\n",
-    "FROM scratch\nCOPY --chmod=755 a /d/\n",
     "FROM scratch\nCOPY --link a /d/\n",
-    "FROM scratch AS s\nCOPY a /a\nFROM scratch\nRUN --mount=type=bind,source=a,target=/a true\n",
-], ids=["heredoc", "parents", "exclude", "chmod", "link", "run-mount"])
-def test_buildkit_only_forms_fail_on_the_classic_builder(docker_client, tmp_path: Path, dockerfile: str) -> None:
-    """This engine cannot build them at all, so no image here depends on any file through
-    them; olly reads them as BuildKit does (tests/test_reach.py)."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "b.txt").write_text("b\n")
-    (tmp_path / "Dockerfile").write_text(dockerfile)
-    done = subprocess.run(["docker", "build", "-q", "."], cwd=tmp_path, capture_output=True, timeout=120,
-                          env=dict(os.environ, DOCKER_BUILDKIT="0"))
-    assert done.returncode != 0, "the classic builder built a BuildKit-only form: compare it with olly's reader"
+], ids=["heredoc", "parents", "exclude", "link"])
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_forms_this_engine_cannot_build(docker_client, tmp_path: Path, dockerfile: str, builder: str) -> None:
+    """Neither builder of this engine takes them, so no image here depends on any file
+    through them; olly reads them as a newer BuildKit does (tests/test_reach.py)."""
+    case = C("x", ("a/b.txt",), dockerfile, "a/b.txt")
+    make_tree(tmp_path, case)
+    with pytest.raises(AssertionError):
+        build(tmp_path, case, builder)
+
+
+@pytest.mark.parametrize("dockerfile", ["FROM scratch\nCOPY --chmod=755 a /d/\n",
+                                        "FROM scratch\nRUN --mount=type=bind,source=a,target=/a true\n"])
+def test_buildkit_forms_fail_on_the_classic_builder(docker_client, tmp_path: Path, dockerfile: str) -> None:
+    case = C("x", ("a/b.txt",), dockerfile, "a/b.txt")
+    make_tree(tmp_path, case)
+    with pytest.raises(AssertionError):
+        build(tmp_path, case, "classic")

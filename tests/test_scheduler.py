@@ -324,3 +324,17 @@ def test_chart_at_the_workspace_root_leaves_olly_dirs_out(tmp_path: Path) -> Non
     assert (first.status, second.status) == ("built", "cached"), (first.reason, second.reason)
     names = set(charts.read_members(Path(first.artifact).read_bytes()))
     assert not any("/.cache/" in n or "/dist/" in n for n in names)
+
+
+@pytest.mark.parametrize("version", ["v2.1.8", "v2.1.x-feature"])
+def test_plan_version_names_the_chart_version_make_stamps(tmp_path: Path, version: str) -> None:
+    root = copy_workspace("pub", tmp_path)
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace("REGISTRY_HOST", "127.0.0.1:9").replace("CHARTS_PREFIX", "p"))
+    eng = FakeEngine()
+    api.make(root, ["base", "web"], engine=eng)  # the chart's version depends on its pins: build them first
+    predicted = api.plan(root, ["chart"], check_engine=False, version=version).by_label()["chart"]
+    made = {o.label: o for o in api.make(root, ["chart"], engine=eng, version=version).outcomes}["chart"]
+    assert made.status == "built" and f"fixture-{made.version}" in " ".join(predicted.reasons)
+    again = api.plan(root, ["chart"], check_engine=False, version=version).by_label()["chart"]
+    assert again.action == "cached" and again.reasons == [f"packaged before as fixture-{made.version}"]

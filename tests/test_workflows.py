@@ -84,3 +84,21 @@ def test_a_wrong_flag_is_caught(tmp_path: Path, monkeypatch) -> None:
         check("olly make --registry ghcr --shardz 1/3", tmp_path)
     with pytest.raises(AssertionError):
         check("olly build --registry ghcr", tmp_path)
+
+
+def test_setup_instructions_for_users_and_developers() -> None:
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    assert "pip install .  " in setup and "pip install -e '.[test]'" in setup
+    assert "python -m pip install -q -e '.[test]'" in (ROOT / ".ci" / "run").read_text()  # CI: the developer command
+
+
+def test_default_jobs_leave_room_for_waiting_builds(monkeypatch) -> None:
+    import os
+
+    from olly import api
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert api.default_jobs() == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert api.default_jobs() == 16

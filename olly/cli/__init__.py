@@ -183,9 +183,11 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
 
 @cli.command(short_help="Build TARGETS and what they need; skip what is up to date.")
 @click.argument("targets", nargs=-1, shell_complete=_complete_patterns)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Parallel builds (default: CPU count).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Parallel builds (default: twice the CPU count, at least 4).")
 @click.option("-k", "--keep-going", is_flag=True, help="Continue with independent targets after a failure.")
 @click.option("--network", help="Network for RUN steps (e.g. host, none); overrides BUILD.toml.")
+@click.option("--builder", type=click.Choice(["buildkit", "classic"]),
+              help="Builder for every image; overrides BUILD.toml (default: BuildKit where the engine has it). Keyed.")
 @click.option("--registry", metavar="NAME", shell_complete=_complete_registries,
               help="Registry from BUILD.toml: remote cache, chart pins (no push without --push).")
 @click.option("--push", is_flag=True, help="Push images and charts to --registry.")
@@ -209,7 +211,7 @@ def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
 def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, network: str | None,
          registry: str | None, push: bool, version: str | None, as_json: bool, progress_mode: str, quiet: bool,
          verbose: bool, force: tuple[str, ...], pull: bool, shard: str | None, shard_plan: Path | None,
-         engine_routes: tuple[str, ...], wait: str) -> None:
+         engine_routes: tuple[str, ...], wait: str, builder: str | None) -> None:
     """Build TARGETS (default: all) and what they need, skipping what is up to date."""
     from olly.cli import progress
 
@@ -223,7 +225,7 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
                               registry=registry, push=push, version=version, say=say, on_event=render,
                               force=list(force), pull=pull, command=" ".join(["olly", *sys.argv[1:]]),
                               shard=shard, shard_plan=shard_plan, wait_s=_duration(wait),
-                              engines=_routes(engine_routes))
+                              engines=_routes(engine_routes), builder=builder)
         finally:
             render.close()
         if as_json:
@@ -411,6 +413,10 @@ def _reach_lines(tp: TargetPlan) -> list[str]:
         return []
     if info["whole"]:
         lines = [f"reach    whole context: {info['whole']}"]
+    elif info.get("everything"):
+        many = len(info["everything"]) > 1
+        numbers = ", ".join(str(n) for n in info["everything"])
+        lines = [f"reach    whole context: {info['dockerfile']} line{'s' * many} {numbers} cop{'y' if many else 'ies'} it"]
     else:
         lines = [f"reach    only what {info['dockerfile']} copies (each path below: the line that reaches it)"]
     lines += [f"note     {note}" for note in info["notes"]]

@@ -1,0 +1,196 @@
+"""olly.buildkit without an engine: trace decoding, log lines, errors, builder choice."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from olly import buildkit, progress
+from olly.errors import OllyError
+
+
+def trace_aux(vertexes=(), logs=(), statuses=()) -> str:
+    """A moby.buildkit.trace ``aux``: a StatusResponse built with the protobuf classes, base64."""
+    msg = buildkit.status_response_class()()
+    for v in vertexes:
+        vx = msg.vertexes.add(digest=v["digest"], name=v.get("name", ""), cached=v.get("cached", False),
+                              error=v.get("error", ""))
+        if v.get("started"):
+            vx.started.seconds = 1
+        if v.get("completed"):
+            vx.completed.seconds = 2
+    for vertex, data in logs:
+        msg.logs.add(vertex=vertex, stream=1, msg=data)
+    for vertex, name in statuses:
+        msg.statuses.add(ID=name, vertex=vertex, name=name, current=1, total=2)
+    return base64.b64encode(msg.SerializeToString()).decode()
+
+
+RUN = '[2/3] RUN ["/bin/busybox", "sh", "-c", "exit 3"]'
+
+
+def test_trace_round_trips_through_base64_protobuf() -> None:
+    aux = trace_aux([{"digest": "sha256:a", "name": RUN, "started": True}], [("sha256:a", b"hello\n")],
+                    [("sha256:a", "extracting")])
+    decoded = buildkit.decode_trace(aux)
+    assert decoded.vertexes[0].name == RUN and decoded.vertexes[0].HasField("started")
+    assert decoded.logs[0].msg == b"hello\n" and decoded.logs[0].vertex == "sha256:a"
+    assert decoded.statuses[0].total == 2
+
+
+def test_unknown_fields_are_skipped() -> None:
+    # A newer engine's fields (e.g. Vertex.progressGroup = 8) must not break decoding.
+    raw = base64.b64decode(trace_aux([{"digest": "d", "name": "n", "started": True}]))
+    vertex = raw[2:]  # field 1 (vertexes) tag + length, then the Vertex
+    extra = bytes([0x42, 0x02, 0x0A, 0x00])  # field 8, length-delimited: {field 1: ""}
+    patched = bytes([0x0A, len(vertex) + len(extra)]) + vertex + extra
+    assert buildkit.decode_trace(base64.b64encode(patched)).vertexes[0].name == "n"
+
+
+def feed(log: buildkit.TraceLog, **kwargs) -> None:
+    log.feed(buildkit.decode_trace(trace_aux(**kwargs)))
+
+
+def test_trace_becomes_log_lines_and_steps() -> None:
+    lines: list[str] = []
+    events: list[progress.Event] = []
+    on_line = progress.line_emitter(events.append, "app", "")
+    log = buildkit.TraceLog(lambda line: (lines.append(line), on_line(line)))
+    feed(log, vertexes=[{"digest": "a", "name": "[internal] load build definition from Dockerfile", "started": True,
+                         "completed": True}])
+    feed(log, vertexes=[{"digest": "b", "name": "[1/3] COPY busybox /bin/busybox", "cached": True, "completed": True}])
+    feed(log, vertexes=[{"digest": "c", "name": RUN}])  # queued: not shown yet
+    feed(log, vertexes=[{"digest": "c", "name": RUN, "started": True}], logs=[("c", b"one\ntw")])
+    feed(log, logs=[("c", b"o\n")])
+    feed(log, vertexes=[{"digest": "c", "name": RUN, "started": True, "completed": True, "error": "exit code: 3"}])
+    log.close()
+    assert lines == ["[internal] load build definition from Dockerfile", "[1/3] COPY busybox /bin/busybox",
+                     "CACHED [1/3] COPY busybox /bin/busybox", RUN, "one", "two", f"ERROR: {RUN}: exit code: 3"]
+    steps = [e.text for e in events if e.kind == "step"]
+    assert steps == ["[1/3] COPY busybox /bin/busybox", RUN]
+    assert log.failed == [(RUN, "exit code: 3")]
+
+
+def test_failing_run_names_the_step_and_tail() -> None:
+    log = buildkit.TraceLog(lambda line: None)
+    feed(log, vertexes=[{"digest": "c", "name": RUN, "started": True}], logs=[("c", b"about to fail\n")])
+    feed(log, vertexes=[{"digest": "c", "name": RUN, "started": True, "completed": True,
+                         "error": "executor failed running [/bin/busybox sh -c exit 3]: exit code: 3"}])
+    message, tail = buildkit.explain("executor failed running [/bin/busybox sh -c exit 3]: exit code: 3", log)
+    assert message == f"{RUN} returned a non-zero code: 3"
+    assert "about to fail" in tail and tail[-1].endswith("exit code: 3")
+
+
+def test_missing_bridge_says_what_to_set() -> None:
+    message, _ = buildkit.explain("failed to solve: network bridge not found", buildkit.TraceLog(lambda line: None))
+    assert 'network = "host" or "none"' in message
+
+
+def test_secrets_are_scrubbed_from_trace_lines() -> None:
+    from olly import scrub
+
+    scrub.register("s3cr3t-value")
+    lines: list[str] = []
+    log = buildkit.TraceLog(lines.append)
+    feed(log, vertexes=[{"digest": "c", "name": RUN, "started": True}], logs=[("c", b"token=s3cr3t-value\n")])
+    assert all("s3cr3t-value" not in line for line in lines)
+
+
+@pytest.mark.parametrize("line,kind", [
+    ("RUN --mount=type=secret,id=tok cat /run/secrets/tok", "secret"),
+    ("RUN --mount=type=ssh git clone git@x:y", "ssh"),
+    ("RUN --mount=target=/x,type=secret,id=a true", "secret"),
+])
+def test_session_mounts_are_refused_with_the_line(line: str, kind: str) -> None:
+    dockerfile = f"FROM scratch\n# comment\n{line}\n".encode()
+    message = buildkit.session_refusal(dockerfile, "apps/x/Dockerfile")
+    assert message is not None and message.startswith(f"apps/x/Dockerfile:3: RUN --mount=type={kind} needs a BuildKit session")
+    assert "BUILD.toml" in message and "\n" not in message
+
+
+def test_other_mounts_need_no_session() -> None:
+    dockerfile = b"FROM scratch\nRUN --mount=type=cache,target=/c --mount=type=bind,source=.,target=/s true\n"
+    assert buildkit.session_refusal(dockerfile, "Dockerfile") is None
+
+
+class _Engine:
+    def __init__(self, kind: str = "docker", version: str = "1.41") -> None:
+        self.kind, self.version, self.endpoint = kind, version, "unix:///x"
+
+
+def test_default_builder_is_classic_until_buildkit_holds_every_guarantee(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(buildkit.ENV, raising=False)
+    for engine in (None, _Engine(), _Engine(version="1.38"), _Engine(kind="podman")):
+        assert buildkit.builder_for(None, None, None, engine) == "classic"
+    assert buildkit.supports(_Engine()) and not buildkit.supports(_Engine(version="1.38"))
+    assert not buildkit.supports(_Engine(kind="podman"))
+
+
+def test_buildkit_refuses_contexts_whose_dropped_files_it_would_copy(tmp_path) -> None:
+    from olly.context import Entry
+
+    buildkit.check_context("classic", [Entry(".dockerfile.0123", "f")], "apps/x")  # classic drops it
+    buildkit.check_context("buildkit", [], "apps/x")
+    with pytest.raises(OllyError, match=r"apps/x: builder \"buildkit\" would copy .dockerfile.0123 into the image"):
+        buildkit.check_context("buildkit", [Entry(".dockerfile.0123", "f")], "apps/x")
+
+
+def test_builder_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(buildkit.ENV, "classic")
+    engine = _Engine()
+    assert buildkit.builder_for(None, None, None, engine) == "classic"  # env beats the default
+    assert buildkit.builder_for(None, "buildkit", None, engine) == "buildkit"  # [workspace] beats env
+    assert buildkit.builder_for("classic", "buildkit", None, engine) == "classic"  # image beats workspace
+    assert buildkit.builder_for("classic", None, "buildkit", engine) == "buildkit"  # --builder beats all
+    monkeypatch.setenv(buildkit.ENV, "kaniko")
+    with pytest.raises(OllyError, match="unknown builder"):
+        buildkit.builder_for(None, None, None, engine)
+
+
+def test_buildkit_on_podman_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(buildkit.ENV, raising=False)
+    with pytest.raises(OllyError, match="builder-unsupported|cannot build with BuildKit"):
+        buildkit.builder_for("buildkit", None, None, _Engine(kind="podman"))
+
+
+def test_build_params_mirror_the_classic_request() -> None:
+    from olly.engine import BuildRequest
+
+    req = BuildRequest(context=iter(()), dockerfile_name="Dockerfile", dockerfile=b"", dockerfile_display="D",
+                       args={"A": "1"}, target="t", platform="linux/arm64", network=None, labels={"l": "v"},
+                       log_path=Path("/dev/null"), pull=True, builder="buildkit")
+    params = buildkit.build_params(req)
+    assert params["version"] == "2" and params["target"] == "t" and params["platform"] == "linux/arm64"
+    assert params["pull"] == "1" and "nocache" not in params
+    assert "networkmode" not in params  # unset: the engine's default, as the classic builder gets
+    assert params["buildargs"] == '{"A": "1"}' and params["labels"] == '{"l": "v"}'
+
+
+def test_builder_in_build_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from olly.cache import Cache
+    from olly.config import load_workspace
+    from olly.graph import Graph
+    from olly.plan import make_plan
+
+    monkeypatch.delenv(buildkit.ENV, raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "BUILD.toml").write_text('[workspace]\nbuilder = "classic"\n[images.a]\nrepository = "x/a"\n'
+                                         '[images.b]\nrepository = "x/b"\ncontext = "a"\nbuilder = "buildkit"\n')
+    ws = load_workspace(tmp_path)
+    graph = Graph.of(ws)
+    cache = Cache(tmp_path / ".cache")
+    try:
+        plan = make_plan(ws, graph, graph.select([]), cache, None).by_label()
+        assert plan["a"].manifest["builder"] == "classic" and plan["b"].manifest["builder"] == "buildkit"
+        ws.builder_override = "classic"
+        again = make_plan(ws, graph, graph.select([]), cache, None).by_label()
+        assert again["b"].manifest["builder"] == "classic" and again["b"].key != plan["b"].key
+        assert again["a"].key == plan["a"].key
+    finally:
+        cache.close()
+    (tmp_path / "BUILD.toml").write_text('[workspace]\nbuilder = "kaniko"\n[images.a]\nrepository = "x/a"\n')
+    with pytest.raises(OllyError, match="builder"):
+        load_workspace(tmp_path)
