@@ -399,7 +399,7 @@ def test_inputs_show_the_line_reaching_each_path(mono: Path) -> None:
     assert any(line.endswith(" pb/demo.proto  <- line 7") for line in lines), lines
     assert any(line.endswith(" src  <- parent") for line in lines), lines
     assert not any("README.md" in line for line in lines if not line.startswith("sent"))
-    assert any(line.startswith("sent     1 more entries, not keyed") for line in lines), lines
+    assert any(line.startswith("sent     1 more entry, not keyed") for line in lines), lines
     m = api.inputs(mono, "pay").manifest
     assert m["reach"] == {"dockerfile": "src/pay/Dockerfile", "whole": None, "everything": [], "notes": []}
     assert dict(zip([r[0] for r in m["files"]], m["via"]))["src/pay/a.go"] == [6]
@@ -492,6 +492,16 @@ def test_a_symlinked_dockerfile_sends_what_it_points_to(tmp_path: Path) -> None:
     assert sorted(engine.received[o.image_id]) == ["Dockerfile", "app", "app/a.go", "real.Dockerfile"]
     (ws / "real.Dockerfile").write_text("FROM scratch\nCOPY app /app2\n")
     assert built(ws, engine) == {"img"}
+
+
+def test_an_excluded_symlinked_dockerfile_still_sends_what_it_points_to(tmp_path: Path) -> None:
+    ws = mono_like(tmp_path / "ws", "FROM scratch\nCOPY app /app\n")
+    os.rename(ws / "Dockerfile", ws / "real.Dockerfile")
+    (ws / "Dockerfile").symlink_to("real.Dockerfile")
+    (ws / ".dockerignore").write_text("Dockerfile\n")  # the daemon reads it, then deletes it
+    engine = FakeEngine()
+    (o,) = api.make(ws, [], engine=engine).outcomes
+    assert sorted(engine.received[o.image_id]) == [".dockerignore", "Dockerfile", "app", "app/a.go", "real.Dockerfile"]
 
 
 def test_an_excluded_dockerfile_and_its_parents(tmp_path: Path) -> None:

@@ -423,8 +423,8 @@ def _reach_lines(tp: TargetPlan) -> list[str]:
     builds = {tp.context.dockerfile_name, ".dockerignore"} if tp.context else set()
     carried = [e for e in (tp.context.carried if tp.context else []) if e.path not in builds]
     if carried:
-        lines.append(f"sent     {len(carried)} more entries, not keyed: copied only by stages the target does "
-                     "not use (the classic builder still runs them)")
+        lines.append(f"sent     {len(carried)} more entr{'ies' if len(carried) > 1 else 'y'}, not keyed: copied only by "
+                     "stages the target does not use (the classic builder still runs them)")
     return lines
 
 
@@ -433,9 +433,10 @@ def _via_suffix(lines: list[int] | None) -> str:
         return ""
     if not lines:
         return "  <- parent"
-    if lines == [0]:
+    numbers = [str(n) for n in lines if n]  # 0: what a symlinked Dockerfile points to
+    if not numbers:
         return "  <- the Dockerfile or .dockerignore links to it"
-    return f"  <- line{'s' if len(lines) > 1 else ''} {', '.join(str(n) for n in lines if n)}"
+    return f"  <- line{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
 
 
 def _chart_inputs(tp: TargetPlan) -> dict[str, Any]:
