@@ -112,15 +112,18 @@ def unique_prefix(docker_client) -> str:
     yield prefix
     # Several passes: a base image cannot go while an image built on it is still there.
     for _ in range(4):
-        left = [image for image in docker_client.images.list()
-                # Also registry-qualified tags (127.0.0.1:PORT/<prefix>/...) left by pulls,
-                # and Podman's spelling of local ones (docker.io/<prefix>/...).
-                if any(f"/{prefix}/" in canonical_ref(tag) for tag in image.tags)]
+        # The plain list (images.list() inspects each image: one removed meanwhile, e.g. by a
+        # concurrent session on the same engine, would fail the teardown).
+        left = [image["Id"] for image in docker_client.api.images()
+                # Also registry-qualified tags (127.0.0.1:PORT/<prefix>/...) and digests left by
+                # pulls, and Podman's spelling of local ones (docker.io/<prefix>/...).
+                if any(f"/{prefix}/" in canonical_ref(ref)
+                       for ref in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []))]
         if not left:
             break
-        for image in left:
+        for image_id in left:
             try:
-                docker_client.images.remove(image.id, force=True)
+                docker_client.images.remove(image_id, force=True)
             except Exception:
                 pass  # retried next pass; a leftover image cannot break another test
 
