@@ -27,7 +27,8 @@ SLOW = 'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 5"]\n'
 def ws(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> Path:
     root = copy_workspace("busy", tmp_path, busybox, unique_prefix)
     df = root / "solo" / "Dockerfile"
-    df.write_text(df.read_text() + SLOW)
+    # Unique per test: the engine's layer cache would otherwise skip the sleep on a second run.
+    df.write_text(df.read_text() + SLOW.replace("sleep 5", f"sleep 5 # {unique_prefix}"))
     return root
 
 
