@@ -3,12 +3,13 @@ pass callbacks for progress and get data back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from olly import baselock, buildkit, charts
 from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
@@ -36,6 +37,17 @@ Say = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
+
+
+@contextlib.contextmanager
+def _reader(ws: Workspace) -> Iterator[Cache]:
+    """The cache opened for a reader (plan, why, inputs, log, stats, graph): read-only when
+    it cannot be written, closed afterwards."""
+    cache = Cache(ws.cache_dir, reader=True)
+    try:
+        yield cache
+    finally:
+        cache.close()
 
 
 def load(root: Path) -> tuple[Workspace, Graph]:
@@ -70,16 +82,13 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     labels = graph.select(patterns)
     reg = ws.registry(registry) if registry else None
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         probe = _optional_engine() if check_engine else None
         the_plan = make_plan(ws, graph, labels, cache, _routed(ws, probe, None) if probe else None, reg,
                              the_version, signer_from_env() if reg else None)
         if shards:
             the_plan.shards = sharding.describe(the_plan, _assignment(the_plan, cache, shards), shards)
         return the_plan
-    finally:
-        cache.close()
 
 
 @dataclass
@@ -172,22 +181,16 @@ def _force(the_plan: Plan, labels: list[str]) -> None:
 def runs(root: Path, limit: int) -> list[history.Run]:
     """The most recent `olly make` runs of this workspace, newest first."""
     ws = load_workspace(root)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         return history.recent_runs(cache, limit)
-    finally:
-        cache.close()
 
 
 def stats(root: Path, last: int) -> dict[str, Any]:
     """Per target over the last ``last`` runs: how often it was built or a cache hit, and its
     slowest and mean build times (slowest first)."""
     ws = load_workspace(root)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         return history.stats(cache, last)
-    finally:
-        cache.close()
 
 
 def _one_target(ws: Workspace, graph: Graph, label: str, *, charts: bool = True) -> tuple[Target, list[str]]:
@@ -207,11 +210,8 @@ def inputs(root: Path, label: str, version: str | None = None) -> TargetPlan:
     ws, graph = load(root)
     target, labels = _one_target(ws, graph, label, charts=True)
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         the_plan = make_plan(ws, graph, labels, cache, None, version=the_version)
-    finally:
-        cache.close()
     return the_plan.by_label()[target.label]
 
 
@@ -222,13 +222,10 @@ def why(root: Path, label: str) -> dict[str, Any]:
     target, labels = _one_target(ws, graph, label, charts=True)
     if isinstance(target, ChartTarget):
         return _why_chart(ws, graph, target, labels)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
         parts = [(v, cache.manifest(v.history or v.label), cache.result(v.label, v.key) is not None)
                  for v in (current.variants or [current])]
-    finally:
-        cache.close()
     info: dict[str, Any] = {"label": target.label, "key": current.key,
                             "built_before": all(prev is not None for _, prev, _ in parts),
                             "current_key_built": all(built for _, _, built in parts), "previous_key": None,
@@ -245,8 +242,7 @@ def _why_chart(ws: Workspace, graph: Graph, target: ChartTarget, labels: list[st
     """What changed in a chart's files, pins and version since its last package. Planned as
     ``make`` would for the registry that package was made for (asking it for the images'
     digests, as ``olly plan --registry`` does), with the version ``make`` would stamp."""
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         previous = cache.manifest(target.label)
         previous = previous if previous is not None and previous.get("kind") == "chart" else None
         reg = ws.registries.get((previous or {}).get("registry") or "")  # None if no longer declared
@@ -259,8 +255,6 @@ def _why_chart(ws: Workspace, graph: Graph, target: ChartTarget, labels: list[st
         pins = charts.make_pins(target.images, refs, reg)
         current = charts.chart_manifest(chart, pins, *charts.stamp(chart, pins, version), reg)
         built = cache.artifact(target.label, current["key"], reg.push if reg else "") is not None
-    finally:
-        cache.close()
     return {"label": target.label, "key": current["key"], "built_before": previous is not None,
             "current_key_built": built, "previous_key": previous.get("key") if previous else None,
             "changes": diff_chart_manifests(previous, current) if previous is not None and not built else []}
@@ -311,11 +305,8 @@ def graph_text(root: Path, patterns: list[str], fmt: str) -> str:
     """The graph, with the targets that would build (planned without an engine) marked stale."""
     ws, graph = load(root)
     labels = graph.select(patterns)
-    cache = Cache(ws.cache_dir, reader=True)
-    try:
+    with _reader(ws) as cache:
         the_plan = make_plan(ws, graph, labels, cache, None, version=git_version(ws.root))
-    finally:
-        cache.close()
     stale = {tp.label for tp in the_plan.targets if tp.action in ("build", "package")}
     return graph.render(fmt, labels, stale)
 
