@@ -9,30 +9,41 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from olly import baselock, buildkit, charts
+from olly import baselock, buildkit
 from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
 from olly.config import BUILD_FILE, ChartTarget, ImageTarget, Target, Workspace, find_workspace, load_workspace, resolve_engines
 from olly.engine import Engine
 from olly.engines import Engines
 from olly.errors import OllyError
 from olly.graph import Graph
+from olly.lazy import lazy
 from olly.manifest import diff_chart_manifests, diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan, native_platform
-from olly.jobs import Outcome, RunContext, remove_stale_temp
-from olly import doctor as checkup
-from olly import gc as gc_mod
 from olly import history
-from olly import scaffold
-from olly import shard as sharding
 from olly.progress import Emit, ignore
-from olly.report import exit_code
-from olly.scheduler import RunOptions, Scheduler
 from olly.signing import signer_from_env
 from olly.versions import git_version, resolve_version
 
+charts: Any = lazy("olly.charts")  # only `olly why` of a chart uses it here
+
+if TYPE_CHECKING:
+    from olly.jobs import Outcome
+    from olly import doctor as checkup
+    from olly import gc as gc_mod
+    from olly import scaffold
+
 Say = Callable[[str], None]
+
+
+def __getattr__(name: str) -> Any:
+    """``api.Outcome``, imported on first use (the build machinery is not loaded for a plan)."""
+    if name == "Outcome":
+        from olly.jobs import Outcome
+
+        return Outcome
+    raise AttributeError(f"module 'olly.api' has no attribute {name!r}")
 
 
 def _quiet(_: str) -> None:
@@ -84,9 +95,13 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
     with _reader(ws) as cache:
         probe = _optional_engine() if check_engine else None
-        the_plan = make_plan(ws, graph, labels, cache, _routed(ws, probe, None) if probe else None, reg,
-                             the_version, signer_from_env() if reg else None)
+        routed = _routed(ws, probe, None) if probe else None
+        the_plan = make_plan(ws, graph, labels, cache, routed, reg, the_version, signer_from_env() if reg else None)
+        if routed is not None:
+            buildkit.remember(ws.cache_dir, routed)  # what it can build with: for plans without an engine
         if shards:
+            from olly import shard as sharding
+
             the_plan.shards = sharding.describe(the_plan, _assignment(the_plan, cache, shards), shards)
         return the_plan
 
@@ -107,6 +122,10 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
          wait_s: float = 1800.0, engines: dict[str, str] | None = None, builder: str | None = None) -> MakeResult:
     """Build the selected targets (and their dependencies) whose inputs changed; with
     ``registry``, use it as a remote cache and pin charts to it; with ``push``, publish."""
+    from olly.jobs import RunContext, remove_stale_temp  # the build machinery: not for plan, why, inputs
+    from olly.report import exit_code
+    from olly.scheduler import RunOptions, Scheduler
+
     started = time.time()
     ws, graph = load(root)
     ws.builder_override = buildkit.check_name(builder, "--builder") if builder else None  # keyed: set before planning
@@ -115,6 +134,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
         raise OllyError("usage", "--push needs --registry NAME (one of the registries in BUILD.toml)")
     if shard and not (registry and push):
         raise OllyError("usage", "--shard needs --registry NAME --push: the registry is how shards share images")
+    sharding: Any = _shard_module() if shard else None
     the_shard = sharding.parse_shard(shard) if shard else None
     reg = ws.registry(registry) if registry else None
     # Default: `git describe`; outside git there is no version (charts keep Chart.yaml's).
@@ -127,6 +147,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
         try:
             signer = signer_from_env() if reg else None
             the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version, signer)
+            buildkit.remember(ws.cache_dir, engine)  # so olly why/inputs choose the builder as this run did
             # --network beats an image's own `network`, which beats the workspace's.
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
                              network=ws.network, network_override=network or None, log_dir=ws.cache_dir / "logs",
@@ -151,7 +172,14 @@ def _assignment(the_plan: Plan, cache: Cache, count: int) -> dict[str, int]:
     """Which shard builds each image: chains together, balanced by recorded build durations."""
     images = {tp.label: list(tp.target.depends_on) for tp in the_plan.targets
               if tp.kind == "image" and tp.target is not None}
+    sharding = _shard_module()
     return sharding.assign(images, count, sharding.weights_from(cache.build_durations(list(images))))
+
+
+def _shard_module() -> Any:
+    from olly import shard  # only for --shard / --shards: a plain run never loads it
+
+    return shard
 
 
 def default_jobs() -> int:
@@ -226,10 +254,13 @@ def why(root: Path, label: str) -> dict[str, Any]:
         current = make_plan(ws, graph, labels, cache, None).by_label()[target.label]
         parts = [(v, cache.manifest(v.history or v.label), cache.result(v.label, v.key) is not None)
                  for v in (current.variants or [current])]
+    first = (current.variants or [current])[0].manifest
     info: dict[str, Any] = {"label": target.label, "key": current.key,
                             "built_before": all(prev is not None for _, prev, _ in parts),
                             "current_key_built": all(built for _, _, built in parts), "previous_key": None,
-                            "changes": []}
+                            "changes": [], "builder": first.get("builder"),
+                            "builder_reason": first.get("builder_reason"),
+                            "notes": sorted({n for v, _, _ in parts for n in v.notes if n.startswith("builder ")})}
     for v, previous, built_now in parts:
         if previous is not None and not built_now:
             prefix = f"{v.platform}: " if current.variants else ""
@@ -311,7 +342,7 @@ def graph_text(root: Path, patterns: list[str], fmt: str) -> str:
     return graph.render(fmt, labels, stale)
 
 
-def gc(root: Path, *, keep: int = gc_mod.DEFAULT_KEEP, registry: str | None = None, dry_run: bool = False,
+def gc(root: Path, *, keep: int | None = None, registry: str | None = None, dry_run: bool = False,
        say: Say = _quiet) -> gc_mod.Report:
     """Remove what no current key, kept chart package or pushed version references, keeping
     the last ``keep`` builds per target; with ``registry``, its unreferenced content tags too."""
@@ -322,7 +353,9 @@ def gc(root: Path, *, keep: int = gc_mod.DEFAULT_KEEP, registry: str | None = No
     with workspace_lock(ws.cache_dir, say):
         cache = Cache(ws.cache_dir)
         try:
-            return gc_mod.run(ws, graph, cache, engine, reg, keep, dry_run, version)
+            from olly import gc as gc_mod
+
+            return gc_mod.run(ws, graph, cache, engine, reg, gc_mod.DEFAULT_KEEP if keep is None else keep, dry_run, version)
         finally:
             cache.close()
 
@@ -330,11 +363,15 @@ def gc(root: Path, *, keep: int = gc_mod.DEFAULT_KEEP, registry: str | None = No
 def init(root: Path) -> scaffold.Scaffold:
     """Write a commented BUILD.toml for the Dockerfiles and charts under ``root`` (never over
     an existing one) and ignore olly's own directories in .gitignore."""
+    from olly import scaffold  # PyYAML and the scaffolding rules: only for olly init
+
     return scaffold.write(root)
 
 
 def doctor(start: Path) -> checkup.Checkup:
     """Check what a run needs (engine, registries, qemu, base-image lock, .cache, git)."""
+    from olly import doctor as checkup
+
     return checkup.run(start)
 
 

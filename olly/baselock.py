@@ -114,7 +114,14 @@ def read_lock(root: Path) -> dict[str, Locked] | None:
         return None
     except OSError as exc:
         raise OllyError("unreadable-file", f"{LOCK_FILE}: cannot read: {exc.strerror}") from None
-    return parse_lock(data)
+    # Read for every target a plan pins: parse each distinct content once (by its bytes, so an
+    # edit between two reads is seen). Locked entries are frozen; the dict is the caller's.
+    if _last_parsed[0] != data:
+        _last_parsed[:] = [data, parse_lock(data)]
+    return dict(_last_parsed[1])
+
+
+_last_parsed: list = [None, {}]  # [bytes, entries] of the last olly.lock parsed
 
 
 def parse_lock(data: bytes) -> dict[str, Locked]:

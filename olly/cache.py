@@ -15,15 +15,22 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 
 from olly import failpoints
 from olly.errors import OllyError
 
+if TYPE_CHECKING:
+    from olly.statview import StatView
+
 CACHE_SCHEMA = 1
 DB_NAME = "olly.db"
 LOCK_NAME = "lock"
+_STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
+# Clustered by path (WITHOUT ROWID): the rows of one directory are one contiguous range.
+_STAT_TABLE = ("CREATE TABLE stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, "
+               "ctime_ns INTEGER, mode INTEGER, hash TEXT) WITHOUT ROWID")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,10 +165,7 @@ class Cache:
 
     def _create_tables(self) -> None:
         self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
-        self.db["stat"].create(
-            {"path": str, "size": int, "mtime_ns": int, "ino": int, "ctime_ns": int, "mode": int, "hash": str},
-            pk="path",
-        )
+        self.db.execute(_STAT_TABLE)
         self.db["results"].create(
             {"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
             pk=("target", "key"),
@@ -195,22 +199,70 @@ class Cache:
 
     @_guarded
     def load_stats(self) -> dict[str, tuple[int, int, int, int, int, str]]:
-        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, mode, hash FROM stat")
+        rows = self.db.execute(f"SELECT {_STAT_COLS} FROM stat")
         return {_path_out(r[0]): tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
+    def stat_view(self) -> StatView:
+        """The stat cache for a FileHasher, loaded one directory at a time (olly.statview)."""
+        from olly.statview import StatView
+
+        return StatView(self)
+
     @_guarded
-    def save_stats(self, rows: list[dict[str, Any]], forget: list[str]) -> None:
+    def _stat_rows(self, prefix: str) -> dict[str, tuple[Any, ...]]:
+        """The rows below directory ``prefix`` ("" = all). Text paths sort before BLOB ones
+        (non-UTF-8 names), so each kind is one range: ``prefix/`` up to ``prefix0``."""
+        if not prefix:
+            rows = self.db.execute(f"SELECT {_STAT_COLS} FROM stat")
+            return {r[0] if type(r[0]) is str else _path_out(r[0]): r[1:] for r in rows}
+        raw = prefix.encode("utf-8", "surrogateescape")
+        where = f"SELECT {_STAT_COLS} FROM stat WHERE path >= ? AND path < ?"
+        text = _path_in(prefix)  # bytes: not valid UTF-8, so no text path lies below it
+        out = {r[0]: r[1:] for r in self.db.execute(where, (prefix + "/", prefix + "0"))} if isinstance(text, str) else {}
+        out.update({_path_out(r[0]): r[1:] for r in self.db.execute(where, (raw + b"/", raw + b"0"))})
+        return out
+
+    @_guarded
+    def _stat_row(self, path: str) -> tuple[Any, ...] | None:
+        row = self.db.execute(f"SELECT {_STAT_COLS} FROM stat WHERE path = ?", (_path_in(path),)).fetchone()
+        return None if row is None else row[1:]
+
+    @_guarded
+    def save_stats(self, rows: list[Any], forget: list[str]) -> None:
+        """Store stat-cache rows: tuples ``(path, size, mtime_ns, ino, ctime_ns, mode, hash)``
+        (FileHasher.updates) or dicts with those keys; drop the ``forget`` paths."""
         # Read-only: the stat cache only saves re-hashing next time; a reader does without.
-        if self.read_only or (not rows and not forget):
+        if self.read_only:
             return
-        cols = ("path", "size", "mtime_ns", "ino", "ctime_ns", "mode", "hash")
+        if not rows and not forget:
+            self._cluster_stats()
+            return
+        cols = _STAT_COLS.split(", ")
         with self.transaction():
+            self._cluster_stats()
             # Plain executemany: sqlite-utils' upsert_all is ~10x slower for 10^4 rows.
             self.db.conn.executemany(
-                f"INSERT OR REPLACE INTO stat ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [(_path_in(r["path"]), *(r[c] for c in cols[1:])) for r in rows],
+                f"INSERT OR REPLACE INTO stat ({_STAT_COLS}) VALUES ({', '.join('?' * len(cols))})",
+                [(_path_in(r["path"]), *(r[c] for c in cols[1:])) if isinstance(r, dict) else (_path_in(r[0]), *r[1:])
+                 for r in rows],
             )
             self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(_path_in(p),) for p in forget])
+
+    def _cluster_stats(self) -> None:
+        """Caches made before the stat table was WITHOUT ROWID get it now (in the caller's
+        transaction): a directory's rows are then contiguous, and StatView reads a context's
+        rows as fast as a scan of the whole table."""
+        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'stat'").fetchone()
+        if sql is None or "WITHOUT ROWID" in sql[0].upper():
+            return
+        if not self.db.conn.in_transaction:
+            with self.transaction():
+                self._cluster_stats()
+            return
+        self.db.execute(_STAT_TABLE.replace("stat (", "stat_clustered (", 1))
+        self.db.execute(f"INSERT INTO stat_clustered ({_STAT_COLS}) SELECT {_STAT_COLS} FROM stat")
+        self.db.execute("DROP TABLE stat")
+        self.db.execute("ALTER TABLE stat_clustered RENAME TO stat")
 
     # -- results and manifests -----------------------------------------------
 

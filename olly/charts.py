@@ -8,6 +8,7 @@ stamped version, so the same inputs give byte-identical ``.tgz`` and manifests.
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import hashlib
 import io
@@ -16,19 +17,18 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.constructor import RoundTripConstructor
-from ruamel.yaml.error import YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
-
-from olly import keys
+from olly import keys, memo
 from olly.config import ChartTarget, Registry, in_own_dir
 from olly.errors import OllyError
 from olly.hashing import FileHasher, hash_bytes
 from olly.helmignore import HelmIgnore
 from olly.versions import chart_version, content_version, drop_dirty, names_release
+
+if TYPE_CHECKING:  # ruamel is imported only when a YAML file must really be read (0.1 s)
+    from ruamel.yaml import YAML
+    from ruamel.yaml.nodes import Node
 
 CONFIG_MEDIA_TYPE = "application/vnd.cncf.helm.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
@@ -61,6 +61,8 @@ class ChartSource:
 
 
 def _yaml() -> YAML:
+    from ruamel.yaml import YAML
+
     y = YAML()  # round-trip: keeps comments and key order
     y.preserve_quotes = True
     y.width = 4096  # never re-wrap long lines
@@ -82,12 +84,14 @@ def _check_aliases(root: Node | None) -> None:
     recursive aliases into None.)"""
     if root is None:
         return
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
     size: dict[int, int] = {}  # id(node) -> expanded size; only finished nodes
     on_path: set[int] = set()
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
-        children = _children(node)
+        children = _children(node, MappingNode, SequenceNode)
         if done:
             on_path.discard(id(node))
             size[id(node)] = total = 1 + sum(size[id(c)] for c in children)
@@ -108,20 +112,25 @@ def _check_aliases(root: Node | None) -> None:
                 stack.append((child, False))
 
 
-def _children(node: Node) -> list[Node]:
-    if isinstance(node, MappingNode):
+def _children(node: Node, mapping: type, sequence: type) -> list[Node]:
+    if isinstance(node, mapping):
         return [n for pair in node.value for n in pair]
-    if isinstance(node, SequenceNode):
+    if isinstance(node, sequence):
         return list(node.value)
     return []
 
 
-class _CheckedConstructor(RoundTripConstructor):
+@functools.cache
+def _checked_constructor() -> type:
     """Round-trip constructor that checks the composed document before building it."""
+    from ruamel.yaml.constructor import RoundTripConstructor
 
-    def construct_document(self, node: Any) -> Any:
-        _check_aliases(node)
-        return super().construct_document(node)
+    class _CheckedConstructor(RoundTripConstructor):  # type: ignore[misc]
+        def construct_document(self, node: Any) -> Any:
+            _check_aliases(node)
+            return super().construct_document(node)
+
+    return _CheckedConstructor
 
 
 def strip_bom(data: bytes) -> bytes:
@@ -132,8 +141,10 @@ def strip_bom(data: bytes) -> bytes:
 
 
 def _load_yaml(data: bytes, display: str) -> Any:
+    from ruamel.yaml.error import YAMLError
+
     y = _yaml()
-    y.Constructor = _CheckedConstructor
+    y.Constructor = _checked_constructor()
     try:
         return y.load(data.decode("utf-8"))
     except _AliasBomb as exc:
@@ -154,20 +165,49 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
     """The chart's files as ``helm package`` would take them, hashed."""
     chart_dir = root / target.path
     ignore = HelmIgnore.load(chart_dir, display=f"{target.path}/.helmignore")
+    hasher.preload(target.path)
     files = []
     for rel, real in ignore.walk(chart_dir):
         ws_rel = real.resolve().relative_to(root.resolve()).as_posix()
         if in_own_dir(ws_rel):
             continue  # a chart at the workspace root must not package olly's own .cache/ and dist/
         files.append((rel, real, hasher.hash(ws_rel, real.stat())))
-    names = {rel for rel, _, _ in files}
+    digests = {rel: digest for rel, _, digest in files}
     for required in ("Chart.yaml", "values.yaml"):
-        if required not in names:
+        if required not in digests:
             raise OllyError("chart-invalid", f"{target.path}: {required} is missing or excluded by .helmignore")
-    values = _load_yaml(strip_bom((chart_dir / "values.yaml").read_bytes()), f"{target.path}/values.yaml")
+    # Checking the two YAML files is a pure function of their bytes (named by their digests)
+    # and the values paths: a check that passed before is not redone (a 5 MB values.yaml
+    # takes seconds to parse). See olly.memo.
+    key = memo.key_of("chart", digests["values.yaml"], digests["Chart.yaml"], "\0".join(sorted(target.images)),
+                      memo.source_of(__file__), _ruamel_version())
+    cache_dir = root / ".cache"
+    meta = memo.lookup(cache_dir, "charts", key)
+    if not (isinstance(meta, list) and len(meta) == 3 and all(isinstance(m, str) for m in meta)):
+        values, chart = (chart_dir / "values.yaml").read_bytes(), (chart_dir / "Chart.yaml").read_bytes()
+        meta = _check_chart(values, chart, target)
+        if hash_bytes(values) == digests["values.yaml"] and hash_bytes(chart) == digests["Chart.yaml"]:
+            memo.remember(cache_dir, "charts", key, meta)  # else edited meanwhile: checked, not remembered
+    return ChartSource(target.label, target.path, meta[0], meta[1], meta[2], files)
+
+
+def _ruamel_version() -> bytes:
+    """Which ruamel parses the files (part of the check's key), read without importing it."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("ruamel.yaml")
+    except (ImportError, ValueError):
+        return b""
+    return memo.source_of(spec.origin) if spec is not None and spec.origin else b""
+
+
+def _check_chart(values_yaml: bytes, chart_yaml: bytes, target: ChartTarget) -> list[str]:
+    """Parse and check values.yaml and Chart.yaml: [name, version, appVersion ("" if none)]."""
+    values = _load_yaml(strip_bom(values_yaml), f"{target.path}/values.yaml")
     for path in target.images:
         _values_node(values, path, f"{target.path}/values.yaml")  # caught at plan time, not after the builds
-    meta = _load_yaml(strip_bom((chart_dir / "Chart.yaml").read_bytes()), f"{target.path}/Chart.yaml")
+    meta = _load_yaml(strip_bom(chart_yaml), f"{target.path}/Chart.yaml")
     if not isinstance(meta, dict) or not meta.get("name") or not meta.get("version"):
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: needs name and version")
     if not _CHART_NAME.match(str(meta["name"])):
@@ -181,8 +221,7 @@ def load_chart(root: Path, target: ChartTarget, hasher: FileHasher) -> ChartSour
         raise OllyError("chart-invalid", f"{target.path}/Chart.yaml: annotations must map strings to strings "
                         "(quote numbers and booleans)")
     app_version = meta.get("appVersion")
-    return ChartSource(target.label, target.path, str(meta["name"]), str(meta["version"]),
-                       "" if app_version is None else str(app_version), files)
+    return [str(meta["name"]), str(meta["version"]), "" if app_version is None else str(app_version)]
 
 
 def make_pins(images: dict[str, str], refs: dict[str, tuple[str, str, str | None]],

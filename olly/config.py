@@ -1,7 +1,8 @@
 """BUILD.toml: parsing, validation and the resolved workspace model.
 
-Parsed with tomllib, validated by pydantic (unknown keys rejected), then checked
-against the filesystem. Every error is an OllyError located as ``BUILD.toml:<line>``
+Parsed with tomllib, validated against the schema in olly.configschema (pydantic, strict,
+unknown keys rejected; the result cached by olly.speccache), then checked against the
+filesystem on every load. Every error is an OllyError located as ``BUILD.toml:<line>``
 with the key path, e.g. ``images."apps/demo".dockerfile: file not found: ...``.
 """
 
@@ -14,10 +15,10 @@ import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from olly import speccache
 from olly.errors import OllyError
 
 BUILD_FILE = "BUILD.toml"
@@ -35,55 +36,6 @@ _ENDPOINT = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za
 MAX_REFERENCE_NAME = 255
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class WorkspaceSpec(_Strict):
-    name: str = "workspace"
-    network: str | None = None
-    builder: Literal["buildkit", "classic"] | None = None  # None: BuildKit where the engine has it
-    source: str | None = None
-
-
-class ImageSpec(_Strict):
-    repository: str
-    context: str | None = None
-    dockerfile: str | None = None
-    args: dict[str, str] = {}
-    secrets: list[str] = []
-    target: str | None = None
-    inputs: list[str] = []
-    depends_on: list[str] = []
-    platform: str | None = None  # one platform; `platforms` for several (an OCI image index)
-    platforms: list[str] | None = None
-    network: str | None = None
-    builder: Literal["buildkit", "classic"] | None = None  # beats [workspace] builder
-
-
-class ChartSpec(_Strict):
-    path: str | None = None
-    images: dict[str, str] = {}
-
-
-class RegistrySpec(_Strict):
-    push: str
-    pull: str | None = None
-    insecure: bool = False
-    charts: str = "charts"
-    platforms: list[str] = []  # built for this registry unless an image sets its own
-    values: dict[str, Any] = {}  # dotted values path (or nested tables) -> scalar, for its values files
-    values_file: str | None = None  # workspace-relative YAML merged into its values files
-
-
-class BuildFileSpec(_Strict):
-    workspace: WorkspaceSpec = WorkspaceSpec()
-    registries: dict[str, RegistrySpec] = {}
-    images: dict[str, ImageSpec] = {}
-    charts: dict[str, ChartSpec] = {}
-    engines: dict[str, str] = {}  # platform -> engine endpoint (unix://, tcp://, ssh://)
-
-
 @dataclass(frozen=True)
 class ImageTarget:
     label: str
@@ -97,7 +49,7 @@ class ImageTarget:
     platforms: tuple[str, ...]  # () = the registry's, else the engine's own platform
     network: str | None
     secrets: list[str] = field(default_factory=list)  # build args read from the environment
-    builder: str | None = None  # buildkit | classic; None: the workspace's (olly.buildkit.builder_for)
+    builder: str | None = None  # auto | buildkit | classic; None: the workspace's (olly.buildkit.choose)
     kind: str = "image"
 
 
@@ -337,16 +289,37 @@ def load_workspace(root: Path) -> Workspace:
         raise _toml_error(loader.display, exc)
     except RecursionError:
         raise OllyError("config-invalid", "invalid TOML: values nested too deeply", location=loader.display) from None
+    return _resolve(loader, _spec_view(_validated(loader, raw, data)))
+
+
+def _validated(loader: _Loader, raw: bytes, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` checked against the schema (olly.configschema), as plain data; from the spec
+    cache when these very bytes passed this very schema before (olly.speccache)."""
+    cache_dir = loader.root / ".cache"
+    key = speccache.key_for(raw)
+    spec = speccache.lookup(cache_dir, key)
+    if spec is not None:
+        return spec
+    from olly import configschema  # pydantic: only when something must really be validated
+
     try:
-        spec = BuildFileSpec.model_validate(data)
+        spec = configschema.validate(data)
     except RecursionError:
         raise OllyError("config-invalid", "values nested too deeply", location=loader.display) from None
-    except ValidationError as exc:
-        # An unknown key explains a "missing" one (a typo), so report it first.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        first = errors[0]
-        raise loader.error(tuple(first["loc"]), _pydantic_message(first))
-    return _resolve(loader, spec)
+    except configschema.Invalid as exc:
+        raise loader.error(exc.loc, exc.message)
+    speccache.store(cache_dir, key, spec)
+    return spec
+
+
+def _spec_view(spec: dict[str, Any]) -> Any:
+    """Attribute access to the validated data (``spec.images[label].repository``), as the
+    pydantic models gave; maps that are data (args, values, engines) stay dicts."""
+    ns = SimpleNamespace
+    return ns(workspace=ns(**spec["workspace"]), engines=spec["engines"],
+              registries={k: ns(**v) for k, v in spec["registries"].items()},
+              images={k: ns(**v) for k, v in spec["images"].items()},
+              charts={k: ns(**v) for k, v in spec["charts"].items()})
 
 
 def _toml_error(display: str, exc: tomllib.TOMLDecodeError) -> OllyError:
@@ -357,15 +330,7 @@ def _toml_error(display: str, exc: tomllib.TOMLDecodeError) -> OllyError:
     return OllyError("config-invalid", f"invalid TOML: {msg}", location=f"{display}:{line}" if line else display)
 
 
-def _pydantic_message(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return str(err["msg"]).lower() if err["msg"] else "invalid value"
-
-
-def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
+def _resolve(loader: _Loader, spec: Any) -> Workspace:
     ws = Workspace(root=loader.root, name=spec.workspace.name, network=spec.workspace.network,
                    source=spec.workspace.source, build_file=loader.file, builder=spec.workspace.builder)
     if not spec.images and not spec.charts:
@@ -391,7 +356,7 @@ def _resolve(loader: _Loader, spec: BuildFileSpec) -> Workspace:
     return ws
 
 
-def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
+def _resolve_image(loader: _Loader, label: str, spec: Any) -> ImageTarget:
     key = ("images", label)
     if not _REPOSITORY.match(spec.repository):
         raise loader.error(key + ("repository",), f"invalid repository name {spec.repository!r} (lowercase path components, no registry host, no tag)")
@@ -433,7 +398,7 @@ def _resolve_image(loader: _Loader, label: str, spec: ImageSpec) -> ImageTarget:
     )
 
 
-def _resolve_registry(loader: _Loader, name: str, spec: RegistrySpec) -> Registry:
+def _resolve_registry(loader: _Loader, name: str, spec: Any) -> Registry:
     key = ("registries", name)
     for field_name in ("push", "pull"):
         value = getattr(spec, field_name)
@@ -547,7 +512,7 @@ def _check_reference_lengths(loader: _Loader, ws: Workspace, label: str, reposit
                                    f"{len(name)} characters long, over the {MAX_REFERENCE_NAME} a reference allows")
 
 
-def _resolve_chart(loader: _Loader, label: str, spec: ChartSpec) -> ChartTarget:
+def _resolve_chart(loader: _Loader, label: str, spec: Any) -> ChartTarget:
     key = ("charts", label)
     path = loader.rel_path(key + ("path",), spec.path or label, "path")
     if not (loader.root / path / "Chart.yaml").is_file():

@@ -18,12 +18,12 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import xxhash
 
-from olly import failpoints
-from olly.config import ImageTarget, expand_inputs, in_own_dir
+from olly import failpoints, inputs
+from olly.config import ImageTarget, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
@@ -36,9 +36,9 @@ TAR_MTIME = 946684800
 IGNORE_FILE = ".dockerignore"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One tar entry. ``digest`` is the content hash (files) or link target (symlinks)."""
+class Entry(NamedTuple):
+    """One tar entry. ``digest`` is the content hash (files) or link target (symlinks).
+    A named tuple, not a frozen dataclass: a context has ~10^5 of them, made 3x faster."""
 
     path: str
     type: str  # "f" file, "d" directory, "l" symlink
@@ -114,17 +114,31 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
                     return _scan_selected(root, ctx, tree, hasher, visible)
             except Unreadable as exc:
                 ctx.reach.whole = str(exc)
+    entries = _walk_context(root, ctx_dir, ignore, shown, specials, hasher)
+    entries = {**visible, **entries}
+    ctx.entries = [entries[p] for p in sorted(entries)]
+    return ctx
+
+
+def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
+                  hasher: FileHasher) -> dict[str, Entry]:
+    """Every entry COPY sees (the specials aside), files hashed: the hot loop of a plan."""
     entries: dict[str, Entry] = {}
     # olly's own .cache/ and dist/ (at the workspace root) are never inputs, even in a
     # context that contains them: they change during every run.
     skip_own = ctx_dir == "."
-    for rel, st in ignore.walk(base, shown=shown):
+    prefix = "" if skip_own else ctx_dir + "/"
+    hasher.preload(ctx_dir)
+    digest, is_reg = hasher.hash, stat.S_ISREG
+    for rel, st in ignore.walk(root / ctx_dir, shown=shown):
         if rel in specials or (skip_own and in_own_dir(rel)):
             continue  # specials are added from the bytes read above
-        entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
-    entries = {**visible, **entries}
-    ctx.entries = [entries[p] for p in sorted(entries)]
-    return ctx
+        mode = st.st_mode
+        if is_reg(mode):  # inlined _entry: most entries are regular files
+            entries[rel] = Entry(rel, "f", bool(mode & 0o111), st.st_size, digest(prefix + rel, st))
+        else:
+            entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
+    return entries
 
 
 def _tree(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
@@ -148,6 +162,7 @@ def _scan_selected(root: Path, ctx: Context, tree: Tree, hasher: FileHasher, vis
     links += [Source(clean(posixpath.join(posixpath.dirname(e.path), e.digest)), False, 0)
               for e in ctx.extras if e.type == "l"]  # excluded, but the daemon still reads it first
     chosen = select(tree, [*ctx.reach.sources, *links])
+    hasher.preload(ctx.dir)
     keyed: list[Entry] = []
     carried = [e for rel, e in visible.items() if e.type != "d" and rel not in chosen.nodes]
     for rel in sorted(chosen.nodes):
@@ -299,12 +314,16 @@ def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str)
     """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
     found: dict[str, str] = {}
     for pattern in patterns:
+        walked = inputs.walked_dir(pattern)
+        if walked is not None:
+            hasher.preload(walked)
         try:
-            matches = expand_inputs(root, pattern)
+            matches = inputs.expand(root, pattern)
         except ValueError as exc:  # the files changed since BUILD.toml was checked
             raise OllyError("config-invalid", f'images."{label}".inputs: {exc}')
-        for rel in matches:
-            found[rel] = hasher.hash(rel, (root / rel).stat())
+        digest = hasher.hash
+        for rel, st in matches:
+            found[rel] = digest(rel, st)
     return [[p, found[p]] for p in sorted(found)]
 
 

@@ -428,8 +428,9 @@ class DockerIgnore:
                     pending.append((len(frames), rel, st))
                     frames.append((_scan(entry.path), rel + "/", info))
                 continue
-            yield from ((prel, pst) for _, prel, pst in pending)
-            pending.clear()
+            if pending:
+                yield from ((prel, pst) for _, prel, pst in pending)
+                pending.clear()
             if rel != drop:
                 yield rel, st
             if is_dir:

@@ -77,8 +77,11 @@ def engine_check() -> tuple[Engine | None, Check]:
     except OllyError as exc:
         return None, Check("engine", False, exc.message, "start the engine (dockerd, or `podman system service`) "
                            "or point DOCKER_HOST at it")
-    builder = ("buildah, through Podman's Docker-compatible API" if engine.kind == PODMAN
-               else "the classic builder of the Docker API (olly needs no buildx)")
+    from olly import buildkit
+
+    builder = ("buildah, through Podman's Docker-compatible API (builder auto: classic)" if engine.kind == PODMAN
+               else "BuildKit through the Docker API (builder auto; olly needs no buildx)" if buildkit.supports(engine)
+               else "the classic builder of the Docker API (API < 1.39: no BuildKit)")
     detail = (f"{engine.kind} {engine.engine_version or '?'} at {engine.endpoint} (API {engine.version}, "
               f"{engine.platform}); builds with {builder}")
     return engine, Check("engine", True, detail)

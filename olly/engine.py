@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from olly import credentials, failpoints
+from olly import credentials, dockersdk, failpoints
+from olly.enginehttp import EngineHTTPError, UnixEngineHTTP, default_endpoint, image_path, socket_path, version_of
 from olly.errors import OllyError
 from olly.scrub import scrub
 
@@ -71,10 +72,13 @@ class BuildRequest:
     pull: bool = False  # ask the engine to refresh base images (--pull)
     on_line: Callable[[str], None] | None = None  # called with each build-log line, on the build's thread
     builder: str = "classic"  # classic | buildkit (olly.buildkit): the one the key was computed for
+    # Paths sent that COPY must not see (the context's extras: a generated .dockerfile.<hex>, an
+    # excluded Dockerfile or .dockerignore). dockerd drops them itself; Podman is told (excludes).
+    dropped: tuple[str, ...] | None = None
 
 
 def endpoint() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return default_endpoint()
 
 
 def engine_kind(version: dict[str, Any]) -> str:
@@ -161,33 +165,71 @@ def _pushed_digest(item: dict[str, Any]) -> str | None:
     return match.group(1) if match else None
 
 
+class _HTTPHistory:
+    """An image's history over the unix socket, for ``_fill_onbuild`` (what the SDK's
+    ``history`` gives): a Podman inspect needs no SDK either."""
+
+    def __init__(self, http: UnixEngineHTTP, version: str) -> None:
+        self._http, self._version = http, version
+
+    def history(self, image_id: str) -> Any:
+        return self._http.get_json(image_path(self._version, image_id).removesuffix("/json") + "/history")
+
+
 class Engine:
     """A reachable Docker engine. Construct once; safe to use from build threads."""
 
     def __init__(self, base_url: str | None = None) -> None:
         """The engine at ``base_url`` (``unix://``, ``tcp://``, ``ssh://``), by default the one
-        DOCKER_HOST (or the default socket) names."""
-        import docker
-        from docker.utils import kwargs_from_env
-
+        DOCKER_HOST (or the default socket) names. A unix socket is asked what it is over raw
+        HTTP (olly.enginehttp): the docker SDK is imported only once something needs it."""
         self.endpoint = base_url or endpoint()
-        self._kwargs = {"base_url": base_url} if base_url else kwargs_from_env()
+        self._base_url = base_url
+        self._sdk: Any = None
+        self._sdk_lock = threading.Lock()
+        path = socket_path(self.endpoint)
+        self._http = UnixEngineHTTP(path) if path is not None else None
         try:
-            probe = docker.APIClient(version="auto", timeout=10, **self._kwargs)
-            probe.ping()
+            self._info: dict[str, Any] = version_of(self.endpoint, self._http) if self._http else self._probe()
+            self.version = str(self._info["ApiVersion"])
+        except OllyError:
+            raise
         except Exception as exc:  # the SDK raises many types for "not there"
             raise OllyError(
                 "engine-unreachable",
                 f"no Docker engine at {self.endpoint} ({_short(exc)}): start the engine (dockerd) or set DOCKER_HOST",
             )
-        self.version = probe.api_version
-        self.api = probe
-        try:
-            self._info: dict[str, Any] = probe.version()
-        except Exception as exc:
-            raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
         self.kind = engine_kind(self._info)  # docker | podman: asked once, for messages and behaviour
         self.engine_version = str(self._info.get("Version", ""))
+
+    def _probe(self) -> dict[str, Any]:
+        """An SDK engine (tcp://, ssh://, TLS): connect, negotiate the API version, ask /version."""
+        docker = self._docker()
+        self._sdk = docker.APIClient(version="auto", timeout=10, **self._sdk_kwargs())
+        self._sdk.ping()
+        try:
+            info: dict[str, Any] = self._sdk.version()
+        except Exception as exc:
+            raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
+        return {**info, "ApiVersion": self._sdk.api_version}
+
+    def _docker(self) -> Any:
+        """The docker SDK (olly.dockersdk: without paramiko unless this engine is ssh://)."""
+        return dockersdk.load(ssh=self.endpoint.startswith("ssh://"))
+
+    def _sdk_kwargs(self) -> dict[str, Any]:
+        self._docker()
+        from docker.utils import kwargs_from_env
+
+        return {"base_url": self._base_url} if self._base_url else kwargs_from_env()
+
+    @property
+    def api(self) -> Any:
+        """The docker SDK's client, created on first use (builds, pushes, tags, gc)."""
+        with self._sdk_lock:  # build threads may ask at once
+            if self._sdk is None:
+                self._sdk = self._docker().APIClient(version=self.version, timeout=10, **self._sdk_kwargs())
+            return self._sdk
 
     @property
     def platform(self) -> str:
@@ -195,11 +237,11 @@ class Engine:
         return oci_platform(str(self._info.get("Os", "linux")), str(self._info.get("Arch", "")))
 
     def _client(self) -> Any:
-        import docker
-
-        return docker.APIClient(version=self.version, timeout=120, **self._kwargs)
+        return self._docker().APIClient(version=self.version, timeout=120, **self._sdk_kwargs())
 
     def inspect(self, ref: str) -> dict[str, Any] | None:
+        if self._http is not None:
+            return self._inspect_http(ref)
         import docker.errors
 
         try:
@@ -215,6 +257,34 @@ class Engine:
             raise OllyError("engine-error", f"engine error inspecting {ref}: {_short(exc)}")
         except Exception as exc:
             raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
+
+    def _inspect_http(self, ref: str) -> dict[str, Any] | None:
+        """``inspect`` over the unix socket, with the SDK path's results and errors."""
+        try:
+            image: dict[str, Any] = self._http.get_json(image_path(self.version, ref))  # type: ignore[union-attr]
+            if self.kind == PODMAN:
+                _fill_onbuild(_HTTPHistory(self._http, self.version), image)  # type: ignore[arg-type]
+            return image
+        except EngineHTTPError as exc:
+            if exc.status_code == 404:
+                return None
+            raise OllyError("engine-error", f"engine error inspecting {ref}: {_short(exc)}")
+        except Exception as exc:
+            raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
+
+    def labelled_images(self) -> list[dict[str, Any]]:
+        """Every image carrying olly's key label, in one call, shaped as ``inspect`` results
+        (``Id``, ``RepoTags``, ``Config.Labels``): what a plan checks per target."""
+        try:
+            if self._http is not None:
+                filters = json.dumps({"label": [KEY_LABEL]})
+                listed = self._http.get_json(f"/v{self.version}/images/json", {"filters": filters})
+            else:
+                listed = self.api.images(filters={"label": KEY_LABEL})
+        except Exception as exc:
+            raise OllyError("engine-error", f"engine error listing olly's images: {_short(exc)}")
+        return [{"Id": i.get("Id"), "RepoTags": i.get("RepoTags") or [], "Config": {"Labels": i.get("Labels") or {}}}
+                for i in listed if isinstance(i, dict)]
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         try:
@@ -241,6 +311,7 @@ class Engine:
         manifest digest the engine reports, or None if it reports none (an engine's word is
         no proof anyway: callers read the pushed tag back from the registry)."""
         digest: str | None = None
+        self._docker()  # before credentials imports the SDK in its own way
         auth = credentials.image_auth_config(repository, registry_name)  # the SDK then runs no helper itself
         try:
             for item in self._push_stream(repository, tag, auth):
@@ -285,11 +356,9 @@ class Engine:
         params = _podman_network_params(req.network)
         # Podman applies the context's .dockerignore again, with its own matcher, to the context
         # olly already filtered (dockerd only drops the Dockerfile and .dockerignore if excluded).
-        # Given `excludes` it reads no .dockerignore: drop exactly what dockerd drops. Needs
-        # BuildRequest.dropped, the paths olly sends that COPY must not see (tp.context.extras).
-        dropped = getattr(req, "dropped", None)
-        if dropped is not None:
-            params["excludes"] = json.dumps([_literal_pattern(path) for path in dropped] or ["!*"])  # !*: none
+        # Given `excludes` it reads no .dockerignore: drop exactly what dockerd drops.
+        if req.dropped is not None:
+            params["excludes"] = json.dumps([_literal_pattern(path) for path in req.dropped] or ["!*"])  # !*: none
         pulls = [ref for ref in _base_images(req.dockerfile, req.args) if req.pull or not self._has(ref)]
         if pulls and all("/" in ref and _loopback(ref) for ref in pulls):
             # As for push and pull: Docker pulls bases from loopback registries over http. Podman's
@@ -299,6 +368,7 @@ class Engine:
 
     def pull(self, reference: str, registry_name: str) -> str:
         """Pull ``reference`` (``repo@sha256:…`` or ``repo:tag``) and return the local image id."""
+        self._docker()  # before credentials imports the SDK in its own way
         auth = credentials.image_auth_config(reference, registry_name)  # the SDK then runs no helper itself
         try:
             for item in self._pull_stream(reference, auth):
@@ -433,6 +503,7 @@ def add_params(client: Any, path_suffix: str, extra: dict[str, str]) -> None:
 def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
     """Credentials per registry host of the Dockerfile's literal FROM images (``${ARG}``
     images are olly's own dependencies, already local)."""
+    dockersdk.load()  # imported already by the build's client; never with paramiko by accident
     from docker.auth import resolve_repository_name
     from docker.utils import parse_repository_tag
 
@@ -453,6 +524,7 @@ def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
 
 
 def _encode_auth(auth: dict[str, Any]) -> str:
+    dockersdk.load()
     from docker.auth import encode_header
 
     value = encode_header(auth)

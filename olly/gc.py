@@ -26,7 +26,7 @@ from typing import Any
 
 from olly.cache import Cache
 from olly.config import ImageTarget, Registry, Workspace
-from olly.engine import KEY_LABEL, Engine, canonical_ref, oci_platform
+from olly.engine import KEY_LABEL, Engine, canonical_ref, familiar_ref, oci_platform
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.gc_registry import Item, RegistryGc, package_refs
@@ -207,7 +207,8 @@ def engine_items(engine: Engine, found: list[EngineTag], going: list[EngineTag])
     for et in going:
         others = [o for o in found if o.image_id == et.image_id and o.ref not in leaving]
         detail = f"image {et.image_id[7:19]}" + (", other tags keep it" if others else "")
-        items.append(Item("engine-tag", et.ref, 0 if others else own.get(et.image_id, et.size), detail=detail))
+        # Shown as Docker spells it; Podman lists docker.io/<repo>:<tag> (_remove maps it back).
+        items.append(Item("engine-tag", familiar_ref(et.ref), 0 if others else own.get(et.image_id, et.size), detail=detail))
     return items
 
 
@@ -281,10 +282,10 @@ def _remove(ws: Workspace, cache: Cache, engine: Engine, reg: RegistryGc | None,
     deleted: set[str] = reg.delete() if reg else set()
     if reg is not None:  # the registry's items, with how their deletion went
         report.items = reg.items() + [i for i in report.items if i.kind != "registry-manifest"]
-    by_ref = {et.ref: et for et in going}
+    by_ref = {familiar_ref(et.ref): et for et in going}
     for item in report.items:
         if item.kind == "engine-tag":
-            item.status = untag(engine, item.name) or "removed"
+            item.status = untag(engine, by_ref[item.name].ref if item.name in by_ref else item.name) or "removed"
             if item.status != "removed":
                 by_ref.pop(item.name, None)
         elif item.kind in ("chart-package", "log"):

@@ -33,44 +33,59 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 class FileHasher:
-    """Hashes workspace files, reusing cached hashes whose stat signature matches."""
+    """Hashes workspace files, reusing cached hashes whose stat signature matches.
 
-    def __init__(self, root: Path, known: dict[str, tuple[Any, ...]]) -> None:
+    ``known`` maps a workspace-relative path to ``(size, mtime_ns, ino, ctime_ns, mode,
+    hash)``: a dict, or the cache's lazy view (olly.cache.StatView), which loads the rows of
+    a directory when :meth:`preload` names it and keeps memory to what is being planned."""
+
+    def __init__(self, root: Path, known: Any) -> None:
         self.root = root
+        self._base = os.path.join(os.fspath(root), "")  # str joins: no pathlib per file
         self.known = known
-        self.updates: dict[str, dict[str, Any]] = {}
+        self.updates: dict[str, tuple[Any, ...]] = {}  # path -> (path, size, mtime_ns, ino, ctime_ns, mode, hash)
         self.forget: list[str] = []
         self.files_read = 0
 
+    def preload(self, prefix: str) -> None:
+        """Planning is about to look at ``prefix`` (a directory, "" = all): a lazy view loads it."""
+        load = getattr(self.known, "preload", None)
+        if load is not None:
+            load(prefix)
+
     def hash(self, rel: str, st: os.stat_result) -> str:
         """Content hash of workspace-relative file ``rel`` whose lstat is ``st``."""
-        sig = _signature(st)
         cached = self.known.get(rel)
-        if cached is not None and tuple(cached[:5]) == sig:
+        if (cached is not None and cached[1] == st.st_mtime_ns and cached[3] == st.st_ctime_ns
+                and cached[0] == st.st_size and cached[2] == st.st_ino and cached[4] == st.st_mode):
             return str(cached[5])
         started = time.time_ns()
-        digest = hash_file(self.root / rel, rel)
+        digest = hash_file(self._base + rel, rel)
         self.files_read += 1
         failpoints.hit("hash")
-        newest = max(st.st_mtime_ns, st.st_ctime_ns)
-        if newest < started - RACY_NS:
-            row = dict(zip(("size", "mtime_ns", "ino", "ctime_ns", "mode"), sig), path=rel, hash=digest)
-            self.updates[rel] = row
-            self.known[rel] = (*sig, digest)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < started - RACY_NS:
+            row = (*_signature(st), digest)
+            self.updates[rel] = (rel, *row)  # a stat-cache row: olly.cache.save_stats
+            self.known[rel] = row
         elif cached is not None:
             self.forget.append(rel)
             self.known.pop(rel, None)
         return digest
 
 
-def hash_file(path: Path, display: str) -> str:
-    h = xxhash.xxh3_128()
+def hash_file(path: str | Path, display: str) -> str:
+    """xxh3-128 of a file's content. os.open/os.read: builtin open() builds a buffered file
+    object per call, three times the cost for the small files a context is made of."""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            h = xxhash.xxh3_128()
+            while data := os.read(fd, CHUNK):  # to EOF: a short read is not one
+                h.update(data)
+            return h.hexdigest()
+        finally:
+            os.close(fd)
     except PermissionError:
         raise OllyError("unreadable-file", f"{display}: permission denied (fix its permissions, or exclude it from the build)")
     except OSError as exc:
         raise OllyError("unreadable-file", f"{display}: cannot read: {exc.strerror}")
-    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""What runs on a worker thread for one target: build, push, package.
+"""What runs on a worker thread for one target: build, push (charts: olly.chartjobs).
 
 Jobs never touch the cache: they return an Outcome whose fields tell the
 scheduler's main thread what to record (build result, registry digest, artifact).
@@ -13,19 +13,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from olly import charts, failpoints, progress, signing
+from olly import failpoints, progress, signing
 from olly.buildkit import BUILDKIT, CLASSIC
-from olly.charts import Pin
-from olly.config import UNPUBLISHED_DIR, ImageTarget, Registry
+from olly.config import ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
 from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine, oci_platform
 from olly.engines import engine_for
 from olly.errors import OllyError
 from olly.plan import TargetPlan
 from olly.registry import Endpoint, RegistryClient
-from olly.versions import image_tag, is_release, oci_tag
+from olly.versions import image_tag, is_release
+
+if TYPE_CHECKING:
+    from olly import chartproof
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Outcome:
     changed: list[str] = field(default_factory=list)  # files that differed from the plan (stat rows to drop)
     platform: str = ""  # images: the platform built
     variants: list[Outcome] = field(default_factory=list)  # a multi-platform image: one per platform
+    proof: dict[str, Any] | None = None  # charts: what was verified this run (olly.chartproof)
+    proof_files: dict[str, list[int]] | None = None  # charts: the signatures that proof rests on
 
 
 class InputChanged(BuildFailed):
@@ -77,6 +81,7 @@ class RunContext:
     wait_s: float = 0.0  # --shard: how long to wait for another shard's image in the registry
     owners: dict[str, str] = field(default_factory=dict)  # --shard: label -> "shard 2/3"
     builder: str | None = None  # --builder (already in each plan's key and manifest, which decide)
+    proofs: chartproof.Proofs | None = None  # charts' verified outputs (set by the scheduler)
 
 
 LOGS_KEPT = 10  # earlier logs kept per target (and platform), oldest dropped first
@@ -170,6 +175,7 @@ def _build_once(ctx: RunContext, tp: TargetPlan, log: Path, no_cache: bool) -> s
         target=t.target, platform=tp.manifest["platform"],
         network=ctx.network_override or t.network or ctx.network, labels={**tp.manifest["labels"], KEY_LABEL: tp.key},
         log_path=log, no_cache=no_cache, pull=ctx.pull, builder=_builder(ctx, tp),
+        dropped=tuple(e.path for e in tp.context.extras),
         on_line=progress.line_emitter(ctx.emit, tp.label, tp.platform if tp.history != tp.label else ""),
     )
     keep_old_log(log)
@@ -235,7 +241,7 @@ def tag_release(ctx: RunContext, client: RegistryClient, name: str, digest: str)
     vtag = image_tag(ctx.version)
     current = client.manifest_digest(name, vtag)
     if current != digest:
-        _refuse_release_overwrite(ctx.registry, f"{name}:{vtag}", current, ctx.version)
+        refuse_release_overwrite(ctx.registry, f"{name}:{vtag}", current, ctx.version)
         body, media_type, _ = client.get_manifest(name, digest)
         client.push_manifest(name, vtag, body, media_type)  # a tag costs no build and no upload
         confirm_tag(client, name, vtag, digest, ctx.version)
@@ -271,7 +277,7 @@ def confirm_tag(client: RegistryClient, name: str, tag: str, digest: str, versio
                         "publish again once the other run is done")
 
 
-def _refuse_release_overwrite(registry: Registry, ref: str, current: str | None, version: str) -> None:
+def refuse_release_overwrite(registry: Registry, ref: str, current: str | None, version: str) -> None:
     """A release version names one artifact forever; dev versions may be re-pointed."""
     if current is not None and is_release(version):
         raise OllyError("release-exists", f"registry {registry.name!r} already has {ref} with other content "
@@ -356,126 +362,6 @@ def _carries_key(image: dict[str, object] | None, key: str) -> bool:
     return isinstance(labels, dict) and labels.get(KEY_LABEL) == key
 
 
-# -- charts -------------------------------------------------------------------------
-
-
-@dataclass
-class ChartWork:
-    """Prepared by the main thread: the chart's pins, key, version and any cached package."""
-
-    pins: dict[str, Pin]
-    key: str
-    version: str
-    app_version: str
-    store: Path  # the package of this key in the cache: written once, replaced only if it does not match the key
-    path: Path  # the user-facing copy, dist/charts/<registry or _unpublished>/<name>-<version>.tgz
-    cached_digest: str | None  # sha256 of the recorded, intact package at ``store``
-    # The registry's values overlay, merged into the values file next to the package only: it
-    # is not in the key (the package and its version do not depend on it); the values file is
-    # rewritten whenever it differs, cached package or not.
-    overlay: Any = None
-    manifest: dict[str, Any] = field(default_factory=dict)  # for `olly why`, recorded with the package
-
-
-def chart_pins(ctx: RunContext, tp: TargetPlan, images: dict[str, Outcome], repos: dict[str, str]) -> dict[str, Pin]:
-    refs = {label: (repos[label], o.ref.rsplit(":", 1)[1], o.digest or None) for label, o in images.items()}
-    return charts.make_pins(tp.target.images, refs, ctx.registry)  # type: ignore[union-attr]
-
-
-def prepare_chart(ctx: RunContext, tp: TargetPlan, pins: dict[str, Pin],
-                  recorded_for: Callable[[str], dict[str, str] | None]) -> ChartWork:
-    """Key, version and output path of a chart; reuse the recorded package if still intact."""
-    assert tp.chart is not None
-    version, app_version = charts.stamp(tp.chart, pins, ctx.version)
-    key = charts.chart_key(tp.chart, pins, version, app_version)
-    recorded = recorded_for(key)
-    # Registry names start with a letter or digit (olly.config): no registry can share this.
-    where = ctx.registry.name if ctx.registry else UNPUBLISHED_DIR
-    path = ctx.out_dir / "charts" / where / f"{tp.chart.name}-{version}.tgz"
-    store = ctx.store_dir / f"{key}.tgz"
-    cached = None
-    try:
-        if recorded and ctx.root / recorded["path"] == store and store.is_file():
-            if charts.sha256(store.read_bytes()) == recorded["digest"]:
-                cached = recorded["digest"]
-    except OSError:
-        cached = None  # an unreadable stored package is simply packaged again
-    overlay = charts.load_overlay(ctx.root, ctx.registry)
-    manifest = charts.chart_manifest(tp.chart, pins, version, app_version, ctx.registry)
-    return ChartWork(pins, key, version, app_version, store, path, cached, overlay, manifest)
-
-
-def run_chart(ctx: RunContext, tp: TargetPlan, work: ChartWork) -> Outcome:
-    assert tp.chart is not None
-    o = Outcome(tp.label, "cached", "up to date", started=time.time(), key=work.key, version=work.version,
-                artifact=str(work.path), ref=f"{tp.chart.name}:{work.version}")
-    unpinned = sorted(p for p, pin in work.pins.items() if not pin.pinned)
-    try:
-        # Always package: it is cheap and byte-reproducible, so it verifies a stored package
-        # against its key. A restored CI cache can carry a replaced .tgz together with a db
-        # row matching it; the row alone proves nothing, and we never ship unverified bytes.
-        tgz, _ = charts.package(tp.chart, work.pins, work.version, work.app_version)
-        if ctx.registry is not None:
-            charts.check_endpoints(tgz, ctx.registry, tp.chart.dir)
-        if work.cached_digest is None:
-            _write_atomic(work.store, tgz)
-            o.status, o.reason = "built", "packaged"
-        elif _read_or_none(work.store) != tgz:
-            _write_atomic(work.store, tgz)
-            o.status, o.reason = "built", "stored package did not match its key: repackaged"
-        _write_if_changed(work.path, tgz)
-        values = work.path.with_suffix(".values.yaml")
-        display = f"registry {ctx.registry.name!r} values" if ctx.registry else "values"
-        if _write_if_changed(values, charts.values_document(work.pins, work.overlay, display)) and o.status == "cached":
-            o.notes.append(f"wrote {values.name}: it was missing or differed (e.g. the registry's values changed)")
-        o.image_id = charts.sha256(tgz)  # the package's own digest, recorded with the artifact
-        if unpinned:
-            o.notes.append("not digest-pinned: " + ", ".join(unpinned) + (" (no registry)" if ctx.registry is None else " (not in the registry: use --push)"))
-        if ctx.push and ctx.registry is not None:
-            o.digest, o.pushed = push_chart(ctx, tp, tgz)
-            where = f"oci://{ctx.registry.push}/{ctx.registry.charts}/{tp.chart.name}:{oci_tag(work.version)}"
-            o.notes.append(f"pushed {where}" if o.pushed else f"already in {ctx.registry.name} as {where}")
-    except OllyError as exc:
-        o.status, o.reason = "failed", exc.message
-    except Exception as exc:  # a bug must fail this target, not abandon the others mid-build
-        o.status, o.reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
-    return finish(o)
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def push_chart(ctx: RunContext, tp: TargetPlan, tgz: bytes) -> tuple[str, bool]:
-    """Push as ``helm push`` does; skip when the registry already has this exact manifest."""
-    registry = ctx.registry
-    assert registry is not None and tp.chart is not None
-    meta = charts.read_chart_meta(tgz, tp.chart.name)
-    config, manifest = charts.oci_artifact(tgz, meta)
-    name = registry.push_repository(f"{registry.charts}/{tp.chart.name}")
-    tag = oci_tag(str(meta["version"]))
-    client = client_for(registry)
-    digest = charts.sha256(manifest)
-    current = client.manifest_digest(name, tag)
-    if current == digest:
-        return digest, False
-    _refuse_release_overwrite(registry, f"{name}:{tag}", current, str(meta["version"]))
-    client.push_blob(name, config)
-    client.push_blob(name, tgz)
-    # Look again right before the PUT: uploads take time, and another run may have
-    # published this version meanwhile (a release must not be overwritten).
-    current = client.manifest_digest(name, tag)
-    if current == digest:
-        return digest, False
-    _refuse_release_overwrite(registry, f"{name}:{tag}", current, str(meta["version"]))
-    client.push_manifest(name, tag, manifest, charts.MANIFEST_MEDIA_TYPE)
-    confirm_tag(client, name, tag, digest, ctx.version or str(meta["version"]))
-    return digest, True
-
-
 TMP_PREFIX = ".olly-tmp-"
 
 
@@ -488,18 +374,18 @@ def remove_stale_temp(*dirs: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
+def write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` unless ``path`` holds it already; True if it was written."""
     try:
         if path.is_file() and path.read_bytes() == data:
             return False
     except OSError:
         pass
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return True
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename: a crash never leaves a half-written package.
 
     The file gets mode 0666 less the umask (0644 usually), as any tool would give it:

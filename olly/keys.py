@@ -20,8 +20,13 @@ KEY_SCHEMA = 5  # 5: `builder` (buildkit | classic); 4: `files` holds only what 
 TAG_HEX = 20
 
 
+_U64 = struct.Struct(">Q").pack
+_I64 = struct.Struct(">q").pack
+_SMALL = [_U64(n) for n in range(4096)]  # lengths and counts: most are small
+
+
 def _u64(n: int) -> bytes:
-    return struct.pack(">Q", n)
+    return _SMALL[n] if n < 4096 else _U64(n)
 
 
 def encode(value: Any) -> bytes:
@@ -36,6 +41,57 @@ def encode(value: Any) -> bytes:
 
 
 def _encode_into(value: Any, out: bytearray) -> None:
+    # Exact-type checks first: a record holds ~10^5 strings and rows, and this is its hot
+    # loop. Subclasses (a str subclass, an IntEnum) fall through to the isinstance chain.
+    kind = type(value)
+    if kind is str:
+        data = value.encode("utf-8", "surrogateescape")  # keeps non-UTF-8 file names exact
+        out += b"S"
+        out += _u64(len(data))
+        out += data
+    elif kind is list or kind is tuple:
+        out += b"L"
+        out += _u64(len(value))
+        for item in value:
+            if type(item) is list:
+                _encode_row(item, out)
+            else:
+                _encode_into(item, out)
+    elif kind is dict:
+        _encode_dict(value, out)
+    else:
+        _encode_other(value, out)
+
+
+def _encode_dict(value: dict[Any, Any], out: bytearray) -> None:
+    out += b"D"
+    out += _u64(len(value))
+    for key in sorted(value):
+        if not isinstance(key, str):
+            raise TypeError(f"record keys must be str, got {key!r}")
+        _encode_into(key, out)
+        _encode_into(value[key], out)
+
+
+def _encode_row(row: list[Any], out: bytearray) -> None:
+    """A list inside a list (a ``files`` row): its strings and booleans inline, no call each."""
+    out += b"L"
+    out += _u64(len(row))
+    for item in row:
+        if type(item) is str:
+            data = item.encode("utf-8", "surrogateescape")
+            out += b"S"
+            out += _u64(len(data))
+            out += data
+        elif item is True:
+            out += b"T"
+        elif item is False:
+            out += b"F"
+        else:
+            _encode_into(item, out)
+
+
+def _encode_other(value: Any, out: bytearray) -> None:
     if value is None:
         out += b"N"
     elif value is True:
@@ -43,9 +99,8 @@ def _encode_into(value: Any, out: bytearray) -> None:
     elif value is False:
         out += b"F"
     elif isinstance(value, int):
-        out += b"I" + struct.pack(">q", value)
+        out += b"I" + _I64(value)
     elif isinstance(value, str):
-        # surrogateescape keeps non-UTF-8 file names exact (their raw bytes).
         data = value.encode("utf-8", "surrogateescape")
         out += b"S" + _u64(len(data)) + data
     elif isinstance(value, (bytes, bytearray)):
@@ -55,12 +110,7 @@ def _encode_into(value: Any, out: bytearray) -> None:
         for item in value:
             _encode_into(item, out)
     elif isinstance(value, dict):
-        out += b"D" + _u64(len(value))
-        for key in sorted(value):
-            if not isinstance(key, str):
-                raise TypeError(f"record keys must be str, got {key!r}")
-            _encode_into(key, out)
-            _encode_into(value[key], out)
+        _encode_dict(value, out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} in a key record")
 

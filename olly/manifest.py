@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -41,6 +42,8 @@ def diff_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for field in ("target", "platform"):
         if old.get(field) != new.get(field):
             changes.append(f"~ {field} {old.get(field)!r} -> {new.get(field)!r}")
+    if old.get("builder") and old.get("builder") != new.get("builder"):  # keyed from schema 5
+        changes.append(f"~ builder {old.get('builder')!r} -> {new.get('builder')!r}")
     changes += _dict_changes("input", dict(map(tuple, old.get("inputs", []))), dict(map(tuple, new.get("inputs", []))), values=False)
     changes += _dict_changes("dependency", old.get("deps", {}), new.get("deps", {}), values=False, what="key")
     return changes
@@ -82,15 +85,26 @@ def _file_change(a: tuple[str, bool, str], b: tuple[str, bool, str]) -> str:
     return ", ".join(parts) or "metadata"
 
 
-def _dict_changes(kind: str, a: dict[str, Any], b: dict[str, Any], *, values: bool = True, what: str = "content") -> list[str]:
-    out = []
+def _each_change(a: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(sign, name)`` for each name added (+), removed (-) or changed (~) from ``a`` to ``b``, sorted."""
     for name in sorted(a.keys() | b.keys()):
         if name not in a:
-            out.append(f"+ {kind} {name}" + (f"={b[name]!r}" if values else ""))
+            yield "+", name
         elif name not in b:
-            out.append(f"- {kind} {name}")
+            yield "-", name
         elif a[name] != b[name]:
-            out.append(f"~ {kind} {name}" + (f": {a[name]!r} -> {b[name]!r}" if values else f" ({what} changed)"))
+            yield "~", name
+
+
+def _dict_changes(kind: str, a: dict[str, Any], b: dict[str, Any], *, values: bool = True, what: str = "content") -> list[str]:
+    out = []
+    for sign, name in _each_change(a, b):
+        detail = ""
+        if sign == "+" and values:
+            detail = f"={b[name]!r}"
+        elif sign == "~":
+            detail = f": {a[name]!r} -> {b[name]!r}" if values else f" ({what} changed)"
+        out.append(f"{sign} {kind} {name}{detail}")
     return out
 
 
@@ -144,21 +158,13 @@ def diff_chart_manifests(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("schema") != new.get("schema"):
         changes.append(f"~ key schema {old.get('schema')} -> {new.get('schema')}")
     a, b = dict(map(tuple, old.get("files", []))), dict(map(tuple, new.get("files", [])))
-    for path in sorted(a.keys() | b.keys()):
-        if path not in a:
-            changes.append(f"+ file {path}")
-        elif path not in b:
-            changes.append(f"- file {path}")
-        elif a[path] != b[path]:
-            changes.append(f"~ file {path} (content)")
+    changes += [f"{sign} file {path}" + (" (content)" if sign == "~" else "") for sign, path in _each_change(a, b)]
     old_pins, new_pins = old.get("pins", {}), new.get("pins", {})
-    for path in sorted(old_pins.keys() | new_pins.keys()):
-        if path not in old_pins:
-            changes.append(f"+ pin {path}={new_pins[path]}")
-        elif path not in new_pins:
-            changes.append(f"- pin {path}")
-        elif old_pins[path] != new_pins[path]:
+    for sign, path in _each_change(old_pins, new_pins):
+        if sign == "~":
             changes.append(f"~ pin {path}: {_short_ref(old_pins[path], new_pins[path])}")
+        else:
+            changes.append(f"+ pin {path}={new_pins[path]}" if sign == "+" else f"- pin {path}")
     for field, name in (("version", "version"), ("app_version", "appVersion"), ("registry", "registry")):
         if old.get(field) != new.get(field):
             changes.append(f"~ {name}: {old.get(field) or '(none)'} -> {new.get(field) or '(none)'}")

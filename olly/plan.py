@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import platform as _platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olly import baselock, buildkit, index, keys, reach, scrub, signing
 from olly.cache import Cache
-from olly.charts import ChartSource, chart_key, chart_manifest, check_overlay, load_chart, load_overlay, make_pins, stamp
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine, oci_platform
@@ -23,8 +22,15 @@ from olly.engine import has_tag as engine_has_tag
 from olly.errors import OllyError
 from olly.graph import Graph
 from olly.hashing import FileHasher, hash_bytes
+from olly.imageview import EngineImages, ImageViews
+from olly.lazy import lazy
 from olly.manifest import diff_chart_manifests, diff_manifests, summarize
 from olly.registry import Endpoint, RegistryClient
+
+if TYPE_CHECKING:
+    from olly.charts import ChartSource
+
+charts: Any = lazy("olly.charts")  # and its YAML library: only for a workspace with charts
 
 
 def native_platform() -> str:
@@ -106,8 +112,10 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     labels = image_labels(ws, t)
     secret_values = _secret_values(ws, t)
     secrets = sorted(secret_values)  # names only: a secret's value is never keyed or stored
-    builder = buildkit.builder_for(t.builder, ws.builder, ws.builder_override, engine)
-    buildkit.check_context(builder, ctx.extras, t.label)
+    # Auto: BuildKit where the engine has it, classic for a context holding files only the classic
+    # daemon drops (ctx.extras); without an engine, what the last run saw of it (olly.buildkit).
+    choice = buildkit.choose_for(ws, t, engine, platform, ctx.extras)
+    builder = choice.builder
     record = keys.image_record(
         files=files, dockerfile=read, dockerignore=ctx.dockerignore, args=t.args, target=t.target,
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets, bases=pinned.bases,
@@ -119,6 +127,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
         "args": dict(t.args), "target": t.target or "", "platform": plat, "inputs": inputs, "deps": deps,
         "labels": labels, "secrets": secrets, "bases": pinned.bases, "builder": builder,
+        "builder_reason": choice.reason,  # not keyed: why this builder (olly plan --json, olly why)
         **reach.manifest_fields(ctx.reach, ctx.via, files, t.dockerfile),  # not keyed: which line reaches what
     }
     # What the engine gets: the user's args, the secrets, each dependency's local image reference.
@@ -126,7 +135,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
         tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t, platform=plat,
-        notes=pinned.notes,
+        notes=pinned.notes + ([choice.note] if choice.note else []),
     )
 
 
@@ -169,13 +178,14 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
               signer: signing.Signer | None = None) -> Plan:
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
-    hasher = FileHasher(ws.root, cache.load_stats())
+    hasher = FileHasher(ws.root, cache.stat_view())
     plans: dict[str, TargetPlan] = {}
     client = RegistryClient(Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
+    views = ImageViews(sum(isinstance(ws.targets[label], ImageTarget) for label in labels))  # inspects, or one listing
     for label in labels:
         t = ws.targets[label]
         if isinstance(t, ChartTarget):
-            tp = TargetPlan(label, "chart", "package", [], target=t, chart=load_chart(ws.root, t, hasher))
+            tp = TargetPlan(label, "chart", "package", [], target=t, chart=charts.load_chart(ws.root, t, hasher))
             _decide_chart(ws, tp, plans, cache, registry, version)
             plans[label] = tp
             continue
@@ -184,7 +194,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
         for platform in platforms:
             tp = compute_inputs(ws, t, hasher, plans, platform, engine_for(engine, platform))
             tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
-            _decide_local(tp, cache, engine_for(engine, platform))  # the engine that builds this platform
+            _decide_local(tp, cache, views.of(engine_for(engine, platform)))  # the engine that builds this platform
             if client is not None and registry is not None:
                 _decide_remote(tp, client, registry, signer)
             tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
@@ -234,7 +244,7 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
     # The registry's values overlay is refused now, not after the builds, if it is unreadable
     # or sets what olly pins.
     if registry is not None:
-        check_overlay(load_overlay(ws.root, registry), list(tp.target.images), registry)
+        charts.check_overlay(charts.load_overlay(ws.root, registry), list(tp.target.images), registry)
     images = {label: plans[label] for label in tp.target.depends_on}
     if any(p.action == "build" for p in images.values()):
         tp.reasons = ["an image it pins will be rebuilt"]
@@ -243,9 +253,9 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
         tp.reasons = [f"an image it pins is not in registry {registry.name!r} yet"]
         return
     refs = {label: (p.repository, p.tag, p.remote_digest) for label, p in images.items()}
-    pins = make_pins(tp.target.images, refs, registry)
-    chart_version, app_version = stamp(tp.chart, pins, version)  # exactly as jobs.prepare_chart stamps
-    tp.key = chart_key(tp.chart, pins, chart_version, app_version)
+    pins = charts.make_pins(tp.target.images, refs, registry)
+    chart_version, app_version = charts.stamp(tp.chart, pins, version)  # exactly as jobs.prepare_chart stamps
+    tp.key = charts.chart_key(tp.chart, pins, chart_version, app_version)
     recorded = cache.artifact(tp.label, tp.key, registry.push if registry else "")
     if recorded and (ws.root / recorded["path"]).is_file():
         tp.action, tp.reasons = "cached", [f"packaged before as {tp.chart.name}-{chart_version}"]
@@ -253,7 +263,7 @@ def _decide_chart(ws: Workspace, tp: TargetPlan, plans: dict[str, TargetPlan], c
     tp.reasons = [f"no package of {tp.chart.name}-{chart_version} for these inputs"]
     previous = cache.manifest(tp.label)  # of its last package
     if previous is not None and previous.get("kind") == "chart":
-        tp.changes = diff_chart_manifests(previous, chart_manifest(tp.chart, pins, chart_version, app_version, registry))
+        tp.changes = diff_chart_manifests(previous, charts.chart_manifest(tp.chart, pins, chart_version, app_version, registry))
         tp.reasons += [summarize(tp.changes)] if tp.changes else []
 
 
@@ -287,14 +297,14 @@ def _key_label(image: dict[str, Any]) -> str | None:
     return labels.get(KEY_LABEL)
 
 
-def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
+def _decide_local(tp: TargetPlan, cache: Cache, engine: EngineImages | None) -> None:
     result = cache.result(tp.label, tp.key)
     if result is not None:
         tp.image_id = result["image_id"]
         if engine is None:
             tp.action, tp.reasons = "cached", ["built before (engine not checked)"]
             return
-        image = engine.inspect(result["image_id"])
+        image = engine.image(result["image_id"])
         if image is None:
             tp.action, tp.reasons = "build", [f"image {result['image_id'][7:19]} was removed from the engine"]
             return
@@ -305,7 +315,7 @@ def _decide_local(tp: TargetPlan, cache: Cache, engine: Engine | None) -> None:
         tp.action, tp.reasons = ("cached", ["up to date"]) if has_tag else ("retag", ["tag missing, image present"])
         return
     if engine is not None:
-        found = engine.inspect(tp.ref)
+        found = engine.tagged(tp.ref)
         if found and _key_label(found) == tp.key:
             tp.image_id, tp.action, tp.reasons = found["Id"], "cached", ["found in engine with this key"]
             tp.adopted = True

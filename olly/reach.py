@@ -25,6 +25,7 @@ through ``probe``.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -378,16 +379,22 @@ def _onbuild(s: _Stage, stages: list[_Stage], deps: Mapping[str, tuple[str, byte
         return None
     if s.ref in deps:
         label, data = deps[s.ref]
-        try:
-            has = any(i.keyword == "ONBUILD" for i in d.parse(data).instructions)
-        except d.DockerfileError:
-            has = True
-        return f"ONBUILD in {label}" if has else None
+        return f"ONBUILD in {label}" if _has_onbuild(data) else None
     triggers = probe(s.ref)
     if triggers is None:
         notes.append(f"ONBUILD triggers of {s.ref} not checked: the engine does not hold it")
         return None
     return f"ONBUILD in {s.ref}" if triggers else None
+
+
+@functools.lru_cache(maxsize=256)
+def _has_onbuild(data: bytes) -> bool:
+    """Whether a dependency's Dockerfile has an ONBUILD (or does not parse: then assume one).
+    Remembered by content: with thousands of images on a few bases, each base is parsed once."""
+    try:
+        return any(i.keyword == "ONBUILD" for i in d.parse(data).instructions)
+    except d.DockerfileError:
+        return True
 
 
 # -- wiring: what compute_inputs hands the analysis ---------------------------------------

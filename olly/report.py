@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from olly import buildkit
 from olly.errors import EXIT_OK, EXIT_TARGET_FAILED
 from olly.plan import Plan, TargetPlan
-from olly.jobs import Outcome
+
+if TYPE_CHECKING:
+    from olly.jobs import Outcome  # `olly plan` prints plans only: it never loads the build machinery
 
 _WIDTH = 7
 
@@ -21,7 +24,11 @@ def plan_lines(plan: Plan) -> list[str]:
     width = max((len(tp.label) for tp in plan.targets), default=0)
     lines = [plan_line(tp, width) for tp in plan.targets]
     n = sum(tp.action in ("build", "package") for tp in plan.targets)
-    lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else " (engine not reachable: images not verified)"))
+    # Without an engine, auto keys with what the last run saw of it; never seen: BuildKit, said here.
+    assumed = any(buildkit.ASSUMED in v.manifest.get("builder_reason", "") for tp in plan.targets
+                  for v in tp.variants or [tp])
+    lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else (
+        " (engine not reachable: images not verified" + ("; keys assume it builds with BuildKit)" if assumed else ")"))))
     return lines
 
 
@@ -43,7 +50,8 @@ def _platforms(tp: TargetPlan) -> list[dict[str, Any]] | None:
     if tp.kind != "image":
         return None
     return [{"platform": v.platform, "action": v.action, "reasons": v.reasons, "key": v.key, "ref": v.ref,
-             "registry_digest": v.remote_digest} for v in (tp.variants or [tp])]
+             "registry_digest": v.remote_digest, "builder": v.manifest.get("builder"),
+             "builder_reason": v.manifest.get("builder_reason")} for v in (tp.variants or [tp])]
 
 
 def _deps(tp: TargetPlan) -> list[str]:

@@ -7,17 +7,22 @@ plan, a digest the registry reported, a package written completely.
 
 from __future__ import annotations
 
+import importlib
+import json
+import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
 from olly.cache import Cache
-from olly.errors import OllyError
+from olly.chartproof import Proofs
 from olly.config import ChartTarget
-from olly.jobs import ChartWork, DepImage, Outcome, RunContext, chart_pins, prepare_chart, run_chart, run_image
+from olly.errors import OllyError
+from olly.chartjobs import ChartWork, chart_pins, prepare_chart, run_chart
+from olly.jobs import DepImage, Outcome, RunContext, run_image
 from olly.plan import Plan, TargetPlan
 from olly.progress import Emit, Event, EventQueue, ignore
-from olly.shard import wait_for
 
 __all__ = ["Outcome", "Scheduler"]
 
@@ -33,6 +38,23 @@ def _outcome_for(o: Outcome, platform: str) -> Outcome:
     return next((v for v in o.variants if v.platform == platform), o)
 
 
+_WARMING: list[threading.Thread] = []
+_WARMING_LOCK = threading.Lock()
+
+
+def _warm_cache_writer() -> None:
+    """Import sqlite-utils (olly.cache's table writes, 0.1 s) on a thread once the engine
+    streams a build's log: recording the result then does not wait for the import after the
+    build, it happened while the engine built (not earlier: it would slow the docker SDK's
+    import on the build's own thread). A no-op run builds nothing and never loads it."""
+    with _WARMING_LOCK:  # build threads call it, each at its first log line
+        if _WARMING or "sqlite_utils" in sys.modules:
+            return
+        thread = threading.Thread(target=importlib.import_module, args=("sqlite_utils",), name="olly-warm", daemon=True)
+        _WARMING.append(thread)
+    thread.start()
+
+
 class Scheduler:
     def __init__(self, plan: Plan, ctx: RunContext, cache: Cache, opts: RunOptions,
                  on_outcome: Callable[[Outcome], None] = lambda o: None, on_event: Emit = ignore) -> None:
@@ -40,10 +62,12 @@ class Scheduler:
         self.on_outcome = on_outcome
         self.on_event = on_event
         self.events = EventQueue(on_event)
-        ctx.emit = self.events.put  # build threads report steps and log lines through the queue
+        ctx.emit = self._emit  # build threads report steps and log lines through the queue
         self.by_label = plan.by_label()
         self.outcomes: dict[str, Outcome] = {}
         self.stopped_by: str | None = None
+        if any(isinstance(tp.target, ChartTarget) for tp in plan.targets):
+            ctx.proofs = Proofs(ctx.store_dir)  # what earlier runs verified of the charts' outputs
 
     def run(self) -> list[Outcome]:
         pending = list(self.plan.targets)
@@ -74,6 +98,8 @@ class Scheduler:
         finally:
             # Ctrl-C abandons running builds (the process exits); anything else waits for them.
             pool.shutdown(wait=not abandon, cancel_futures=True)
+            if self.ctx.proofs is not None:
+                self.ctx.proofs.save()  # only proofs of finished, verified charts are in it
         return [self.outcomes[t.label] for t in self.plan.targets]
 
     def _start_ready(self, pending: list[TargetPlan], running: dict, pool: ThreadPoolExecutor) -> list[TargetPlan]:
@@ -101,18 +127,28 @@ class Scheduler:
                 except Exception as exc:  # a bug fails this chart, not the whole run
                     self._finish(tp, None, Outcome(tp.label, "failed", f"internal error: {type(exc).__name__}: {exc}"))
                     continue
+                if work.proven and not self.ctx.push:  # nothing to package, write or send: no thread
+                    self._finish(tp, work, run_chart(self.ctx, tp, work))
+                    continue
                 self.on_event(Event("started", tp.label))
                 running[pool.submit(run_chart, self.ctx, tp, work)] = (tp, work)
             elif self._needs_worker(tp):
                 self.on_event(Event("started", tp.label))
                 if tp.action == "wait":
                     owner = self.ctx.owners.get(tp.label, "another shard")
+                    from olly.shard import wait_for  # --shard only
+
                     running[pool.submit(wait_for, self.ctx, tp, owner, self.ctx.wait_s)] = (tp, None)
                 else:
                     running[pool.submit(run_image, self.ctx, tp, self._deps_for(tp))] = (tp, None)
             else:
                 self._finish(tp, None, run_image(self.ctx, tp, {}))  # cached: nothing slow to do
         return still
+
+    def _emit(self, event: Event) -> None:
+        if event.kind == "log":  # the engine is building: the SDK import that preceded it is done
+            _warm_cache_writer()
+        self.events.put(event)
 
     def _needs_worker(self, tp: TargetPlan) -> bool:
         return tp.action in ("build", "wait") or (self.ctx.push and self.ctx.registry is not None)
@@ -146,9 +182,8 @@ class Scheduler:
             self._record_image(vp, vo, registry)
         if not tp.variants:
             self._record_image(tp, o, "")
-        if o.status != "failed" and work is not None:
-            rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)
-            self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version, work.manifest)
+        if work is not None:
+            self._record_chart(tp, work, o, registry)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
             self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)  # a multi-platform image: its index
         if o.changed:  # whatever the stat cache said about these files is no longer to be trusted
@@ -156,6 +191,19 @@ class Scheduler:
         if o.status == "failed" and self.stopped_by is None:
             self.stopped_by = tp.label
         self._set(o)
+
+    def _record_chart(self, tp: TargetPlan, work: ChartWork, o: Outcome, registry: str) -> None:
+        """A verified package (and its proof, olly.chartproof): recorded unless the cache holds
+        exactly this already (a no-op run then writes nothing)."""
+        if self.ctx.proofs is not None and not (work.proven and o.status != "failed"):  # a proof used stays
+            self.ctx.proofs.record(tp.label, o.proof if o.status != "failed" else None, o.proof_files)
+        if o.status == "failed":
+            return
+        rel = work.store.relative_to(self.ctx.root).as_posix() if work.store.is_relative_to(self.ctx.root) else str(work.store)
+        row = {"path": rel, "digest": o.image_id, "version": work.version}
+        if work.recorded == row and self.cache.manifest(tp.label) == json.loads(json.dumps(work.manifest, sort_keys=True)):
+            return
+        self.cache.record_artifact(tp.label, work.key, registry, rel, o.image_id, work.version, work.manifest)
 
     def _record_image(self, tp: TargetPlan, o: Outcome, registry: str) -> None:
         """A verified build (or an image adopted from the engine) and, with ``registry`` (given

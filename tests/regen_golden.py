@@ -4,10 +4,12 @@ Usage: python tests/regen_golden.py   -- then review the diff and commit it.
 """
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
+os.environ["OLLY_BUILDER"] = "classic"  # the golden keys are the classic builder's (see test_keys)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -170,3 +170,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
     server = _session_server.start()
     yield server
     server.stop()
+
+
+AUTH_USER, AUTH_PASSWORD = "olly", "s3cret-Pa55word-xyz"
+
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A private registry that needs basic auth (htpasswd: AUTH_USER / AUTH_PASSWORD)."""
+    server = start_registry(tmp_path_factory.mktemp("auth"), htpasswd=(AUTH_USER, AUTH_PASSWORD))
+    yield server
+    server.stop()

@@ -104,3 +104,77 @@ class PodmanService:
                 self.process.wait()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EngineProxy:
+    """A listener that forwards each connection to the engine's unix socket (DOCKER_HOST's, else
+    the default): tests count what olly sends through it (``requests``, ``builds``: the request
+    lines of ``/build`` calls) or cut the engine off mid-run (``cut``). ``path``: listen on that
+    unix socket; None: on tcp://127.0.0.1:``port``."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        import socket
+        import threading
+
+        host = os.environ.get("DOCKER_HOST", "")
+        self.target = host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
+        if path is None:
+            self.server = socket.socket()
+            self.server.bind(("127.0.0.1", 0))
+            self.port = self.server.getsockname()[1]
+        else:
+            self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.server.bind(str(path))
+        self.server.listen(16)
+        self.conns: list[socket.socket] = []
+        self.builds: list[bytes] = []
+        self.requests = 0
+        self.alive = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while self.alive:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, inbound: bool) -> None:  # noqa: ANN001
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                if inbound and data[:5] in (b"POST ", b"GET /", b"HEAD ", b"DELET"):
+                    self.requests += 1
+                    first = data.split(b"\r\n", 1)[0]
+                    if b"/build?" in first:
+                        self.builds.append(first)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Engine down: refuse new connections and break every open one."""
+        import socket
+
+        self.alive = False
+        for s in [self.server, *self.conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()

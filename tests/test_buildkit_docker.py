@@ -16,8 +16,9 @@ ARM64_BUSYBOX = Path("/usr/local/lib/olly-test/busybox-arm64")
 
 @pytest.fixture(autouse=True)
 def buildkit_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """BuildKit is opt-in (classic is the default): these tests opt in through $OLLY_BUILDER,
-    the lowest-precedence choice, so BUILD.toml and --builder still beat it."""
+    """BuildKit whatever the session's builder (OLLY_TEST_BUILDER=classic sets $OLLY_BUILDER):
+    these tests ask for it through $OLLY_BUILDER, the lowest-precedence choice, so BUILD.toml
+    and --builder still beat it."""
     monkeypatch.setenv(buildkit.ENV, "buildkit")
 
 
@@ -166,3 +167,41 @@ def test_classic_builder_still_builds(ws: Path, docker_client) -> None:
     assert o.status == "built", (o.reason, o.tail)
     assert "Step 1/" in Path(o.log).read_text()
     assert read(docker_client, o.ref, "/greeting") == b"hello\n"
+
+
+def test_auto_default_buildkit_and_classic_for_an_outside_dockerfile(ws: Path, docker_client,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (auto): BuildKit on this engine; an image whose Dockerfile is outside its context
+    (sent as .dockerfile.<hex>, which BuildKit would copy) builds with classic, and says so. Plans
+    without an engine (olly why, an offline plan) key as the build did."""
+    monkeypatch.delenv(buildkit.ENV)
+    (ws / "other").mkdir()
+    (ws / "other" / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
+    build = ws / "BUILD.toml"
+    repository = build.read_text().split('repository = "', 1)[1].split("/", 1)[0] + "/out"  # the test's prefix
+    build.write_text(build.read_text() + f'[images.out]\nrepository = "{repository}"\ncontext = "app"\n'
+                     'dockerfile = "other/Dockerfile"\n')
+    result = api.make(ws, [])
+    app, out = outcome(result), outcome(result, "out")
+    assert app.status == "built" and out.status == "built", (app.reason, out.reason)
+    plan = result.plan.by_label()
+    assert plan["app"].manifest["builder"] == "buildkit"
+    assert plan["out"].manifest["builder"] == "classic"
+    assert "builder classic: BuildKit would copy .dockerfile." in out.reason
+    container = docker_client.containers.create(out.ref, command="/nonexistent")
+    try:
+        names = set(_members(container))
+    finally:
+        container.remove()
+    assert "ctx/src.txt" in names and not any(".dockerfile." in n for n in names)  # exactly the keyed files
+    offline = api.plan(ws, [], check_engine=False).by_label()
+    assert offline["app"].key == app.key and offline["out"].key == out.key  # remembered: .cache/engines.json
+    assert api.why(ws, "out")["current_key_built"]
+
+
+def _members(container) -> list[str]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(b"".join(container.export()))) as tar:
+        return [m.name for m in tar.getmembers()]

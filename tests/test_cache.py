@@ -158,3 +158,38 @@ def test_reader_with_an_empty_db_file_in_an_unwritable_cache(tmp_path: Path, mon
     assert reader.result("a", "k") is None and reader.load_stats() == {}
     reader.close()
     assert (tmp_path / ".cache" / "olly.db").read_bytes() == b""
+
+
+def test_stat_view_loads_one_directory_at_a_time(tmp_path: Path) -> None:
+    """StatView: a preloaded directory answers from memory, anything else row by row; the
+    previous directory's rows are dropped; non-UTF-8 names (BLOB paths) are found too."""
+    c = Cache(tmp_path / ".cache")
+    odd = b"ctx/b/\xff.txt".decode("utf-8", "surrogateescape")
+    rows = [("ctx/a/x.txt", 1, 2, 3, 4, 5, "ha"), ("ctx/a/sub/y.txt", 1, 2, 3, 4, 5, "hy"), ("ctx/ab.txt", 1, 2, 3, 4, 5, "hab"),
+            ("ctx/b/z.txt", 1, 2, 3, 4, 5, "hz"), (odd, 1, 2, 3, 4, 5, "hodd"), ("top.txt", 1, 2, 3, 4, 5, "ht")]
+    c.save_stats(rows, [])
+    view = c.stat_view()
+    view.preload("ctx/a")
+    assert view._rows == {"ctx/a/x.txt": (1, 2, 3, 4, 5, "ha"), "ctx/a/sub/y.txt": (1, 2, 3, 4, 5, "hy")}
+    assert view.get("ctx/ab.txt") == (1, 2, 3, 4, 5, "hab")  # outside: looked up on its own
+    assert view.get("ctx/a/none.txt") is None
+    view.preload("ctx/b")
+    assert set(view._rows) == {"ctx/b/z.txt", odd} and view.get(odd)[-1] == "hodd"
+    view["ctx/b/new.txt"] = (9, 9, 9, 9, 9, "new")
+    assert view.get("ctx/b/new.txt")[-1] == "new" and view.pop("ctx/b/new.txt") is not None
+    view.preload("")
+    assert len(view._rows) == len(rows) and view.get("top.txt")[-1] == "ht"
+    c.close()
+
+
+def test_old_stat_table_is_clustered_on_write(tmp_path: Path) -> None:
+    """A cache made when the stat table had a rowid gets the WITHOUT ROWID table, rows kept."""
+    c = Cache(tmp_path / ".cache")
+    c.db.execute("DROP TABLE stat")
+    c.db.execute("CREATE TABLE stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, "
+                 "ctime_ns INTEGER, mode INTEGER, hash TEXT)")
+    c.db.execute("INSERT INTO stat VALUES ('a/b', 1, 2, 3, 4, 5, 'h')")
+    c.save_stats([], [])
+    sql = c.db.execute("SELECT sql FROM sqlite_master WHERE name = 'stat'").fetchone()[0]
+    assert "WITHOUT ROWID" in sql.upper() and c.load_stats() == {"a/b": (1, 2, 3, 4, 5, "h")}
+    c.close()

@@ -187,3 +187,42 @@ def test_plan_refuses_an_alias_bomb_fast(tmp_path, name: str) -> None:
     assert time.monotonic() - started < 10
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr.startswith(f"olly: error: chart/{name}:{offset + line}: aliases expand"), proc.stderr
+
+
+def test_chart_check_is_remembered_by_content(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chart whose values.yaml and Chart.yaml passed the check is not parsed again while
+    their bytes and the values paths stay the same (olly.memo); any change checks afresh,
+    and a failing check is never remembered."""
+    from pathlib import Path
+
+    from olly.config import ChartTarget
+    from olly.hashing import FileHasher
+
+    root = Path(tmp_path)
+    (root / ".cache").mkdir()
+    chart = root / "chart"
+    chart.mkdir()
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: c\nversion: 0.1.0\nappVersion: '1.2'\n")
+    (chart / "values.yaml").write_text("app:\n  image:\n    repository: r\n    tag: t\n")
+    target = ChartTarget(label="chart", path="chart", images={"app.image": "img"})
+    parsed: list[bytes] = []
+    real = charts._load_yaml
+    monkeypatch.setattr(charts, "_load_yaml", lambda data, display: parsed.append(data) or real(data, display))
+
+    def load() -> charts.ChartSource:
+        return charts.load_chart(root, target, FileHasher(root, {}))
+
+    first = load()
+    assert (first.name, first.base_version, first.app_version) == ("c", "0.1.0", "1.2") and len(parsed) == 2
+    again = load()
+    assert (again.name, again.base_version, again.app_version) == ("c", "0.1.0", "1.2") and len(parsed) == 2
+    other = ChartTarget(label="chart", path="chart", images={"app.other": "img"})  # other paths: checked again
+    with pytest.raises(OllyError, match="values path 'app.other' does not exist"):
+        charts.load_chart(root, other, FileHasher(root, {}))
+    (chart / "values.yaml").write_text("app:\n  image:\n    tag: t\n")  # edited: checked again, and refused
+    for _ in range(2):
+        with pytest.raises(OllyError, match="it has no repository"):
+            load()
+    (chart / "values.yaml").write_text("app:\n  image:\n    repository: r\n    tag: t\n")
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: c\nversion: 0.2.0\n")
+    assert (load().base_version, load().app_version) == ("0.2.0", "")

@@ -124,6 +124,7 @@ def test_network_flag_overrides_build_toml(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.docker
+@pytest.mark.builder
 def test_network_flag_overrides_image_network_in_a_real_build(tmp_path: Path, docker_client, busybox: Path,
                                                               unique_prefix: str) -> None:
     host_nets = sorted(os.listdir("/sys/class/net"))
@@ -133,8 +134,11 @@ def test_network_flag_overrides_image_network_in_a_real_build(tmp_path: Path, do
     (root / "n").mkdir(parents=True)
     shutil.copyfile(busybox, root / "n" / "busybox")
     (root / "n" / "busybox").chmod(0o755)
+    # A step unique to this test: BuildKit's cache outlives the images (and ignores the network),
+    # a cached step prints nothing.
     (root / "n" / "Dockerfile").write_text('FROM scratch\nCOPY busybox /bin/busybox\n'
-                                           'RUN ["/bin/busybox", "sh", "-c", "echo nets: $(/bin/busybox ls /sys/class/net)"]\n')
+                                           f'RUN ["/bin/busybox", "sh", "-c", "echo {unique_prefix}; '
+                                           'echo nets: $(/bin/busybox ls /sys/class/net)"]\n')
     (root / "BUILD.toml").write_text(f'[images.n]\nrepository = "{unique_prefix}/n"\nnetwork = "none"\n')
     proc = subprocess.run([sys.executable, "-m", "olly", "make", "--network", "host"], cwd=root, capture_output=True,
                           text=True, timeout=300)

@@ -17,8 +17,9 @@ import pytest
 from conftest import copy_workspace
 from olly import charts
 from olly.registry import Endpoint, RegistryClient
+from support import EngineProxy
 
-pytestmark = [pytest.mark.docker, pytest.mark.registry]
+pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.builder]
 
 
 def workspace(tmp_path: Path, busybox: Path, prefix: str, host: str) -> Path:
@@ -105,10 +106,16 @@ def slow_workspace(tmp_path: Path, busybox: Path, prefix: str, seconds: int = 30
     (root / "slow").mkdir(parents=True)
     (root / "slow" / "busybox").write_bytes(busybox.read_bytes())
     (root / "slow" / "busybox").chmod(0o755)
+    # The step is unique to the test: BuildKit's cache outlives the images, a cached step takes no time.
     (root / "slow" / "Dockerfile").write_text(
-        f'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sleep", "{seconds}"]\n')
+        f'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", "echo {prefix}; /bin/busybox sleep {seconds}"]\n')
     (root / "BUILD.toml").write_text(f'[images.slow]\nrepository = "{prefix}/slow"\n')
     return root
+
+
+def running_step(log: Path) -> bool:
+    """The slow RUN step has started (classic: ``Step 3/3 : RUN [...]``, BuildKit: ``[2/2] RUN [...]``)."""
+    return log.exists() and 'RUN ["/bin/busybox"' in log.read_text()
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:
@@ -122,7 +129,7 @@ def test_ctrl_c_stops_cleanly_with_130(tmp_path: Path, docker_client, busybox: P
     ws = slow_workspace(tmp_path, busybox, unique_prefix)
     proc = subprocess.Popen(olly_cmd(ws, "make"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = ws / ".cache" / "logs" / "slow.log"
-    wait_for(lambda: log.exists() and "Step 3/" in log.read_text())
+    wait_for(lambda: running_step(log))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
@@ -166,71 +173,13 @@ def test_make_racing_cache_import(tmp_path: Path, docker_client, busybox: Path, 
     assert "nothing to build" in run(ws, "make").stdout
 
 
-class EngineProxy:
-    """A unix-socket proxy to the real engine that can be cut mid-run ("engine down")."""
-
-    def __init__(self, path: Path, target: str | None = None) -> None:
-        import socket
-        import threading
-
-        host = os.environ.get("DOCKER_HOST", "")
-        default = host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
-        self.path, self.target = path, target or default
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen(16)
-        self.conns: list = []
-        self.alive = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while self.alive:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.target)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        import socket
-
-        self.alive = False
-        for s in [self.server, *self.conns]:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
 def test_engine_down_mid_build_fails_cleanly(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
     ws = slow_workspace(tmp_path, busybox, unique_prefix, seconds=20)
     proxy = EngineProxy(tmp_path / "engine.sock")
     proc = subprocess.Popen(olly_cmd(ws, "make"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'engine.sock'}"})
     log = ws / ".cache" / "logs" / "slow.log"
-    wait_for(lambda: log.exists() and "Step 3/" in log.read_text())
+    wait_for(lambda: running_step(log))
     proxy.cut()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)

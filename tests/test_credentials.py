@@ -21,10 +21,9 @@ from olly import credentials
 from olly.credentials import INDEX_URL, Credentials
 from olly.errors import OllyError
 from olly.registry import Endpoint, RegistryClient
-from registry_server import start_registry
+from registry_server import AUTH_PASSWORD as PASSWORD, AUTH_USER as USER, auth_registry  # noqa: F401  (fixture)
 from test_registry import Stub, assert_clean, push_image, repo
 
-USER, PASSWORD = "olly", "helper-Pa55word-q7"
 HOST = "registry.example.test:5000"
 
 
@@ -222,13 +221,6 @@ def test_helper_timeout_setting(docker_config, monkeypatch):
 
 
 # -- against a real registry with htpasswd -------------------------------------------
-
-@pytest.fixture(scope="module")
-def auth_registry(tmp_path_factory):
-    server = start_registry(tmp_path_factory.mktemp("auth"), htpasswd=(USER, PASSWORD))
-    yield server
-    server.stop()
-
 
 @pytest.mark.registry
 def test_helper_credentials_open_an_htpasswd_registry(auth_registry, docker_config, helpers, tmp_path):

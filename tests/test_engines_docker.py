@@ -9,72 +9,26 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from olly import api
+from support import EngineProxy
 from test_multiplatform_docker import arm64_busybox, multi  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
 
-SOCKET = "/var/run/docker.sock"
-
-
-class Forwarder:
-    """tcp://127.0.0.1:PORT -> the engine's unix socket; counts `POST /…/build` requests."""
-
-    def __init__(self) -> None:
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.port = self.server.getsockname()[1]
-        self.builds: list[bytes] = []
-        self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(SOCKET)
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, inbound: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if inbound and data[:5] in (b"POST ", b"GET /", b"HEAD ", b"DELET"):
-                    self.requests += 1
-                    if b"/build?" in data.split(b"\r\n", 1)[0]:
-                        self.builds.append(data.split(b"\r\n", 1)[0])
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.server.close()
-
-
 @pytest.fixture
 def forwarder():
-    fwd = Forwarder()
+    """tcp://127.0.0.1:PORT -> the engine under test's unix socket, counting `/build` requests."""
+    fwd = EngineProxy()
     yield fwd
-    fwd.close()
+    fwd.cut()
 
 
 def test_each_platform_builds_on_its_engine(tmp_path: Path, docker_client, busybox: Path, arm64_busybox: Path,
-                                           unique_prefix: str, registry, forwarder: Forwarder) -> None:
+                                           unique_prefix: str, registry, forwarder: EngineProxy) -> None:
     root = multi(tmp_path, busybox, arm64_busybox, unique_prefix, registry.host)
     build = root / "BUILD.toml"
     text = build.read_text().replace("[images.base]\n", '[images.base]\nplatforms = ["linux/amd64", "linux/arm64"]\n')
@@ -92,7 +46,7 @@ def test_each_platform_builds_on_its_engine(tmp_path: Path, docker_client, busyb
     assert {o.status for o in again.values()} == {"cached"}
     assert forwarder.requests > before and len(forwarder.builds) == builds
     # --engine on the command line beats BUILD.toml: route arm64 to the default socket.
-    forced = api.make(root, ["app"], force=["app"], engines={"linux/arm64": f"unix://{SOCKET}"})
+    forced = api.make(root, ["app"], force=["app"], engines={"linux/arm64": f"unix://{forwarder.target}"})
     assert forced.outcomes[-1].status == "built" and len(forwarder.builds) == builds
 
 

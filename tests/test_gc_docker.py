@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from olly import api, registry as registry_mod
-from olly.engine import KEY_LABEL
+from olly.engine import KEY_LABEL, familiar_ref
 from olly.errors import OllyError
 from olly.registry import Endpoint, RegistryClient
 from olly.signing import signature_tag
@@ -26,7 +26,8 @@ def edit_web(ws: Path, n: int) -> None:
 
 
 def tags_in_engine(docker_client, prefix: str) -> set[str]:
-    return {t.split("/", 1)[1] for image in docker_client.images.list() for t in image.tags if t.startswith(prefix + "/")}
+    tags = (familiar_ref(t) for image in docker_client.images.list() for t in image.tags)  # Podman: docker.io/...
+    return {t.split("/", 1)[1] for t in tags if t.startswith(prefix + "/")}
 
 
 def gone(client: RegistryClient, name: str, digest: str) -> bool:

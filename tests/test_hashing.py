@@ -63,3 +63,16 @@ def test_change_with_same_mtime_old_file_detected_by_ctime(tmp_path: Path, later
 
 def test_racy_window_is_at_least_a_coarse_tick() -> None:
     assert RACY_NS >= 1_000_000_000
+
+
+def test_big_file_hash_covers_every_chunk(tmp_path: Path) -> None:
+    import xxhash
+
+    from olly.hashing import CHUNK
+
+    f = tmp_path / "big.bin"
+    data = os.urandom(CHUNK) + b"tail" + os.urandom(CHUNK // 3)
+    f.write_bytes(data)
+    assert hash_file(f, "big.bin") == hash_file(str(f), "big.bin") == xxhash.xxh3_128_hexdigest(data)
+    (tmp_path / "empty").write_bytes(b"")
+    assert hash_file(tmp_path / "empty", "empty") == xxhash.xxh3_128_hexdigest(b"")

@@ -18,6 +18,14 @@ from olly.plan import make_plan
 GOLDEN = Path(__file__).parent / "data" / "golden_keys.json"
 
 
+@pytest.fixture(autouse=True)
+def classic_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden keys are the classic builder's (key schema 5): the default builder (auto,
+    BuildKit where the engine has it) must not change them. $OLLY_BUILDER is the lowest-precedence
+    choice; subprocesses inherit it."""
+    monkeypatch.setenv("OLLY_BUILDER", "classic")
+
+
 def test_encoding_is_length_prefixed_and_unambiguous() -> None:
     assert keys.encode(["ab", "c"]) != keys.encode(["a", "bc"])
     assert keys.encode("a") != keys.encode(b"a")
@@ -80,6 +88,23 @@ def test_golden_keys(tmp_path: Path) -> None:
     assert golden_keys(golden_workspace(tmp_path)) == {k: v for k, v in expected.items() if k != "chart"}
 
 
+def test_golden_keys_under_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default builder, planned without an engine (BuildKit assumed): ``base`` is BuildKit's,
+    ``app`` (its Dockerfile is outside its context: BuildKit would copy ``.dockerfile.<hex>``)
+    falls back to classic, keyed as such."""
+    monkeypatch.delenv("OLLY_BUILDER")
+    root = golden_workspace(tmp_path)
+    assert golden_keys(root) == {"base": "2ffe120f9869fa40ea5765d16c577934", "app": "b265a438605e5687cfc5caf209d6c9ee"}
+    ws = load_workspace(root)
+    graph = Graph.of(ws)
+    cache = Cache(root / ".cache")
+    try:
+        plan = make_plan(ws, graph, graph.select([]), cache, None).by_label()
+    finally:
+        cache.close()
+    assert plan["base"].manifest["builder"] == "buildkit" and plan["app"].manifest["builder"] == "classic"
+
+
 def test_keys_do_not_depend_on_path_or_mtime(tmp_path: Path) -> None:
     a = golden_workspace(tmp_path / "one")
     b = golden_workspace(tmp_path / "two")
@@ -132,3 +157,39 @@ def test_keys_do_not_depend_on_creation_order_owner_or_locale(tmp_path: Path) ->
                              text=True, env={**os.environ, **env, "DOCKER_HOST": "unix:///nonexistent.sock"})
         keys.add(json.loads(out.stdout)["key"])
     assert keys == {golden_keys(a)["app"]}
+
+
+def test_fast_paths_encode_like_the_spec() -> None:
+    """The exact-type fast paths (strings, rows of a ``files`` list) give the bytes of the
+    spec's table (docs/keys.md §2), and subclasses take the general path to the same bytes."""
+    import enum
+    import struct
+
+    def spec(v: object) -> bytes:  # docs/keys.md §2, written out
+        if v is None:
+            return b"N"
+        if isinstance(v, bool):
+            return b"T" if v else b"F"
+        if isinstance(v, int):
+            return b"I" + struct.pack(">q", v)
+        if isinstance(v, str):
+            data = v.encode("utf-8", "surrogateescape")
+            return b"S" + struct.pack(">Q", len(data)) + data
+        if isinstance(v, (bytes, bytearray)):
+            return b"B" + struct.pack(">Q", len(v)) + bytes(v)
+        if isinstance(v, (list, tuple)):
+            return b"L" + struct.pack(">Q", len(v)) + b"".join(spec(i) for i in v)
+        assert isinstance(v, dict)
+        return b"D" + struct.pack(">Q", len(v)) + b"".join(spec(k) + spec(v[k]) for k in sorted(v))
+
+    class Name(str):
+        pass
+
+    class Num(enum.IntEnum):
+        ONE = 1
+
+    values = [[["a/b.txt", "f", True, "0" * 32], ["d", "d", False, ""], ["l", "l", False, "../x"]],
+              [[Name("sub"), Num.ONE, None, b"\x00", [1, ["x"]]]], ("t", ("u",)), "\udcff", "x" * 5000,
+              [["y" * 70000]], {"k": [Name("v")], "n": -5}, list(range(4100))]
+    for v in values:
+        assert keys.encode(v) == spec(v)

@@ -196,3 +196,37 @@ def test_an_images_onbuild_triggers_are_seen(tmp_path: Path, docker_client, busy
     assert base.status == "built", base.reason
     image = Engine().inspect(base.ref)
     assert image is not None and image["Config"]["OnBuild"] == ["COPY . /ctx/"]
+
+
+def image_files(docker_client, ref: str) -> set[str]:
+    """Every path in ``ref``'s layers (from the engine's export, as either engine writes it)."""
+    import io
+    import tarfile
+
+    saved = io.BytesIO(b"".join(docker_client.images.get(ref).save()))
+    names: set[str] = set()
+    with tarfile.open(fileobj=saved) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for layer in manifest[0]["Layers"]:
+            with tarfile.open(fileobj=io.BytesIO(outer.extractfile(layer).read())) as inner:  # type: ignore[union-attr]
+                names.update(m.name.removeprefix("./") for m in inner)
+    return names
+
+
+@pytest.mark.docker
+def test_copy_sees_exactly_what_olly_sent(tmp_path: Path, docker_client, busybox: Path, unique_prefix: str) -> None:
+    """COPY sees the files olly sent and keyed, on both engines: the Dockerfile olly sends from
+    outside the context (as .dockerfile.<hex>) is dropped, and a .containerignore, which Podman
+    would otherwise apply on top of .dockerignore, takes nothing away."""
+    ws = copy_workspace("busy", tmp_path, busybox, unique_prefix)
+    solo = ws / "solo"
+    (ws / "solo.Dockerfile").write_text((solo / "Dockerfile").read_text() + "COPY . /ctx/\n")
+    (solo / "Dockerfile").unlink()
+    (ws / "BUILD.toml").write_text((ws / "BUILD.toml").read_text() + 'dockerfile = "solo.Dockerfile"\n')
+    (solo / ".dockerignore").write_text("*.log\n")
+    (solo / ".containerignore").write_text("data.txt\n")
+    (solo / "skip.log").write_text("not sent\n")
+    o = api.make(ws, ["solo"]).outcomes[0]
+    assert o.status == "built", o.reason
+    ctx = {name[len("ctx/"):] for name in image_files(docker_client, o.ref) if name.startswith("ctx/")}
+    assert ctx == {"busybox", "data.txt", ".dockerignore", ".containerignore"}, ctx

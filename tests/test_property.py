@@ -412,6 +412,7 @@ SETTINGS = settings(
 
 
 @pytest.mark.docker
+@pytest.mark.builder
 def test_property_on_the_real_engine(docker_client, unique_prefix: str) -> None:
     """A short run of the same property with real builds (FROM scratch, no network)."""
     from olly.engine import Engine

@@ -42,6 +42,7 @@ from docker.utils.build import exclude_paths
 
 from olly import api
 from olly.context import TarStream
+from support import engine_under_test
 
 pytestmark = pytest.mark.docker
 
@@ -223,7 +224,8 @@ def layers(image: str, mtimes: bool = True) -> list[tuple]:
     """Every tar header and content hash of every layer, in order (directory mtimes left out:
     the daemon stamps the directories it creates with the build time)."""
     out = []
-    with tarfile.open(fileobj=io.BytesIO(docker("save", image))) as saved:
+    saved_tar = docker("save", image.removeprefix("sha256:"))  # Podman reads "sha256:<hex>" as a name
+    with tarfile.open(fileobj=io.BytesIO(saved_tar)) as saved:
         manifest = json.load(saved.extractfile("manifest.json"))  # type: ignore[arg-type]
         for n, name in enumerate(manifest[0]["Layers"]):
             with tarfile.open(fileobj=io.BytesIO(saved.extractfile(name).read())) as layer:  # type: ignore[union-attr]
@@ -300,7 +302,9 @@ def run_case(base: Path, case: Case, builder: str) -> dict:
     return result
 
 
-RUNS = [(c, b) for c in CASES for b in c.builders]
+# On Podman (OLLY_TEST_ENGINE=podman) "classic" is the CLI's build through Podman's compatible
+# API (buildah); Podman has no BuildKit, so the BuildKit runs are Docker-only.
+RUNS = [(c, b) for c in CASES for b in c.builders if not (engine_under_test() == "podman" and b == "buildkit")]
 
 
 def run_id(run: tuple[Case, str]) -> str:
@@ -333,7 +337,10 @@ def test_an_unreachable_edit_leaves_the_image_identical(run: tuple[Case, str], r
 @pytest.mark.parametrize("name, ignored", [("copy_everything", "x.md"),
                                            ("run_mount_default_source_is_everything", "skip.md")])
 def test_copying_everything_keys_every_entry(name: str, ignored: str, results: dict[str, dict]) -> None:
-    keyed = next(r for run, r in results.items() if run.startswith(name + "@"))["keyed"]
+    found = [r for run, r in results.items() if run.startswith(name + "@")]
+    if not found:
+        pytest.skip(f"{name} is built by BuildKit only, which this engine lacks")
+    keyed = found[0]["keyed"]
     assert {"Dockerfile", ".dockerignore", "BUILD.toml"} <= keyed and ignored not in keyed
 
 

@@ -24,10 +24,9 @@ import requests
 
 from olly.errors import OllyError
 from olly.registry import OCI_MANIFEST, Endpoint, RegistryClient, sha256_digest
-from registry_server import start_registry
+from registry_server import AUTH_PASSWORD as PASSWORD, AUTH_USER as USER, auth_registry, start_registry  # noqa: F401  (fixture)
 from support import unavailable as _unavailable
 
-USER, PASSWORD = "olly", "s3cret-Pa55word-xyz"
 
 
 @pytest.fixture(autouse=True)
@@ -193,13 +192,6 @@ def test_https_to_plain_http_registry_is_a_tls_error(registry):
         client.manifest_digest("x/y", "v1")
     assert exc.value.reason == "registry-unreachable"
     assert "TLS error" in exc.value.message and "insecure = true" in exc.value.message
-
-
-@pytest.fixture(scope="module")
-def auth_registry(tmp_path_factory):
-    server = start_registry(tmp_path_factory.mktemp("auth"), htpasswd=(USER, PASSWORD))
-    yield server
-    server.stop()
 
 
 @pytest.mark.registry
