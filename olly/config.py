@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ class _Loader:
     def __init__(self, root: Path, file: Path, text: str) -> None:
         self.root, self.file, self.text = root, file, text
         self.display = _display_path(file)
+        self._no_links: dict[str, bool] = {}  # rel_path's memo: workspace path -> no symlink on it
 
     def error(self, keypath: tuple[Any, ...], message: str, reason: str = "config-invalid") -> OllyError:
         line = locate_line(self.text, keypath) if keypath else None
@@ -236,10 +238,28 @@ class _Loader:
             raise self.error(keypath, f"{what} escapes the workspace: {value!r}")
         if in_own_dir(norm):
             raise self.error(keypath, f"{what} lies in olly's own {norm.split('/')[0]}/ directory, which changes on every run: {value!r}")
-        real = os.path.realpath(self.root / norm)
-        if os.path.commonpath([real, str(self.root)]) != str(self.root):
-            raise self.error(keypath, f"{what} resolves outside the workspace (through a symlink): {value!r}")
+        if not self._link_free(norm):  # else realpath would only join the (resolved) root and norm
+            real = os.path.realpath(self.root / norm)
+            if os.path.commonpath([real, str(self.root)]) != str(self.root):
+                raise self.error(keypath, f"{what} resolves outside the workspace (through a symlink): {value!r}")
         return norm
+
+    def _link_free(self, norm: str) -> bool:
+        """Whether no component of ``root/norm`` is a symlink, as realpath would judge it
+        (an lstat that fails counts as no link). Memoised per prefix: 5,000 targets share
+        their parent directories, and realpath would lstat each of them for every path."""
+        if norm == ".":
+            return True
+        parts = norm.split("/")
+        prefix = ""
+        for part in parts:  # a loop, not recursion: a path may be thousands of levels deep
+            prefix = prefix + "/" + part if prefix else part
+            known = self._no_links.get(prefix)
+            if known is None:
+                known = self._no_links[prefix] = not _is_link(os.path.join(self.root, prefix))
+            if not known:
+                return False
+        return True
 
     def exists(self, keypath: tuple[Any, ...], rel: str, test: Any) -> bool:
         try:
@@ -256,6 +276,13 @@ class _Loader:
         if norm != label or norm == ".":
             raise self.error((section, label), f"label must be a normalised relative path, e.g. {norm!r}")
         return label
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:  # missing, unreadable parent, ...: realpath keeps such a component as is
+        return False
 
 
 def _display_path(path: Path) -> str:
@@ -384,10 +411,14 @@ def _resolve_image(loader: _Loader, label: str, spec: Any) -> ImageTarget:
             raise loader.error(key + ("secrets",), f"invalid build-arg name {name!r}")
         if name in spec.args:
             raise loader.error(key + ("secrets",), f"{name} is both a secret and a plain build arg")
+    # olly.inputs walks the common shapes without a Path and a realpath per match, and
+    # defers to expand_inputs (the reference) for the rest and every error.
+    from olly import inputs  # local import: inputs depends on config
+
     for i, pattern in enumerate(spec.inputs):
         loader.rel_path(key + ("inputs",), pattern, f"inputs[{i}]")
         try:
-            expand_inputs(loader.root, pattern)
+            inputs.check(loader.root, pattern)
         except ValueError as exc:
             raise loader.error(key + ("inputs",), str(exc))
     return ImageTarget(

@@ -20,6 +20,8 @@ from pathlib import Path
 from olly.config import expand_inputs, in_own_dir
 
 Match = tuple[str, os.stat_result]  # workspace-relative path, stat (symlinks followed)
+# A walked file's DirEntry (stat on demand: checking a glob needs none) or a link's stat.
+_Found = tuple[str, os.DirEntry[str] | os.stat_result]
 
 
 def expand(root: Path, pattern: str) -> list[Match]:
@@ -27,7 +29,19 @@ def expand(root: Path, pattern: str) -> list[Match]:
     found = _fast(root, pattern)
     if found is None:
         return [(rel, os.stat(os.path.join(root, rel))) for rel in expand_inputs(root, pattern)]
-    return sorted(found)
+    return sorted((rel, _stat(st)) for rel, st in found)
+
+
+def check(root: Path, pattern: str) -> None:
+    """Raise the ValueError ``expand_inputs(root, pattern)`` would, without building its
+    result: BUILD.toml's validation only needs to know the glob is sound."""
+    if _fast(root, pattern) is None:
+        expand_inputs(root, pattern)
+
+
+def _stat(st: os.DirEntry[str] | os.stat_result) -> os.stat_result:
+    # A walked entry is a regular file, not a link: its lstat is its stat.
+    return st if isinstance(st, os.stat_result) else st.stat(follow_symlinks=False)
 
 
 def walked_dir(pattern: str) -> str | None:
@@ -50,7 +64,7 @@ def _literal_dirs(pattern: str) -> list[str] | None:
     return parts
 
 
-def _fast(root: Path, pattern: str) -> list[Match] | None:
+def _fast(root: Path, pattern: str) -> list[_Found] | None:
     parts = _literal_dirs(pattern)
     if parts is None:
         return None
@@ -60,7 +74,7 @@ def _fast(root: Path, pattern: str) -> list[Match] | None:
     # literal directories go through a symlink (then every non-link match is inside).
     if os.path.realpath(start) != os.path.normpath(start) or not os.path.isdir(start):
         return None
-    found: list[Match] = []
+    found: list[_Found] = []
     todo = ["/".join(parts)]
     while todo:
         rel_dir = todo.pop()
@@ -69,7 +83,7 @@ def _fast(root: Path, pattern: str) -> list[Match] | None:
     return found or None  # no match: expand_inputs words that error too
 
 
-def _list(base: str, rel_dir: str, found: list[Match], todo: list[str]) -> bool:
+def _list(base: str, rel_dir: str, found: list[_Found], todo: list[str]) -> bool:
     """Add the files of one directory to ``found`` and its real subdirectories to ``todo``;
     False if a symlink in it resolves outside the workspace."""
     prefix = rel_dir + "/" if rel_dir else ""
@@ -87,11 +101,11 @@ def _list(base: str, rel_dir: str, found: list[Match], todo: list[str]) -> bool:
             if not in_own_dir(rel):  # nothing below olly's own dirs matches
                 todo.append(rel)
         elif entry.is_file(follow_symlinks=False) and not in_own_dir(rel):
-            found.append((rel, entry.stat(follow_symlinks=False)))
+            found.append((rel, entry))
     return True
 
 
-def _link(base: str, rel: str, found: list[Match]) -> bool:
+def _link(base: str, rel: str, found: list[_Found]) -> bool:
     """A symlink matches when it resolves to a file (never walked into as a directory)."""
     if in_own_dir(rel):
         return True

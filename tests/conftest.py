@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,11 @@ PODMAN_SKIPS = {
 }
 
 _podman = PodmanService()
+
+# A shell runs background jobs with SIGINT ignored (tests/all.sh runs the Podman pass that way),
+# and the olly processes tests start would inherit that: Ctrl-C tests need it handled.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # OLLY_TEST_BUILDER=buildkit|classic: every olly of the session (and its subprocesses) defaults to
 # that builder through OLLY_BUILDER, the lowest-precedence choice (README: Builders).

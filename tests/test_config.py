@@ -233,3 +233,19 @@ def test_repo_build_file_pins_existing_image_blocks() -> None:
 
     the_plan = api.plan(REPO, ["charts/..."], check_engine=False)
     assert {t.label for t in the_plan.targets if t.kind == "chart"} == {"charts/ollyscale", "charts/ollyscale-demos"}
+
+
+def test_links_deep_in_shared_directories_are_still_checked(tmp_path: Path) -> None:
+    # rel_path remembers which directories are no symlink; a link below one still counts.
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "Dockerfile").write_text("FROM scratch\n")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    toml = '[images."apps/a"]\nrepository = "x/a"\n[images."apps/b"]\nrepository = "x/b"\n'
+    write_ws(ws, toml, ("apps/a/Dockerfile",))
+    (ws / "apps" / "b").symlink_to("a")  # inside the workspace: fine
+    assert load_workspace(ws).targets["apps/b"].dockerfile == "apps/b/Dockerfile"
+    (ws / "apps" / "b").unlink()
+    (ws / "apps" / "b").symlink_to(tmp_path / "outside")
+    err = error_of(ws)
+    assert "resolves outside the workspace (through a symlink): 'apps/b'" in err.message

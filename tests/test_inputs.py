@@ -65,3 +65,17 @@ def test_symlinked_literal_dir_is_left_to_expand_inputs(tmp_path: Path) -> None:
     (root / "real" / "f.txt").write_text("f")
     os.symlink("real", root / "shared")
     assert [rel for rel, _ in inputs.expand(root, "shared/**")] == expand_inputs(root, "shared/**") == ["shared/f.txt"]
+
+
+@pytest.mark.parametrize("pattern", ["shared/**", "**", "shared/*", "top.txt", "missing/**", "shared/empty/**", "nothing*"])
+def test_check_raises_what_expand_inputs_raises(tmp_path: Path, pattern: str) -> None:
+    root = tmp_path.resolve()
+    _tree(root)
+    try:
+        expand_inputs(root, pattern)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as got:
+            inputs.check(root, pattern)
+        assert str(got.value) == str(exc)
+    else:
+        inputs.check(root, pattern)
