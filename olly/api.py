@@ -85,6 +85,16 @@ def _optional_engine() -> Engine | None:
         return None
 
 
+def _version(ws: Workspace, labels: list[str], version: str | None, registry: Any) -> str | None:
+    """``--version``, else `git describe` (outside git there is none: charts keep Chart.yaml's).
+    Only asked where a version is used: charts, and the version tags a registry gets."""
+    if version is not None:
+        return resolve_version(ws.root, version)
+    if registry is None and not any(isinstance(ws.targets[label], ChartTarget) for label in labels):
+        return None  # images alone, no registry: no version anywhere (and no `git` process)
+    return git_version(ws.root)
+
+
 def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None,
          version: str | None = None, shards: int | None = None) -> Plan:
     """What ``make`` would do, without building. Works without an engine. With ``shards``,
@@ -92,7 +102,7 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     ws, graph = load(root)
     labels = graph.select(patterns)
     reg = ws.registry(registry) if registry else None
-    the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
+    the_version = _version(ws, labels, version, reg)
     with _reader(ws) as cache:
         probe = _optional_engine() if check_engine else None
         routed = _routed(ws, probe, None) if probe else None
@@ -137,8 +147,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
     sharding: Any = _shard_module() if shard else None
     the_shard = sharding.parse_shard(shard) if shard else None
     reg = ws.registry(registry) if registry else None
-    # Default: `git describe`; outside git there is no version (charts keep Chart.yaml's).
-    the_version = resolve_version(ws.root, version) if version is not None else git_version(ws.root)
+    the_version = _version(ws, labels, version, reg)
     engine = _routed(ws, engine or Engine(), engines)  # fails fast, before any work, if no engine answers
     with workspace_lock(ws.cache_dir, say):
         # Before any build: a build that cannot write its log would fail half-way, as a bug.

@@ -109,7 +109,8 @@ class Locked:
 def read_lock(root: Path) -> dict[str, Locked] | None:
     """The entries of ``olly.lock``, or None without one."""
     try:
-        data = (root / LOCK_FILE).read_bytes()
+        with open(os.path.join(root, LOCK_FILE), "rb") as f:  # read for every target a plan pins
+            data = f.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -290,9 +291,9 @@ def pin(t: ImageTarget, data: bytes, lock: dict[str, Locked] | None) -> Pinned:
     return Pinned(dockerfile.rewrite(df, edits) if edits else data, bases, unlocked)
 
 
-def pin_context(ws: Workspace, t: ImageTarget, ctx: Context) -> Pinned:
-    """Pin ``ctx``'s Dockerfile to olly.lock (read now) and send the pinned bytes."""
-    pinned = pin(t, ctx.dockerfile, read_lock(ws.root))
+def pin_context(ws: Workspace, t: ImageTarget, ctx: Context, lock: dict[str, Locked] | None = None) -> Pinned:
+    """Pin ``ctx``'s Dockerfile to ``lock`` (default: olly.lock, read now) and send the pinned bytes."""
+    pinned = pin(t, ctx.dockerfile, read_lock(ws.root) if lock is None else lock)
     if pinned.bases:
         send_dockerfile(ctx, pinned.dockerfile)
     return pinned

@@ -189,11 +189,11 @@ def _inside(path: str, ctx_dir: str) -> str | None:
     return path[len(ctx_dir) + 1:] if path.startswith(ctx_dir + "/") else None
 
 
-def _special(base: Path, rel: str, display: str) -> tuple[bytes | None, str | None]:
+def _special(base: Path | str, rel: str, display: str) -> tuple[bytes | None, str | None]:
     """Content of the .dockerignore or an in-context Dockerfile, and its link target if it is
     a symlink: sent as a link, as the Docker CLI does, never as the content it points to.
     A symlink leaving the context is refused: its target is not the workspace's to read."""
-    path = base / rel
+    path = os.path.join(base, rel)  # no pathlib: once or twice per target of a plan
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -208,9 +208,10 @@ def _special(base: Path, rel: str, display: str) -> tuple[bytes | None, str | No
     return (_read(path, display) if stat.S_ISREG(st.st_mode) else None), None
 
 
-def _read(path: Path, display: str) -> bytes:
+def _read(path: Path | str, display: str) -> bytes:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except PermissionError:
         raise OllyError("unreadable-file", f"{display}: permission denied")
     except OSError as exc:

@@ -98,13 +98,14 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     building this platform; None: not consulted) decides the default builder, which is keyed."""
     dep_variants = {d: _dep_for(ws, t, dep_plans[d], platform) for d in t.depends_on}
     # Only what the Dockerfile can copy is keyed and sent (olly.reach; whole context if unsure).
+    lock = baselock.read_lock(ws.root) or {}  # once: the reader and the pinned Dockerfile see one olly.lock
     analyzer = reach.analyzer(target=t.target, args=t.args, secrets=set(t.secrets), platform=platform,
-                              pins={r: e.digest for r, e in (baselock.read_lock(ws.root) or {}).items()},
+                              pins={r: e.digest for r, e in lock.items()},
                               deps={dep_arg_name(d): (dp.ref, d, dp.context.dockerfile if dp.context else b"")
                                     for d, dp in dep_variants.items()}, engine=engine)
     ctx = scan(ws.root, t, hasher, analyzer)
     read = ctx.dockerfile  # keyed as read; the digests olly.lock pins its FROM lines to are `bases`
-    pinned = baselock.pin_context(ws, t, ctx)  # the engine gets (and COPY may see) the pinned text
+    pinned = baselock.pin_context(ws, t, ctx, lock)  # the engine gets (and COPY may see) the pinned text
     inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
     deps = {d: dp.key for d, dp in dep_variants.items()}
     plat = platform

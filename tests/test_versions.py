@@ -95,7 +95,8 @@ def test_git_dubious_ownership_is_an_error_not_no_version(tmp_path: Path) -> Non
     the run (exit 3) naming the fix, not publish the tree as the chart's own version."""
     ws = tmp_path / "ws"
     (ws / "a").mkdir(parents=True)
-    (ws / "BUILD.toml").write_text('[images.a]\nrepository = "x/a"\n')
+    # A registry: its version tags use the version (images alone, without one, use none).
+    (ws / "BUILD.toml").write_text('[registries.r]\npush = "127.0.0.1:9"\n\n[images.a]\nrepository = "x/a"\n')
     (ws / "a" / "Dockerfile").write_text("FROM scratch\n")
     _git(ws, "init", "-q")
     _git(ws, "add", ".")
@@ -106,10 +107,14 @@ def test_git_dubious_ownership_is_an_error_not_no_version(tmp_path: Path) -> Non
     empty.write_text("")  # no safe.directory from the machine's own git config
     env = {**os.environ, "GIT_CONFIG_GLOBAL": str(empty), "GIT_CONFIG_NOSYSTEM": "1",
            "DOCKER_HOST": "unix:///nonexistent/olly-test.sock"}
-    for command in (["plan"], ["make"]):
+    for command in (["plan", "--registry", "r"], ["make", "--registry", "r"]):
         proc = subprocess.run([sys.executable, "-m", "olly", "-C", str(ws), *command], capture_output=True,
                               text=True, env=env, timeout=120, cwd=Path(__file__).resolve().parent.parent)
         assert proc.returncode == 3, (command, proc.stdout, proc.stderr)
         assert "dubious ownership" in proc.stderr, proc.stderr
         assert f"git config --global --add safe.directory {ws}" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+    # Where no version is used, git is not asked: images alone, no registry.
+    alone = subprocess.run([sys.executable, "-m", "olly", "-C", str(ws), "plan"], capture_output=True, text=True,
+                           env=env, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert alone.returncode == 0 and "dubious" not in alone.stderr, alone.stderr
