@@ -23,12 +23,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 # The base checks a secret build arg: only its *name* is in the key, so a runner with a bad
 # value fails the very key another runner would build fine (a shard that breaks).
-GATED = 'FROM scratch\nCOPY busybox /bin/busybox\nARG TOKEN\nRUN ["/bin/busybox", "sh", "-c", "test \\"$TOKEN\\" = ok"]\n'
+# Unique to the test and slow (2 s): BuildKit's cache outlives images, and a base built at once
+# would be in the registry before web's shard looks, which then has nothing to wait for.
+GATED = ('FROM scratch\nCOPY busybox /bin/busybox\nARG TOKEN\n'
+         'RUN ["/bin/busybox", "sh", "-c", "echo {prefix}; /bin/busybox sleep 2; test \\"$TOKEN\\" = ok"]\n')
 
 
 def runner(tmp_path: Path, busybox: Path, prefix: str, host: str, name: str) -> Path:
     root = pub(tmp_path, busybox, prefix, host, name)
-    (root / "base" / "Dockerfile").write_text(GATED)
+    (root / "base" / "Dockerfile").write_text(GATED.replace("{prefix}", prefix))
     build = root / "BUILD.toml"
     build.write_text(build.read_text().replace('[images.base]\n', '[images.base]\nsecrets = ["TOKEN"]\n'))
     return root
