@@ -343,7 +343,7 @@ def base_env(work: Path) -> dict[str, str]:
     # directory so that the repository is not written to. The warm-up run fills it.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    env["DOCKER_BUILDKIT"] = "0"  # the docker CLI's classic builder: what olly's engine API calls use
+    env["DOCKER_BUILDKIT"] = "0"  # the docker CLI's classic builder (no buildx here); the workspace makes olly use it too
     env["TURBO_TELEMETRY_DISABLED"] = "1"
     env["DO_NOT_TRACK"] = "1"
     env.pop("CI", None)  # output modes as on a developer's machine (plain: stdout is not a tty)
