@@ -462,7 +462,7 @@ def _default_network(engine: Any, client: Any) -> str | None:
 
 def build(engine: Engine, req: BuildRequest) -> str:
     """Build ``req`` with BuildKit on ``engine``; return the image id or raise BuildFailed."""
-    from olly.engine import BuildFailed, _base_image_auth, _encode_auth, _short
+    from olly.engine import BuildFailed, _base_image_auth, _encode_auth, engine_failure
 
     req.log_path.parent.mkdir(parents=True, exist_ok=True)
     image_id: str | None = None
@@ -508,9 +508,7 @@ def build(engine: Engine, req: BuildRequest) -> str:
         except OllyError:
             raise
         except Exception as exc:
-            log.write(f"ERROR: {scrub(str(exc))}\n")
-            short = scrub(_short(exc))
-            raise BuildFailed(f"engine error during build: {short}", trace.tail + [short])
+            raise engine_failure(exc, log, trace.tail)
     if image_id is None:
         raise BuildFailed("the engine reported no image id", trace.tail)
     return image_id

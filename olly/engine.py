@@ -434,11 +434,7 @@ class Engine:
             except OllyError:
                 raise
             except Exception as exc:
-                # docker's HTTP errors quote the request URL, buildargs (secrets) included.
-                log.write(f"ERROR: {scrub(str(exc))}\n")
-                short = _podman_refusal(exc) if self.kind == PODMAN else None
-                short = short or scrub(_short(exc))
-                raise BuildFailed(f"engine error during build: {short}", tail + [short])
+                raise engine_failure(exc, log, tail, _podman_refusal(exc) if self.kind == PODMAN else None)
         if image_id is None:
             raise BuildFailed("the engine reported no image id", tail)
         return image_id
@@ -556,6 +552,14 @@ def _from_line(dockerfile: bytes, index: int) -> tuple[int | None, str]:
                 return number, match.group(1)
             found += 1
     return None, "?"
+
+
+def engine_failure(exc: BaseException, log: Any, tail: list[str], short: str | None = None) -> BuildFailed:
+    """The engine failed mid-build (not the build): logged, and worded in one line (``short``
+    if given). docker's HTTP errors quote the request URL, buildargs (secrets) included."""
+    log.write(f"ERROR: {scrub(str(exc))}\n")
+    short = short or scrub(_short(exc))
+    return BuildFailed(f"engine error during build: {short}", tail + [short])
 
 
 def _short(exc: BaseException) -> str:
