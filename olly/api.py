@@ -23,10 +23,11 @@ from olly.manifest import diff_chart_manifests, diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan, native_platform
 from olly import history
 from olly.progress import Emit, ignore
-from olly.signing import signer_from_env
 from olly.versions import git_version, resolve_version
 
 charts: Any = lazy("olly.charts")  # only `olly why` of a chart uses it here
+signing: Any = lazy("olly.signing")  # only with a registry
+locking: Any = lazy("olly.locking")  # `olly lock`: with the registry client it resolves through
 
 if TYPE_CHECKING:
     from olly.jobs import Outcome
@@ -106,7 +107,7 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
     with _reader(ws) as cache:
         probe = _optional_engine() if check_engine else None
         routed = _routed(ws, probe, None) if probe else None
-        the_plan = make_plan(ws, graph, labels, cache, routed, reg, the_version, signer_from_env() if reg else None)
+        the_plan = make_plan(ws, graph, labels, cache, routed, reg, the_version, signing.signer_from_env() if reg else None)
         if routed is not None:
             buildkit.remember(ws.cache_dir, routed)  # what it can build with: for plans without an engine
         if shards:
@@ -154,7 +155,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
         writable_dir(ws.cache_dir / "logs")
         cache = Cache(ws.cache_dir)
         try:
-            signer = signer_from_env() if reg else None
+            signer = signing.signer_from_env() if reg else None
             the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version, signer)
             buildkit.remember(ws.cache_dir, engine)  # so olly why/inputs choose the builder as this run did
             # --network beats an image's own `network`, which beats the workspace's.
@@ -317,7 +318,7 @@ def cache_import(root: Path, src: Path, say: Say = _quiet) -> dict[str, int]:
 @dataclass
 class LockResult:
     path: Path  # the workspace's olly.lock
-    changes: list[baselock.Change]  # what `olly lock` did, one per base (empty with check)
+    changes: list[locking.Change]  # what `olly lock` did, one per base (empty with check)
     problems: list[str]  # with check: what is missing or stale, one line each
 
 
@@ -334,11 +335,11 @@ def lock(root: Path, *, update: bool = False, check: bool = False, images: list[
     native = engine.platform if engine else native_platform()
     path = ws.root / baselock.LOCK_FILE
     if check:
-        return LockResult(path, [], baselock.check(ws, native))
+        return LockResult(path, [], locking.check(ws, native))
     # Held from reading the lock to writing it: two `olly lock` runs do not lose each other's
     # entries, and an `olly make` plans with the old lock or the new one, never half of one.
     with workspace_lock(ws.cache_dir, say):
-        return LockResult(path, baselock.lock(ws, native, update=update, images=images), [])
+        return LockResult(path, locking.lock(ws, native, update=update, images=images), [])
 
 
 def graph_text(root: Path, patterns: list[str], fmt: str) -> str:

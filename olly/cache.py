@@ -223,6 +223,12 @@ class Cache:
         return out
 
     @_guarded
+    def _db_bytes(self) -> int:
+        """The database's size: a bound on what loading its whole stat table can cost."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * int(self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    @_guarded
     def _stat_row(self, path: str) -> tuple[Any, ...] | None:
         row = self.db.execute(f"SELECT {_STAT_COLS} FROM stat WHERE path = ?", (_path_in(path),)).fetchone()
         return None if row is None else row[1:]

@@ -19,13 +19,14 @@ ruamel.yaml's and zlib's versions): olly or a library that packages differently 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zlib
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from olly.hashing import RACY_NS
 
@@ -56,7 +57,7 @@ def packager() -> str:
     """What decides a package's bytes besides its key: olly's packaging code and the
     YAML and zlib versions it runs with."""
     if not _PACKAGER:
-        h = hashlib.blake2b(digest_size=16)
+        h = xxhash.xxh3_128()  # an identity, not a secret: the hash olly keys with (no hashlib to load)
         for name in ("chartproof.py", "charts.py", "chartjobs.py"):
             source = Path(__file__).with_name(name)
             try:
@@ -93,7 +94,7 @@ def values_inputs(pins: dict[str, Any], registry: Any, root: Path, display: str)
             overlay_file = os.urandom(16)  # unreadable: prepare_chart has already refused it
     doc = [sorted((path, pin.repository, pin.tag, pin.pinned) for path, pin in pins.items()),
            list(registry.values) if registry is not None else [], display]
-    h = hashlib.blake2b(json.dumps(doc).encode(), digest_size=16)
+    h = xxhash.xxh3_128(json.dumps(doc).encode())
     h.update(overlay_file)
     return h.hexdigest()
 

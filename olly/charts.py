@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 import functools
 import gzip
-import hashlib
 import io
 import json
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +22,10 @@ from olly.config import ChartTarget, Registry, in_own_dir
 from olly.errors import OllyError
 from olly.hashing import FileHasher, hash_bytes
 from olly.helmignore import HelmIgnore
+from olly.lazy import lazy
 from olly.versions import chart_version, content_version, drop_dirty, names_release
+
+tarfile: Any = lazy("tarfile")  # packaging and reading back a package only: a cached chart needs neither
 
 if TYPE_CHECKING:  # ruamel is imported only when a YAML file must really be read (0.1 s)
     from ruamel.yaml import YAML
@@ -527,4 +528,6 @@ def chart_manifest(src: ChartSource, pins: dict[str, Pin], version: str, app_ver
 
 
 def sha256(data: bytes) -> str:
+    import hashlib  # a registry digest: only when pinning to or pushing a registry
+
     return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -8,6 +8,7 @@ with the key path, e.g. ``images."apps/demo".dockerfile: file not found: ...``.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
@@ -229,9 +230,10 @@ class _Loader:
 
     def rel_path(self, keypath: tuple[Any, ...], value: str, what: str) -> str:
         """Normalise a workspace-relative path, refusing ones that escape the workspace."""
-        if not value or value.startswith("/") or re.match(r"^[A-Za-z]:", value) or "\\" in value:
+        if not value or value.startswith("/") or _DRIVE.match(value) or "\\" in value:
             raise self.error(keypath, f"{what} must be a workspace-relative path with '/' separators, got {value!r}")
-        if any(unicodedata.category(c) == "Cc" for c in value):  # C0, DEL and C1
+        # C0, DEL and C1 (printable ASCII has none: the common case skips the per-character check)
+        if not (value.isascii() and value.isprintable()) and any(unicodedata.category(c) == "Cc" for c in value):
             raise self.error(keypath, f"{what} contains a control character: {value!r}")
         norm = posixpath.normpath(value)
         if norm == ".." or norm.startswith("../"):
@@ -262,20 +264,31 @@ class _Loader:
         return True
 
     def exists(self, keypath: tuple[Any, ...], rel: str, test: Any) -> bool:
+        """``test`` (Path.is_dir or Path.is_file) of ``rel``, judged as pathlib judges it but
+        without a Path per call (three per image: 5,000 images). Like pathlib, a missing
+        path is False and any other error (e.g. no search permission) is an error."""
         try:
-            return bool(test(self.root / rel))
-        except OSError as exc:  # e.g. a directory without search permission
+            st = os.stat(os.path.join(self.root, rel))
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                return False
             raise self.error(keypath, f"cannot access {rel}: {exc.strerror or exc}")
+        return bool(_KIND[test](st.st_mode))
 
     def label(self, section: str, label: str) -> str:
         # Invisible characters (bidi overrides, zero-width) make two labels look alike, or
         # one look like another, in every message and listing that shows it.
-        if any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in label):
+        if not label.isascii() and any(unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in label):
             raise self.error((section, label), f"label contains an invisible format character: {label!r}")
         norm = self.rel_path((section, label), label, "label")
         if norm != label or norm == ".":
             raise self.error((section, label), f"label must be a normalised relative path, e.g. {norm!r}")
         return label
+
+
+_DRIVE = re.compile(r"[A-Za-z]:")  # a Windows drive, e.g. C:
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)  # pathlib's "does not exist"
+_KIND = {Path.is_dir: stat.S_ISDIR, Path.is_file: stat.S_ISREG}
 
 
 def _is_link(path: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -27,8 +26,11 @@ from olly.config import ImageTarget, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
 from olly.hashing import CHUNK, FileHasher, hash_bytes
+from olly.lazy import lazy
 from olly.reach import Reach, Source, clean
 from olly.selection import Node, Tree, Unreadable, select
+
+tarfile: Any = lazy("tarfile")  # only a build streams a context: a plan does not load it
 
 # Fixed mtime of every tar entry (2000-01-01T00:00:00Z): keeps images reproducible
 # and stays after 1980, which zip-based tools (wheels, jars) inside RUN steps need.

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from olly import baselock, credentials
+from olly import baselock, credentials, locking
 from olly.config import ImageTarget, Registry, Workspace, find_workspace, load_workspace
 from olly.engine import PODMAN, Engine
 from olly.errors import OllyError
@@ -146,7 +146,7 @@ def binfmt_check(arch: str, remote: str = "") -> Check:
 
 def lock_check(ws: Workspace, native: str) -> Check:
     try:
-        problems = baselock.check(ws, native)
+        problems = locking.check(ws, native)
     except OllyError as exc:
         return Check("lock", False, exc.line(), "fix the file the message names")
     if problems:

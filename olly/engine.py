@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from olly import credentials, dockersdk, failpoints
+from olly import dockersdk, failpoints
 from olly.enginehttp import EngineHTTPError, UnixEngineHTTP, default_endpoint, image_path, socket_path, version_of
 from olly.errors import OllyError
+from olly.lazy import lazy
 from olly.scrub import scrub
+
+credentials: Any = lazy("olly.credentials")  # auth for pulls, pushes and FROM images: not for a no-op
 
 KEY_LABEL = "dev.olly.key"
 DOCKER, PODMAN = "docker", "podman"  # Engine.kind

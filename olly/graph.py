@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 from dataclasses import dataclass
 
@@ -12,6 +11,8 @@ from olly.errors import OllyError
 
 def suggest(label: str, known: list[str]) -> str:
     """A ``; did you mean ...?`` suffix with close matches, or an empty string."""
+    import difflib  # only for the "did you mean" of an unknown label
+
     close = difflib.get_close_matches(label, known, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""
 

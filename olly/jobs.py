@@ -15,19 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from olly import failpoints, progress, signing
+from olly import failpoints, progress
 from olly.buildkit import BUILDKIT, CLASSIC
 from olly.config import ImageTarget, Registry
 from olly.context import TarStream, links_the_layer_cache_misreads
 from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine, oci_platform
 from olly.engines import engine_for
 from olly.errors import OllyError
+from olly.lazy import lazy
 from olly.plan import TargetPlan
-from olly.registry import Endpoint, RegistryClient
 from olly.versions import image_tag, is_release
 
 if TYPE_CHECKING:
-    from olly import chartproof
+    from olly import chartproof, signing
+    from olly.registry import RegistryClient
+
+# A run without a registry never talks to one: neither is loaded then.
+registry_api: Any = lazy("olly.registry")
+signing_api: Any = lazy("olly.signing")
 
 
 @dataclass
@@ -115,7 +120,7 @@ def log_name(label: str, platform: str = "") -> str:
 
 
 def client_for(registry: Registry) -> RegistryClient:
-    return RegistryClient(Endpoint(registry.name, registry.host, registry.insecure))
+    return registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure))
 
 
 def finish(o: Outcome) -> Outcome:
@@ -227,8 +232,8 @@ def push_image(ctx: RunContext, tp: TargetPlan, image_id: str, notes: list[str],
         digest = _push_local(ctx, tp, image_id, client, name)
     else:
         digest = found[0]
-    if ctx.signer is not None and (pushed or signing.verify(client, ctx.signer, name, tp.key, digest) is not None):
-        signing.sign(client, ctx.signer, name, tp.key, digest)
+    if ctx.signer is not None and (pushed or signing_api.verify(client, ctx.signer, name, tp.key, digest) is not None):
+        signing_api.sign(client, ctx.signer, name, tp.key, digest)
     if tag_version:
         tag_release(ctx, client, name, digest)
     return digest, pushed

@@ -12,7 +12,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from olly import baselock, buildkit, index, keys, reach, scrub, signing
+from olly import baselock, buildkit, keys, reach, scrub
 from olly.cache import Cache
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, scan, scan_inputs
@@ -25,12 +25,17 @@ from olly.hashing import FileHasher, hash_bytes
 from olly.imageview import EngineImages, ImageViews
 from olly.lazy import lazy
 from olly.manifest import diff_chart_manifests, diff_manifests, summarize
-from olly.registry import Endpoint, RegistryClient
 
 if TYPE_CHECKING:
+    from olly import signing
     from olly.charts import ChartSource
+    from olly.registry import RegistryClient
 
 charts: Any = lazy("olly.charts")  # and its YAML library: only for a workspace with charts
+# Only a plan against a registry talks to one (or checks signatures, or builds an index).
+registry_api: Any = lazy("olly.registry")
+signing_api: Any = lazy("olly.signing")
+index: Any = lazy("olly.index")
 
 
 def native_platform() -> str:
@@ -181,7 +186,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.stat_view())
     plans: dict[str, TargetPlan] = {}
-    client = RegistryClient(Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
+    client = registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
     views = ImageViews(sum(isinstance(ws.targets[label], ImageTarget) for label in labels))  # inspects, or one listing
     for label in labels:
         t = ws.targets[label]
@@ -284,7 +289,7 @@ def _decide_remote(tp: TargetPlan, client: RegistryClient, registry: Registry, s
             return
         tp.remote_digest = digest
         return
-    untrusted = signing.verify(client, signer, name, tp.key, digest) if signer is not None else None
+    untrusted = signing_api.verify(client, signer, name, tp.key, digest) if signer is not None else None
     if untrusted is not None:
         tp.reasons.append(f"{untrusted} in registry {registry.name!r}: not trusted")
         return

@@ -11,9 +11,8 @@ import importlib
 import json
 import sys
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from olly.cache import Cache
 from olly.chartproof import Proofs
@@ -23,6 +22,9 @@ from olly.chartjobs import ChartWork, chart_pins, prepare_chart, run_chart
 from olly.jobs import DepImage, Outcome, RunContext, run_image
 from olly.plan import Plan, TargetPlan
 from olly.progress import Emit, Event, EventQueue, ignore
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["Outcome", "Scheduler"]
 
@@ -55,6 +57,31 @@ def _warm_cache_writer() -> None:
     thread.start()
 
 
+class _Pool:
+    """A thread pool made at the first job: a run with nothing to build (the no-op) starts no
+    thread and never loads concurrent.futures (~4 ms with the logging it imports)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Outcome], *args: Any) -> Future[Outcome]:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self.workers)
+        return self._pool.submit(fn, *args)
+
+    def wait(self, running: dict[Future[Outcome], Any], timeout: float) -> tuple[set[Future[Outcome]], Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        return wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 class Scheduler:
     def __init__(self, plan: Plan, ctx: RunContext, cache: Cache, opts: RunOptions,
                  on_outcome: Callable[[Outcome], None] = lambda o: None, on_event: Emit = ignore) -> None:
@@ -73,7 +100,7 @@ class Scheduler:
         pending = list(self.plan.targets)
         self.on_event(Event("planned", text="\n".join(tp.label for tp in pending)))  # e.g. to align columns
         running: dict[Future[Outcome], tuple[TargetPlan, ChartWork | None]] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs))
+        pool = _Pool(max(1, self.opts.jobs))
         abandon = True
         try:
             while pending or running:
@@ -85,7 +112,7 @@ class Scheduler:
                     continue
                 # A timeout, so the main thread regularly runs Python code: a Ctrl-C that the
                 # OS delivered to a worker thread is then handled here promptly.
-                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                done, _ = pool.wait(running, timeout=0.2)
                 self.events.drain()
                 self.on_event(Event("tick"))  # lets a renderer redraw and pace heartbeats
                 for fut in done:
@@ -102,7 +129,7 @@ class Scheduler:
                 self.ctx.proofs.save()  # only proofs of finished, verified charts are in it
         return [self.outcomes[t.label] for t in self.plan.targets]
 
-    def _start_ready(self, pending: list[TargetPlan], running: dict, pool: ThreadPoolExecutor) -> list[TargetPlan]:
+    def _start_ready(self, pending: list[TargetPlan], running: dict, pool: _Pool) -> list[TargetPlan]:
         still: list[TargetPlan] = []
         for tp in pending:
             deps = tp.target.depends_on if tp.target else []

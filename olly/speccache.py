@@ -15,19 +15,20 @@ temporary file and a rename, and only for data that survives a JSON round trip u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 FILE = "spec.json"
 _SCHEMA_SOURCE = Path(__file__).with_name("configschema.py")
 
 
 def _digest(*parts: bytes) -> str:
-    h = hashlib.blake2b(digest_size=32)
+    h = xxhash.xxh3_128()  # an identity, not a secret: the hash olly keys with (no hashlib to load)
     for part in parts:
         h.update(len(part).to_bytes(8, "big"))  # framed: no two part lists hash alike
         h.update(part)

@@ -8,6 +8,11 @@ if TYPE_CHECKING:
     from olly.cache import Cache
 
 
+# A cache database up to this size has its whole stat table loaded at once (bounded by the
+# file): below it, one query per build context costs more than it saves (5,000 small images).
+WHOLE_BYTES = 4 << 20
+
+
 class StatView:
     """The stat cache as FileHasher reads it: ``path -> (size, mtime_ns, ino, ctime_ns, mode,
     hash)``, loaded one directory at a time.
@@ -23,11 +28,16 @@ class StatView:
         self._under: str | None = None  # what loaded paths start with: "dir/", "" = everything; None = nothing
         self._rows: dict[str, tuple[Any, ...]] = {}
         self._own: dict[str, tuple[Any, ...] | None] = {}  # single lookups, and rows set outside the loaded directory
+        self._small: bool | None = None  # whether the whole stat table is loaded at once
 
     def preload(self, prefix: str) -> None:
         prefix = prefix.strip("/") if prefix not in ("", ".") else ""
         if self._covers(prefix + "/"):
             return
+        if self._under is None and self._small is None:
+            self._small = self._cache._db_bytes() <= WHOLE_BYTES
+        if self._small:
+            prefix = ""  # a small stat cache: one query for all, not one per context (5,000 images)
         self._under, self._rows = None, {}  # the previous directory's rows go first
         self._rows = self._cache._stat_rows(prefix)
         self._under = prefix + "/" if prefix else ""

@@ -160,9 +160,10 @@ def test_reader_with_an_empty_db_file_in_an_unwritable_cache(tmp_path: Path, mon
     assert (tmp_path / ".cache" / "olly.db").read_bytes() == b""
 
 
-def test_stat_view_loads_one_directory_at_a_time(tmp_path: Path) -> None:
+def test_stat_view_loads_one_directory_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """StatView: a preloaded directory answers from memory, anything else row by row; the
     previous directory's rows are dropped; non-UTF-8 names (BLOB paths) are found too."""
+    monkeypatch.setattr("olly.statview.WHOLE_BYTES", 0)  # a big cache: per directory
     c = Cache(tmp_path / ".cache")
     odd = b"ctx/b/\xff.txt".decode("utf-8", "surrogateescape")
     rows = [("ctx/a/x.txt", 1, 2, 3, 4, 5, "ha"), ("ctx/a/sub/y.txt", 1, 2, 3, 4, 5, "hy"), ("ctx/ab.txt", 1, 2, 3, 4, 5, "hab"),
@@ -179,6 +180,25 @@ def test_stat_view_loads_one_directory_at_a_time(tmp_path: Path) -> None:
     assert view.get("ctx/b/new.txt")[-1] == "new" and view.pop("ctx/b/new.txt") is not None
     view.preload("")
     assert len(view._rows) == len(rows) and view.get("top.txt")[-1] == "ht"
+    c.close()
+
+
+def test_small_stat_cache_is_loaded_whole_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache database under WHOLE_BYTES is read with one query at the first preload; every
+    later preload is answered from it, and a stale row is still only a hint (FileHasher)."""
+    c = Cache(tmp_path / ".cache")
+    c.save_stats([("ctx/a/x.txt", 1, 2, 3, 4, 5, "ha"), ("ctx/b/z.txt", 1, 2, 3, 4, 5, "hz")], [])
+    queries: list[str] = []
+    real = c._stat_rows
+    monkeypatch.setattr(c, "_stat_rows", lambda prefix: queries.append(prefix) or real(prefix))
+    view = c.stat_view()
+    view.preload("ctx/a")
+    view.preload("ctx/b")
+    assert queries == [""] and view.get("ctx/b/z.txt")[-1] == "hz" and view.get("ctx/a/x.txt")[-1] == "ha"
+    monkeypatch.setattr("olly.statview.WHOLE_BYTES", 0)
+    other = c.stat_view()
+    other.preload("ctx/a")
+    assert queries == ["", "ctx/a"] and set(other._rows) == {"ctx/a/x.txt"}
     c.close()
 
 

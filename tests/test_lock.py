@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeEngine
-from olly import api, baselock
-from olly.baselock import Locked, parse_lock, parse_reference, render_lock
+from olly import api, locking
+from olly.baselock import Locked, parse_lock, parse_reference
+from olly.locking import render_lock
 from olly.errors import OllyError
 from olly.registry import OCI_INDEX, OCI_MANIFEST, sha256_digest
 
@@ -71,7 +72,7 @@ def index(platforms: dict[str, str]) -> bytes:
 @pytest.fixture
 def fake(monkeypatch) -> FakeRegistry:
     registry = FakeRegistry()
-    monkeypatch.setattr(baselock, "RegistryClient", registry.client)
+    monkeypatch.setattr(locking, "RegistryClient", registry.client)
     monkeypatch.setattr(api, "_optional_engine", lambda: FakeEngine())  # linux/amd64
     return registry
 
@@ -140,8 +141,8 @@ def test_invalid_references(text: str) -> None:
 
 
 def test_render_and_read_back() -> None:
-    uses = {"python:3.14-slim": [baselock.Use("b/Dockerfile", 3, "b", ("linux/amd64",)),
-                                 baselock.Use("a/Dockerfile", 1, "a", ("linux/amd64",))]}
+    uses = {"python:3.14-slim": [locking.Use("b/Dockerfile", 3, "b", ("linux/amd64",)),
+                                 locking.Use("a/Dockerfile", 1, "a", ("linux/amd64",))]}
     entries = {"python:3.14-slim": Locked("python:3.14-slim", D1, "index", {"linux/arm64": D3, "linux/amd64": D2}),
                "alpine:3": Locked("alpine:3", D2, "manifest")}
     text = render_lock(entries, uses)
