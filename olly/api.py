@@ -23,7 +23,7 @@ from olly.manifest import diff_chart_manifests, diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan, native_platform
 from olly import history
 from olly.progress import Emit, ignore
-from olly.versions import git_version, resolve_version
+from olly.versions import Later, git_version, resolve_version, settled
 
 charts: Any = lazy("olly.charts")  # only `olly why` of a chart uses it here
 signing: Any = lazy("olly.signing")  # only with a registry
@@ -86,14 +86,16 @@ def _optional_engine() -> Engine | None:
         return None
 
 
-def _version(ws: Workspace, labels: list[str], version: str | None, registry: Any) -> str | None:
+def _version(ws: Workspace, labels: list[str], version: str | None, registry: Any) -> str | Later | None:
     """``--version``, else `git describe` (outside git there is none: charts keep Chart.yaml's).
     Only asked where a version is used: charts, and the version tags a registry gets."""
     if version is not None:
         return resolve_version(ws.root, version)
     if registry is None and not any(isinstance(ws.targets[label], ChartTarget) for label in labels):
         return None  # images alone, no registry: no version anywhere (and no `git` process)
-    return git_version(ws.root)
+    if registry is not None:
+        return git_version(ws.root)  # now: a git error comes before any registry traffic
+    return Later(git_version, ws.root)  # git runs while olly plans the images; charts wait for it
 
 
 def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry: str | None = None,
@@ -108,6 +110,7 @@ def plan(root: Path, patterns: list[str], *, check_engine: bool = True, registry
         probe = _optional_engine() if check_engine else None
         routed = _routed(ws, probe, None) if probe else None
         the_plan = make_plan(ws, graph, labels, cache, routed, reg, the_version, signing.signer_from_env() if reg else None)
+        settled(the_version)  # a `git describe` error fails the plan, charts or not
         if routed is not None:
             buildkit.remember(ws.cache_dir, routed)  # what it can build with: for plans without an engine
         if shards:
@@ -159,6 +162,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
             the_plan = make_plan(ws, graph, labels, cache, engine, reg, the_version, signer)
             buildkit.remember(ws.cache_dir, engine)  # so olly why/inputs choose the builder as this run did
             # --network beats an image's own `network`, which beats the workspace's.
+            the_version = settled(the_version)  # a `git describe` error is reported here at the latest
             ctx = RunContext(root=ws.root, engine=engine, registry=reg, push=push, version=the_version,
                              network=ws.network, network_override=network or None, log_dir=ws.cache_dir / "logs",
                              out_dir=out_dir or ws.root / "dist", store_dir=ws.cache_dir / "charts", signer=signer,

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from olly import failpoints
 from olly.errors import OllyError
@@ -76,8 +76,7 @@ def check_name(value: str, where: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     """The builder of one image for one platform (keyed), and why: ``reason`` is one phrase for
     ``olly plan --json``/``why``/``inputs`` (what chose it: ``--builder``, ``BUILD.toml …``,
     ``$OLLY_BUILDER``, or ``auto: <what decided>``); ``note`` is set when the plan should say it

@@ -282,6 +282,14 @@ class Cache:
         return {"image_id": row[0], "tag": row[1], "built_at": row[2], "duration_s": row[3]}
 
     @_guarded
+    def last_image_ids(self, targets: list[str]) -> list[str]:
+        """The image id each target's most recent recorded build gave: what a plan will most
+        likely inspect (a hint for olly.imageview's prefetch, never an answer)."""
+        rows = self.db.execute("SELECT target, image_id, max(built_at) FROM results GROUP BY target").fetchall()
+        wanted = set(targets)
+        return [row[1] for row in rows if row[0] in wanted and row[1]]
+
+    @_guarded
     def record_build(self, target: str, key: str, image_id: str, tag: str, duration_s: float, manifest: dict[str, Any],
                      history: str | None = None) -> None:
         """Record a verified build and its input manifest (kept under ``history``, default the

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from olly import keys, memo
 from olly.config import ChartTarget, Registry, in_own_dir
@@ -42,8 +42,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 PINNED_KEYS = ("repository", "tag")  # what olly sets in each declared values path
 
 
-@dataclass(frozen=True)
-class Pin:
+class Pin(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     """What one values path receives: ``repository`` and ``tag`` (``olly-…@sha256:…`` when pinned)."""
 
     repository: str

@@ -179,6 +179,19 @@ class _HTTPHistory:
         return self._http.get_json(image_path(self._version, image_id).removesuffix("/json") + "/history")
 
 
+class _LaterInspect:
+    """An inspect sent, read when called (once); ``close`` drops it unread."""
+
+    def __init__(self, engine: Engine, ref: str, sent: Any) -> None:
+        self._engine, self._ref, self._sent = engine, ref, sent
+
+    def __call__(self) -> dict[str, Any] | None:
+        return self._engine._inspect_http(self._ref, self._sent.json)
+
+    def close(self) -> None:
+        self._sent.close()
+
+
 class Engine:
     """A reachable Docker engine. Construct once; safe to use from build threads."""
 
@@ -261,10 +274,24 @@ class Engine:
         except Exception as exc:
             raise OllyError("engine-unreachable", f"lost the Docker engine at {self.endpoint}: {_short(exc)}")
 
-    def _inspect_http(self, ref: str) -> dict[str, Any] | None:
+    def inspect_later(self, ref: str) -> Callable[[], dict[str, Any] | None] | None:
+        """``inspect`` asked now, answered when the result is called (olly.imageview prefetch):
+        over olly's own socket client only, and not on Podman (its answer needs more calls).
+        None when it cannot be asked that way or sending failed (then ask :meth:`inspect`)."""
+        if self._http is None or self.kind == PODMAN:
+            return None
+        try:
+            sent = self._http.send_get(image_path(self.version, ref))
+        except OSError:
+            return None
+        return _LaterInspect(self, ref, sent)
+
+    def _inspect_http(self, ref: str, fetch: Callable[[], Any] | None = None) -> dict[str, Any] | None:
         """``inspect`` over the unix socket, with the SDK path's results and errors."""
         try:
-            image: dict[str, Any] = self._http.get_json(image_path(self.version, ref))  # type: ignore[union-attr]
+            if fetch is None:
+                fetch = lambda: self._http.get_json(image_path(self.version, ref))  # type: ignore[union-attr]  # noqa: E731
+            image: dict[str, Any] = fetch()
             if self.kind == PODMAN:
                 _fill_onbuild(_HTTPHistory(self._http, self.version), image)  # type: ignore[arg-type]
             return image

@@ -65,19 +65,58 @@ class UnixEngineHTTP:
             raise EngineHTTPError(status, _explanation(body) or f"HTTP {status}")
         return json.loads(body)
 
+    def send_get(self, path: str) -> Sent:
+        """Send ``GET path`` now and read the answer later (:meth:`Sent.json`): the engine
+        works on it while olly does something else, with no thread (none waits for the GIL)."""
+        return Sent(self._send(path))
+
     def _get(self, url: str) -> tuple[int, bytes]:
+        return _receive(self._send(url))
+
+    def _send(self, url: str) -> socket.socket:
         request = f"GET {url} HTTP/1.1\r\nHost: docker\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
             sock.settimeout(self.timeout)
             sock.connect(self.path)
             sock.sendall(request.encode())
-            raw = b""
-            while data := sock.recv(1 << 16):
-                raw += data
-                done = complete_response(raw)
-                if done is not None:
-                    return done
-        return parse_response(raw)  # the engine closed the connection: all there is
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class Sent:
+    """A GET sent, its answer not read yet: :meth:`json` reads it (once); :meth:`close` drops it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock: socket.socket | None = sock
+
+    def json(self) -> Any:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            raise RuntimeError("answer already read")
+        status, body = _receive(sock)
+        if status >= 300:
+            raise EngineHTTPError(status, _explanation(body) or f"HTTP {status}")
+        return json.loads(body)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _receive(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one response from ``sock``, then close it."""
+    with sock:
+        raw = b""
+        while data := sock.recv(1 << 16):
+            raw += data
+            done = complete_response(raw)
+            if done is not None:
+                return done
+    return parse_response(raw)  # the engine closed the connection: all there is
 
 
 def complete_response(raw: bytes) -> tuple[int, bytes] | None:

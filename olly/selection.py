@@ -23,7 +23,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from olly.config import in_own_dir
 from olly.dockerignore import DockerIgnore
@@ -38,8 +38,7 @@ class Unreadable(Exception):
     """A source olly cannot follow as Docker would (e.g. a symlink loop): key the whole context."""
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):  # not a frozen dataclass: ~0.5 ms less at every start
     kind: str  # "f", "d" or "l"
     st: os.stat_result | None = None  # None for the entries olly holds in memory
     link: str = ""  # a symlink's target

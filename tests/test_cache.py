@@ -24,6 +24,20 @@ def test_roundtrip(tmp_path: Path) -> None:
     c.close()
 
 
+def test_last_image_ids_name_each_targets_newest_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefetch hint (olly.imageview): per target asked for, the image of its newest build."""
+    c = Cache(tmp_path / ".cache")
+    clock = iter([100.0, 300.0, 200.0, 400.0])
+    monkeypatch.setattr("olly.cache.time.time", lambda: next(clock))
+    c.record_build("a", "k1", "sha256:old", "t", 0.1, {})
+    c.record_build("a", "k2", "sha256:new", "t", 0.1, {})
+    c.record_build("a", "k3", "sha256:between", "t", 0.1, {})
+    c.record_build("b", "k", "sha256:b", "t", 0.1, {})
+    assert c.last_image_ids(["a"]) == ["sha256:new"]
+    assert sorted(c.last_image_ids(["a", "b", "none"])) == ["sha256:b", "sha256:new"]
+    c.close()
+
+
 def test_relocatable(tmp_path: Path) -> None:
     c = Cache(tmp_path / "one" / ".cache")
     c.save_stats([{"path": "a/b.txt", "size": 1, "mtime_ns": 2, "ino": 3, "ctime_ns": 4, "mode": 5, "hash": "h"}], [])

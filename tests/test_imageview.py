@@ -66,3 +66,58 @@ def test_small_plans_inspect_large_ones_list() -> None:
     large.image("sha256:1")
     large.tagged("x/app:olly-1")
     assert engine.listed == 1
+
+
+class SocketEngine(Engine):
+    """An engine that can send an inspect now and be read later (olly.engine.inspect_later)."""
+
+    def __init__(self, fail: str = "") -> None:
+        super().__init__(listing=False)
+        self.sent: list[str] = []
+        self.closed: list[str] = []
+        self.fail = fail
+
+    def inspect_later(self, ref: str) -> Any:
+        self.sent.append(ref)
+        engine = self
+
+        class Answer:
+            def __call__(self) -> dict[str, Any] | None:
+                if ref == engine.fail:
+                    raise OllyError("engine-unreachable", "lost the engine")
+                return Engine.inspect(engine, ref)
+
+            def close(self) -> None:
+                engine.closed.append(ref)
+        return Answer()
+
+
+def test_prefetched_inspects_answer_once_then_the_engine_is_asked_again() -> None:
+    """The ids the cache last recorded are sent at once; each answer is read once, when asked
+    (a second question about the same id is a new inspect); an id not prefetched is inspected;
+    answers nobody asked for are closed."""
+    engine = SocketEngine()
+    view = EngineImages(engine, listing=False)
+    view.prefetch(["sha256:1", "sha256:gone", "sha256:1", "sha256:unused"])
+    assert engine.sent == ["sha256:1", "sha256:gone", "sha256:unused"] and engine.inspected == []
+    assert view.image("sha256:1") is OLLY and view.image("sha256:gone") is None
+    assert view.image("sha256:1") is OLLY and view.image("sha256:2") is PLAIN
+    assert engine.inspected == ["sha256:1", "sha256:gone", "sha256:1", "sha256:2"] and engine.sent[-1] == "sha256:unused"
+    view.close()
+    assert engine.closed == ["sha256:unused"]
+
+
+def test_a_failed_prefetch_is_asked_again_and_reports_then() -> None:
+    engine = SocketEngine(fail="sha256:1")
+    view = EngineImages(engine, listing=False)
+    view.prefetch(["sha256:1"])
+    assert view.image("sha256:1") is OLLY  # the prefetched answer failed; a plain inspect answers
+    assert engine.inspected == ["sha256:1"]
+
+
+def test_no_prefetch_with_a_listing_or_an_engine_that_cannot_send_early() -> None:
+    listing = SocketEngine()
+    EngineImages(listing, listing=True).prefetch(["sha256:1"])
+    plain = Engine(listing=False)  # no inspect_later (e.g. a test double)
+    EngineImages(plain, listing=False).prefetch(["sha256:1"])
+    assert listing.sent == [] and plain.inspected == []
