@@ -28,6 +28,9 @@ CACHE_SCHEMA = 1
 DB_NAME = "olly.db"
 LOCK_NAME = "lock"
 _STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
+# Remembered context walks (olly.walkmemo): made on first use, never exported (inodes and
+# ctimes differ on every other machine, so no fingerprint would ever match there).
+_WALKS_TABLE = "CREATE TABLE IF NOT EXISTS walks (ctx TEXT PRIMARY KEY, fingerprint TEXT, entries BLOB)"
 # Clustered by path (WITHOUT ROWID): the rows of one directory are one contiguous range.
 _STAT_TABLE = ("CREATE TABLE stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, "
                "ctime_ns INTEGER, mode INTEGER, hash TEXT) WITHOUT ROWID")
@@ -87,6 +90,7 @@ class Cache:
         self.dir = cache_dir
         self.path = cache_dir / DB_NAME
         self.read_only = False
+        self._known_tables: set[str] | None = None  # table names, read once (walks is made on first use)
         exists = _exists(self.path)
         if not exists and (not create or (reader and _exists(cache_dir) and not _writable(self.path))):
             self.db = _Db(sqlite3.connect(":memory:", isolation_level=None))  # nothing recorded yet, and none to record
@@ -227,6 +231,39 @@ class Cache:
         """The database's size: a bound on what loading its whole stat table can cost."""
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
         return int(pages) * int(self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    # -- remembered context walks (olly.walkmemo) ------------------------------------
+
+    @_guarded
+    def walk_keys(self) -> set[str]:
+        """The contexts (memo keys) with a remembered walk."""
+        if "walks" not in self._tables():
+            return set()
+        return {row[0] for row in self.db.execute("SELECT ctx FROM walks")}
+
+    @_guarded
+    def walk(self, key: str) -> tuple[str, bytes] | None:
+        """(fingerprint, packed entries) remembered for ``key``, or None."""
+        if "walks" not in self._tables():
+            return None
+        row = self.db.execute("SELECT fingerprint, entries FROM walks WHERE ctx = ?", (key,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    @_guarded
+    def save_walks(self, walks: dict[str, tuple[str, bytes]]) -> None:
+        """Remember walks (olly.walkmemo.Memo.new); a reader that cannot write does without."""
+        if self.read_only or not walks:
+            return
+        with self.transaction():
+            self.db.execute(_WALKS_TABLE)
+            self.db.conn.executemany("INSERT OR REPLACE INTO walks (ctx, fingerprint, entries) VALUES (?, ?, ?)",
+                                     [(key, fp, blob) for key, (fp, blob) in walks.items()])
+        self._known_tables = None
+
+    def _tables(self) -> set[str]:
+        if self._known_tables is None:
+            self._known_tables = set(self.db.table_names())
+        return self._known_tables
 
     @_guarded
     def _stat_row(self, path: str) -> tuple[Any, ...] | None:
@@ -396,6 +433,7 @@ def export_cache(cache_dir: Path, dest: Path) -> dict[str, int]:
         out = sqlite3.connect(tmp)
         cache.db.conn.backup(out)  # sqlite's online backup: consistent even while others write
         out.execute("DELETE FROM stat")
+        out.execute("DROP TABLE IF EXISTS walks")
         out.commit()
         out.execute("VACUUM")
         counts = {t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _PORTABLE}

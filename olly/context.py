@@ -12,16 +12,18 @@ is detected instead of being built under the planned key.
 
 from __future__ import annotations
 
+import bisect
 import os
 import posixpath
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import xxhash
 
-from olly import failpoints, inputs
+from olly import failpoints, inputs, walkmemo
 from olly.config import ImageTarget, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
@@ -116,15 +118,56 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
                     return _scan_selected(root, ctx, tree, hasher, visible)
             except Unreadable as exc:
                 ctx.reach.whole = str(exc)
-    entries = _walk_context(root, ctx_dir, ignore, shown, specials, hasher)
-    entries = {**visible, **entries}
-    ctx.entries = [entries[p] for p in sorted(entries)]
+    ctx.entries = _merge(visible, _walk_context(root, ctx_dir, ignore, shown, specials, hasher, ignore_bytes, df_rel))
     return ctx
 
 
+def _merge(visible: dict[str, Entry], walked: list[Entry]) -> list[Entry]:
+    """The walked entries (sorted by path) with the in-memory ones added where no walked
+    entry has their path, in path order: a few insertions, not a sort of ~10^5 paths."""
+    out = list(walked)
+    paths = [e.path for e in out]
+    for path in sorted(visible):
+        i = bisect.bisect_left(paths, path)
+        if i == len(paths) or paths[i] != path:
+            paths.insert(i, path)
+            out.insert(i, visible[path])
+    return out
+
+
 def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
-                  hasher: FileHasher) -> dict[str, Entry]:
-    """Every entry COPY sees (the specials aside), files hashed: the hot loop of a plan."""
+                  hasher: FileHasher, ignore_bytes: bytes | None = None, df_rel: str | None = None) -> list[Entry]:
+    """Every entry COPY sees (the specials aside), files hashed: the hot loop of a plan. With
+    the plan's walk memo (olly.walkmemo), an unchanged context is recalled instead."""
+    memo = hasher.walks
+    if memo is None:
+        return _sorted(_hash_walk(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher))
+    started = time.time_ns()
+    items = None
+    fp = memo.prefetched(ctx_dir, df_rel, ignore_bytes, specials)  # the helper walked it
+    if fp is None:
+        items = walkmemo.walk(root, ctx_dir, ignore, shown)
+        fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
+    recalled = memo.recall(ctx_dir, df_rel, fp)
+    if recalled is not None:
+        return list(map(Entry._make, recalled))  # stored sorted by path
+    if items is None:  # the helper's fingerprint missed: walk here, to hash and remember
+        started = time.time_ns()
+        items = walkmemo.walk(root, ctx_dir, ignore, shown)
+        fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
+    entries = _sorted(_hash_walk(root, ctx_dir, items, specials, hasher))
+    if settled:
+        memo.remember(ctx_dir, df_rel, fp, entries)
+    return entries
+
+
+def _sorted(entries: dict[str, Entry]) -> list[Entry]:
+    return [entries[p] for p in sorted(entries)]
+
+
+def _hash_walk(root: Path, ctx_dir: str, items: Iterable[tuple[str, os.stat_result]], specials: set[str],
+               hasher: FileHasher) -> dict[str, Entry]:
+    """The entries of walked ``items``, files hashed (from the stat cache where it can)."""
     entries: dict[str, Entry] = {}
     # olly's own .cache/ and dist/ (at the workspace root) are never inputs, even in a
     # context that contains them: they change during every run.
@@ -132,7 +175,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
     prefix = "" if skip_own else ctx_dir + "/"
     hasher.preload(ctx_dir)
     digest, is_reg = hasher.hash, stat.S_ISREG
-    for rel, st in ignore.walk(root / ctx_dir, shown=shown):
+    for rel, st in items:
         if rel in specials or (skip_own and in_own_dir(rel)):
             continue  # specials are added from the bytes read above
         mode = st.st_mode
@@ -183,6 +226,11 @@ def _scan_selected(root: Path, ctx: Context, tree: Tree, hasher: FileHasher, vis
     ctx.carried = sorted(carried, key=lambda e: e.path)
     ctx.via = {rel: sorted(lines) if len(lines) > 1 else list(lines) for rel, lines in chosen.lines.items()}
     return ctx
+
+
+def context_dockerfile(target: ImageTarget) -> str | None:
+    """The target's Dockerfile relative to its context, or None when it lies outside."""
+    return _inside(target.dockerfile, target.context)
 
 
 def _inside(path: str, ctx_dir: str) -> str | None:

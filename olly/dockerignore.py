@@ -286,6 +286,9 @@ class DockerIgnore:
     def __init__(self, patterns: list[Pattern], source: str = ".dockerignore") -> None:
         self.patterns, self.source = patterns, source
         self._reincludes = tuple(p.text + "/" for p in patterns if p.exclusion)
+        # Per pattern, the one depth (in path segments) of every path it can match, or 0 when
+        # that is not certain: see _fixed_depth. A walk tests such a pattern only at that depth.
+        self._depths = tuple(_fixed_depth(p) for p in patterns)
 
     @classmethod
     def parse(cls, text: str, source: str = ".dockerignore") -> DockerIgnore:
@@ -343,6 +346,20 @@ class DockerIgnore:
             matched = not pat.exclusion if hit else matched
         return matched, tuple(info)
 
+    def _children(self, depth: int, parent: _Info | None) -> tuple[bool, _Info] | None:
+        """What ``_match`` gives every entry ``depth`` segments deep under a directory whose
+        results are ``parent``, when no pattern needs testing there (each is inherited, or
+        matches only paths of another depth); None if some entry must be tested. The walk's
+        fast path: in most directories no pattern can apply, and no entry is matched at all."""
+        matched, info = False, []
+        for i, pat in enumerate(self.patterns):
+            hit = parent[i] if parent else False
+            if not hit and pat.exclusion == matched and self._depths[i] in (0, depth):
+                return None  # _match would evaluate this pattern on each entry
+            info.append(hit)
+            matched = not pat.exclusion if hit else matched
+        return matched, tuple(info)
+
     def _descend(self, reldir: str) -> bool:
         """Docker's test whether an excluded directory must still be walked."""
         return any(r.startswith(reldir + "/") for r in self._reincludes)
@@ -396,10 +413,12 @@ class DockerIgnore:
         if dockerfile is not None and self.patterns and self._forced(_go_clean(dockerfile)):
             path = _go_clean(dockerfile)
             ign, drop = DockerIgnore(self.patterns + DockerIgnore.parse("!" + path).patterns, self.source), path
-        frames: list[tuple[Iterator[os.DirEntry[str]], str, _Info | None]] = [(_scan(root), "", None)]
+        Same = tuple[bool, _Info] | None  # one _match result for all entries of a directory (fast path)
+        frames: list[tuple[Iterator[os.DirEntry[str]], str, _Info | None, Same]] = [
+            (_scan(root), "", None, ign._children(1, None))]
         pending: list[tuple[int, str, os.stat_result]] = []  # walked excluded dirs, not yet shown
         while frames:
-            it, prefix, parent = frames[-1]
+            it, prefix, parent, same = frames[-1]
             entry = next(it, None)
             if entry is None:
                 frames.pop()
@@ -416,7 +435,7 @@ class DockerIgnore:
             if stat.S_ISSOCK(st.st_mode):  # Go's archive/tar cannot store sockets
                 continue
             try:
-                skip, info = ign._match(rel, parent) if ign.patterns else (False, None)
+                skip, info = same if same is not None else ign._match(rel, parent)
             except _Unusable as exc:
                 # Past the CLI's check: Docker would log "Error matching", stop the tar here
                 # and build from the entries sent so far. olly refuses to plan that.
@@ -426,7 +445,7 @@ class DockerIgnore:
             if skip:
                 if is_dir and ign._descend(rel):
                     pending.append((len(frames), rel, st))
-                    frames.append((_scan(entry.path), rel + "/", info))
+                    frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
                 continue
             if pending:
                 yield from ((prel, pst) for _, prel, pst in pending)
@@ -434,7 +453,7 @@ class DockerIgnore:
             if rel != drop:
                 yield rel, st
             if is_dir:
-                frames.append((_scan(entry.path), rel + "/", info))
+                frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
 
 
     def _forced(self, path: str) -> bool:
@@ -446,6 +465,21 @@ class DockerIgnore:
             return self._match(path, None)[0]
         except _Unusable:
             return False
+
+
+# Characters a pattern passes to Go's regexp as regexp syntax (patternmatcher escapes only
+# '.' and '$'): with any of them, or '**', a pattern's depth is not simply its segment count.
+_REGEXP_SYNTAX = frozenset("+|(){}^[]\\")
+
+
+def _fixed_depth(p: Pattern) -> int:
+    """How many '/'-separated segments every path ``p`` matches has, or 0 if not certain. Docker
+    turns '*' into ``[^/]*`` and '?' into ``[^/]`` inside a regexp anchored at both ends, so a
+    pattern of plain characters, '*' and '?' matches only paths of its own segment count. A
+    pattern that does not compile is never skipped: evaluating it must fail, as in Docker."""
+    if p.error or "**" in p.text or not _REGEXP_SYNTAX.isdisjoint(p.text):
+        return 0
+    return p.text.count("/") + 1
 
 
 def _scan(path: str | Path) -> Iterator[os.DirEntry[str]]:

@@ -46,6 +46,7 @@ class FileHasher:
         self.updates: dict[str, tuple[Any, ...]] = {}  # path -> (path, size, mtime_ns, ino, ctime_ns, mode, hash)
         self.forget: list[str] = []
         self.files_read = 0
+        self.walks: Any = None  # a plan's olly.walkmemo.Memo: whole context walks recalled, not re-keyed
 
     def preload(self, prefix: str) -> None:
         """Planning is about to look at ``prefix`` (a directory, "" = all): a lazy view loads it."""

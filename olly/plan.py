@@ -12,10 +12,10 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from olly import baselock, buildkit, keys, reach, scrub
+from olly import baselock, buildkit, keys, reach, scrub, walkmemo
 from olly.cache import Cache
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
-from olly.context import Context, scan, scan_inputs
+from olly.context import Context, context_dockerfile, scan, scan_inputs
 from olly.engine import KEY_LABEL, Engine, oci_platform
 from olly.engines import engine_for
 from olly.engine import has_tag as engine_has_tag
@@ -186,6 +186,9 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.stat_view())
+    hasher.walks = memo = walkmemo.Memo(cache)
+    memo.start(ws.root, [(t.context, context_dockerfile(t)) for t in (ws.targets[label] for label in labels)
+                         if isinstance(t, ImageTarget)])
     plans: dict[str, TargetPlan] = {}
     client = registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
     images = [label for label in labels if isinstance(ws.targets[label], ImageTarget)]
@@ -217,8 +220,10 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             plans[label] = tp
     finally:
         views.close()  # prefetched inspects nobody asked for
+        memo.close()  # the walk helper, if any
     _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
+    cache.save_walks(memo.new)
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
 
