@@ -30,7 +30,9 @@ LOCK_NAME = "lock"
 _STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
 # Remembered context walks (olly.walkmemo): made on first use, never exported (inodes and
 # ctimes differ on every other machine, so no fingerprint would ever match there).
-_WALKS_TABLE = "CREATE TABLE IF NOT EXISTS walks (ctx TEXT PRIMARY KEY, fingerprint TEXT, entries BLOB)"
+# ctx_dir and df_rel are the names' bytes (any file name), seq the order the last plan took them in.
+_WALKS_TABLE = ("CREATE TABLE IF NOT EXISTS walk_memo (key TEXT PRIMARY KEY, ctx_dir BLOB, df_rel BLOB, "
+                "seq INTEGER, fingerprint TEXT, entries BLOB)")
 # Clustered by path (WITHOUT ROWID): the rows of one directory are one contiguous range.
 _STAT_TABLE = ("CREATE TABLE stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, "
                "ctime_ns INTEGER, mode INTEGER, hash TEXT) WITHOUT ROWID")
@@ -236,28 +238,31 @@ class Cache:
 
     @_guarded
     def walk_keys(self) -> set[str]:
-        """The contexts (memo keys) with a remembered walk."""
-        if "walks" not in self._tables():
+        """The memo keys (olly.walkmemo.key_of) with a remembered walk."""
+        if "walk_memo" not in self._tables():
             return set()
-        return {row[0] for row in self.db.execute("SELECT ctx FROM walks")}
+        return {row[0] for row in self.db.execute("SELECT key FROM walk_memo")}
 
     @_guarded
     def walk(self, key: str) -> tuple[str, bytes] | None:
         """(fingerprint, packed entries) remembered for ``key``, or None."""
-        if "walks" not in self._tables():
+        if "walk_memo" not in self._tables():
             return None
-        row = self.db.execute("SELECT fingerprint, entries FROM walks WHERE ctx = ?", (key,)).fetchone()
+        row = self.db.execute("SELECT fingerprint, entries FROM walk_memo WHERE key = ?", (key,)).fetchone()
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     @_guarded
-    def save_walks(self, walks: dict[str, tuple[str, bytes]]) -> None:
-        """Remember walks (olly.walkmemo.Memo.new); a reader that cannot write does without."""
+    def save_walks(self, walks: dict[str, tuple[str, bytes, str, str | None, int]]) -> None:
+        """Remember walks (olly.walkmemo.Memo.new: fingerprint, entries, context directory,
+        Dockerfile in it, planning order); a reader that cannot write does without."""
         if self.read_only or not walks:
             return
+        raw = lambda text: None if text is None else text.encode("utf-8", "surrogateescape")  # noqa: E731
         with self.transaction():
             self.db.execute(_WALKS_TABLE)
-            self.db.conn.executemany("INSERT OR REPLACE INTO walks (ctx, fingerprint, entries) VALUES (?, ?, ?)",
-                                     [(key, fp, blob) for key, (fp, blob) in walks.items()])
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO walk_memo (key, ctx_dir, df_rel, seq, fingerprint, entries) VALUES (?, ?, ?, ?, ?, ?)",
+                [(key, raw(ctx), raw(df), seq, fp, blob) for key, (fp, blob, ctx, df, seq) in walks.items()])
         self._known_tables = None
 
     def _tables(self) -> set[str]:
@@ -433,7 +438,7 @@ def export_cache(cache_dir: Path, dest: Path) -> dict[str, int]:
         out = sqlite3.connect(tmp)
         cache.db.conn.backup(out)  # sqlite's online backup: consistent even while others write
         out.execute("DELETE FROM stat")
-        out.execute("DROP TABLE IF EXISTS walks")
+        out.execute("DROP TABLE IF EXISTS walk_memo")
         out.commit()
         out.execute("VACUUM")
         counts = {t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _PORTABLE}

@@ -13,6 +13,7 @@ is detected instead of being built under the planned key.
 from __future__ import annotations
 
 import bisect
+import operator
 import os
 import posixpath
 import stat
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import xxhash
 
-from olly import failpoints, inputs, walkmemo
+from olly import failpoints, inputs, keys, walkmemo
 from olly.config import ImageTarget, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
@@ -67,6 +68,32 @@ class Context:
     carried: list[Entry] = field(default_factory=list)  # sent, not keyed: nothing the target copies
     via: dict[str, list[int]] | None = None  # keyed entry -> the Dockerfile lines reaching it; None: whole context
     reach: Reach | None = None  # what the Dockerfile reaches (None: not analysed)
+    # A recalled walk (olly.walkmemo): its entries as recalled, their rows as the key encodes
+    # them, and where the in-memory entries were inserted among them in ``entries``.
+    recalled: tuple[list[Entry], bytes, Any, list[int]] | None = None
+
+    def files_encoding(self) -> bytes | None:
+        """``keys.encode([e.row() for e in self.entries])``, from a recalled walk's remembered
+        rows (only the in-memory entries encoded afresh); None without one, or if the entries
+        are not exactly those recalled plus the inserted ones (then the key encodes them all)."""
+        if self.recalled is None:
+            return None
+        walked, rows, ends, inserted = self.recalled
+        entries = self.entries
+        if len(entries) != len(walked) + len(inserted):
+            return None
+        parts, w, prev = [], 0, 0
+        for pos in [*inserted, len(entries)]:
+            n = pos - prev
+            if n:
+                if not all(map(operator.is_, entries[prev:pos], walked[w:w + n])):
+                    return None
+                parts.append(rows[ends[w - 1] if w else 0:ends[w + n - 1]])
+                w += n
+            if pos < len(entries):
+                parts.append(keys.encode_rows([entries[pos].row()])[0])
+            prev = pos + 1
+        return keys.list_encoding(len(entries), b"".join(parts))
 
 
 Analyzer = Callable[[bytes], Reach]  # the Dockerfile's bytes -> its sources (olly.reach.analyze)
@@ -118,30 +145,37 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
                     return _scan_selected(root, ctx, tree, hasher, visible)
             except Unreadable as exc:
                 ctx.reach.whole = str(exc)
-    ctx.entries = _merge(visible, _walk_context(root, ctx_dir, ignore, shown, specials, hasher, ignore_bytes, df_rel))
+    walked, recalled = _walk_context(root, ctx_dir, ignore, shown, specials, hasher, ignore_bytes, df_rel)
+    ctx.entries, inserted = _merge(visible, walked)
+    if recalled is not None:
+        ctx.recalled = (walked, recalled.rows, recalled.ends, inserted)
     return ctx
 
 
-def _merge(visible: dict[str, Entry], walked: list[Entry]) -> list[Entry]:
+def _merge(visible: dict[str, Entry], walked: list[Entry]) -> tuple[list[Entry], list[int]]:
     """The walked entries (sorted by path) with the in-memory ones added where no walked
-    entry has their path, in path order: a few insertions, not a sort of ~10^5 paths."""
+    entry has their path, in path order (a few insertions, not a sort of ~10^5 paths), and
+    where they went (ascending: each insertion lands after the ones before)."""
     out = list(walked)
     paths = [e.path for e in out]
+    inserted = []
     for path in sorted(visible):
         i = bisect.bisect_left(paths, path)
         if i == len(paths) or paths[i] != path:
             paths.insert(i, path)
             out.insert(i, visible[path])
-    return out
+            inserted.append(i)
+    return out, inserted
 
 
 def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
-                  hasher: FileHasher, ignore_bytes: bytes | None = None, df_rel: str | None = None) -> list[Entry]:
+                  hasher: FileHasher, ignore_bytes: bytes | None = None,
+                  df_rel: str | None = None) -> tuple[list[Entry], walkmemo.Recalled | None]:
     """Every entry COPY sees (the specials aside), files hashed: the hot loop of a plan. With
     the plan's walk memo (olly.walkmemo), an unchanged context is recalled instead."""
     memo = hasher.walks
     if memo is None:
-        return _sorted(_hash_walk(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher))
+        return _sorted(_hash_walk(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher)), None
     started = time.time_ns()
     items = None
     fp = memo.prefetched(ctx_dir, df_rel, ignore_bytes, specials)  # the helper walked it
@@ -150,7 +184,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
     recalled = memo.recall(ctx_dir, df_rel, fp)
     if recalled is not None:
-        return list(map(Entry._make, recalled))  # stored sorted by path
+        return list(map(Entry._make, recalled.entries)), recalled  # stored sorted by path
     if items is None:  # the helper's fingerprint missed: walk here, to hash and remember
         started = time.time_ns()
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
@@ -158,7 +192,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
     entries = _sorted(_hash_walk(root, ctx_dir, items, specials, hasher))
     if settled:
         memo.remember(ctx_dir, df_rel, fp, entries)
-    return entries
+    return entries, None
 
 
 def _sorted(entries: dict[str, Entry]) -> list[Entry]:

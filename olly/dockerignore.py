@@ -25,6 +25,7 @@ Docker's rules, not gitignore's; all patterns are anchored at the context root.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import stat
@@ -417,44 +418,45 @@ class DockerIgnore:
         frames: list[tuple[Iterator[os.DirEntry[str]], str, _Info | None, Same]] = [
             (_scan(root), "", None, ign._children(1, None))]
         pending: list[tuple[int, str, os.stat_result]] = []  # walked excluded dirs, not yet shown
+        is_sock, is_dir_mode = stat.S_ISSOCK, stat.S_ISDIR
         while frames:
             it, prefix, parent, same = frames[-1]
-            entry = next(it, None)
-            if entry is None:
+            for entry in it:  # this directory's entries, until one to descend into
+                rel = prefix + entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # e.g. ENAMETOOLONG beyond PATH_MAX, EACCES
+                    raise OllyError("unreadable-file", f"{shown}{rel}: cannot stat: {exc.strerror or exc}") from None
+                if is_sock(st.st_mode):  # Go's archive/tar cannot store sockets
+                    continue
+                try:
+                    skip, info = same if same is not None else ign._match(rel, parent)
+                except _Unusable as exc:
+                    # Past the CLI's check: Docker would log "Error matching", stop the tar here
+                    # and build from the entries sent so far. olly refuses to plan that.
+                    raise self._invalid(exc, f" (Docker evaluates it at {shown}{rel} and would build from a context "
+                                             "cut short there)") from None
+                is_dir = is_dir_mode(st.st_mode)
+                if skip:
+                    if is_dir and ign._descend(rel):
+                        pending.append((len(frames), rel, st))
+                        frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
+                        break  # into it; this directory's iterator resumes after it
+                    continue
+                if pending:
+                    yield from ((prel, pst) for _, prel, pst in pending)
+                    pending.clear()
+                if rel != drop:
+                    yield rel, st
+                if is_dir:
+                    frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
+                    break
+            else:  # this directory is done
                 frames.pop()
                 if pending and pending[-1][0] == len(frames):
                     pending.pop()
-                continue
-            rel = prefix + entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:  # e.g. ENAMETOOLONG beyond PATH_MAX, EACCES
-                raise OllyError("unreadable-file", f"{shown}{rel}: cannot stat: {exc.strerror or exc}") from None
-            if stat.S_ISSOCK(st.st_mode):  # Go's archive/tar cannot store sockets
-                continue
-            try:
-                skip, info = same if same is not None else ign._match(rel, parent)
-            except _Unusable as exc:
-                # Past the CLI's check: Docker would log "Error matching", stop the tar here
-                # and build from the entries sent so far. olly refuses to plan that.
-                raise self._invalid(exc, f" (Docker evaluates it at {shown}{rel} and would build from a context "
-                                         "cut short there)") from None
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if skip:
-                if is_dir and ign._descend(rel):
-                    pending.append((len(frames), rel, st))
-                    frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
-                continue
-            if pending:
-                yield from ((prel, pst) for _, prel, pst in pending)
-                pending.clear()
-            if rel != drop:
-                yield rel, st
-            if is_dir:
-                frames.append((_scan(entry.path), rel + "/", info, ign._children(rel.count("/") + 2, info)))
-
 
     def _forced(self, path: str) -> bool:
         """The CLI forces an excluded Dockerfile into the tar (TrimBuildFilesFromExcludes),
@@ -482,9 +484,12 @@ def _fixed_depth(p: Pattern) -> int:
     return p.text.count("/") + 1
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _scan(path: str | Path) -> Iterator[os.DirEntry[str]]:
     try:
         with os.scandir(path) as entries:
-            return iter(sorted(entries, key=lambda e: e.name))
+            return iter(sorted(entries, key=_NAME))
     except OSError as exc:
         raise OllyError("io-error", f"cannot read directory {os.fsdecode(path)}: {exc.strerror}") from None

@@ -35,6 +35,7 @@ class EngineImages:
         self._ids: dict[str, dict[str, Any]] | None = None
         self._tags: dict[str, dict[str, Any]] = {}
         self._early: dict[str, Any] = {}  # image id -> its inspect, sent at plan start, read once
+        self._early_tags: dict[str, Any] = {}  # tag -> its inspect, sent once the key was known
 
     def prefetch(self, image_ids: Iterable[str]) -> None:
         """Send the inspects of ``image_ids`` (the images the cache last recorded) now, and read
@@ -46,17 +47,27 @@ class EngineImages:
         if self.listing or later is None:
             return
         for image_id in dict.fromkeys(image_ids):
-            answer = later(image_id)
+            if image_id not in self._early:
+                answer = later(image_id)
+                if answer is not None:
+                    self._early[image_id] = answer
+
+    def prefetch_tag(self, ref: str) -> None:
+        """Send the inspect of tag ``ref`` now, for :meth:`tagged` (as ``prefetch``)."""
+        later = getattr(self.engine, "inspect_later", None)
+        if not self.listing and later is not None and ref not in self._early_tags:
+            answer = later(ref)
             if answer is not None:
-                self._early[image_id] = answer
+                self._early_tags[ref] = answer
 
     def close(self) -> None:
         """Drop the prefetched inspects nobody asked for (their connections)."""
-        for answer in self._early.values():
+        for answer in [*self._early.values(), *self._early_tags.values()]:
             closer = getattr(answer, "close", None)
             if closer is not None:
                 closer()
         self._early.clear()
+        self._early_tags.clear()
 
     def _load(self) -> None:
         self._loaded = True
@@ -75,12 +86,9 @@ class EngineImages:
 
     def image(self, image_id: str) -> dict[str, Any] | None:
         """The image with this id (inspect-shaped), or None if the engine has none."""
-        answer = self._early.pop(image_id, None)
-        if answer is not None:
-            try:
-                return answer()  # type: ignore[no-any-return]
-            except Exception:  # e.g. OllyError: asked again below, which reports it
-                pass
+        early = _read(self._early.pop(image_id, None))
+        if early is not _NONE:
+            return early  # type: ignore[no-any-return]
         if not self._loaded:
             self._load()
         found = self._ids.get(image_id) if self._ids is not None else None
@@ -92,8 +100,23 @@ class EngineImages:
         if not self._loaded:
             self._load()
         if self._ids is None:
-            return self.engine.inspect(ref)
+            early = _read(self._early_tags.pop(ref, None))
+            return self.engine.inspect(ref) if early is _NONE else early  # type: ignore[no-any-return]
         return self._tags.get(canonical_ref(ref))
+
+
+_NONE = object()  # no early answer to use
+
+
+def _read(answer: Any) -> Any:
+    """An early inspect's answer; _NONE if there was none or it failed (then the caller asks
+    again, and that call reports the error)."""
+    if answer is None:
+        return _NONE
+    try:
+        return answer()
+    except Exception:
+        return _NONE
 
 
 class ImageViews:

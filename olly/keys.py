@@ -63,14 +63,33 @@ def _encode_into(value: Any, out: bytearray) -> None:
         _encode_other(value, out)
 
 
-def _encode_dict(value: dict[Any, Any], out: bytearray) -> None:
+def _encode_dict(value: dict[Any, Any], out: bytearray, encoded: dict[str, bytes] | None = None) -> None:
     out += b"D"
     out += _u64(len(value))
     for key in sorted(value):
         if not isinstance(key, str):
             raise TypeError(f"record keys must be str, got {key!r}")
         _encode_into(key, out)
-        _encode_into(value[key], out)
+        if encoded is not None and key in encoded:
+            out += encoded[key]  # the caller's encoding of this very value (see compute_key)
+        else:
+            _encode_into(value[key], out)
+
+
+def encode_rows(rows: list[list[Any]]) -> tuple[bytes, list[int]]:
+    """The rows' encodings as items of a list (what ``encode`` writes for each row of
+    ``files``), concatenated, and where each ends: a remembered context's rows
+    (olly.walkmemo) are spliced into the next key of that context instead of encoded again."""
+    out, ends = bytearray(), []
+    for row in rows:
+        _encode_row(row, out)
+        ends.append(len(out))
+    return bytes(out), ends
+
+
+def list_encoding(count: int, items: bytes) -> bytes:
+    """The encoding of a list of ``count`` items whose encodings are ``items``, concatenated."""
+    return b"L" + _u64(count) + items
 
 
 def _encode_row(row: list[Any], out: bytearray) -> None:
@@ -115,11 +134,17 @@ def _encode_other(value: Any, out: bytearray) -> None:
         raise TypeError(f"cannot encode {type(value).__name__} in a key record")
 
 
-def compute_key(record: dict[str, Any]) -> str:
-    """The key of a record: 32 hex digits of xxh3-128 over its canonical encoding."""
+def compute_key(record: dict[str, Any], encoded: dict[str, bytes] | None = None) -> str:
+    """The key of a record: 32 hex digits of xxh3-128 over its canonical encoding.
+    ``encoded``: top-level fields whose encoding the caller already has, exactly what
+    ``encode`` would write for them (a recalled context's ``files``); the key is the same."""
     if record.get("schema") != KEY_SCHEMA:
         raise ValueError(f"key record must carry schema={KEY_SCHEMA}")
-    return xxhash.xxh3_128_hexdigest(encode(record))
+    if not encoded:
+        return xxhash.xxh3_128_hexdigest(encode(record))
+    out = bytearray()
+    _encode_dict(record, out, encoded)
+    return xxhash.xxh3_128_hexdigest(bytes(out))
 
 
 def content_tag(key: str) -> str:

@@ -12,7 +12,7 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from olly import baselock, buildkit, keys, reach, scrub, walkmemo
+from olly import baselock, buildkit, keys, reach, scrub, walkhelper, walkmemo
 from olly.cache import Cache
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, context_dockerfile, scan, scan_inputs
@@ -128,7 +128,9 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets, bases=pinned.bases,
         builder=builder,
     )
-    key = keys.compute_key(record)
+    recalled = ctx.files_encoding()  # an unchanged context's rows, as remembered (olly.walkmemo)
+    key = keys.compute_key(record, {"files": recalled} if recalled is not None else None)
+    ctx.recalled = None  # its rows served this key: not kept for the whole plan
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(read),
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
@@ -186,38 +188,64 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     """Plan ``labels`` (already in dependency order). ``engine`` None = do not consult it;
     ``registry`` = also ask that registry which content tags it already holds."""
     hasher = FileHasher(ws.root, cache.stat_view())
-    hasher.walks = memo = walkmemo.Memo(cache)
-    memo.start(ws.root, [(t.context, context_dockerfile(t)) for t in (ws.targets[label] for label in labels)
-                         if isinstance(t, ImageTarget)])
+    contexts = [(t.context, context_dockerfile(t)) for t in (ws.targets[label] for label in labels)
+                if isinstance(t, ImageTarget)]
+    hasher.walks = memo = walkmemo.Memo(cache, contexts)
+    memo.helper = walkhelper.claim(ws.root)  # started by the CLI, if the cache holds walks worth it
     plans: dict[str, TargetPlan] = {}
     client = registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
     images = [label for label in labels if isinstance(ws.targets[label], ImageTarget)]
     views = ImageViews(len(images))  # inspects, or one listing
     _prefetch(views.of(engine), cache, images)
+    # A single-platform image is decided after the next image's inputs are computed: its engine
+    # inspect, sent as soon as its key is known, has been answered by then. Nothing computed in
+    # between reads a decision (a dependent needs only its dependencies' keys); charts and
+    # multi-platform images wait for every decision before theirs.
+    pending: list[tuple[TargetPlan, EngineImages | None]] = []
+
+    def decide(tp: TargetPlan, view: EngineImages | None) -> None:
+        _decide_local(tp, cache, view)
+        if client is not None and registry is not None:
+            _decide_remote(tp, client, registry, signer)
+        tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
+
+    def decide_pending() -> None:
+        for tp, view in pending:
+            decide(tp, view)
+        pending.clear()
+
     try:
         for label in labels:
             t = ws.targets[label]
             if isinstance(t, ChartTarget):
+                decide_pending()
                 tp = TargetPlan(label, "chart", "package", [], target=t, chart=charts.load_chart(ws.root, t, hasher))
                 version = settled(version)  # `git describe`, started before planning (olly.api)
                 _decide_chart(ws, tp, plans, cache, registry, version)
                 plans[label] = tp
                 continue
             platforms = target_platforms(t, registry, engine.platform if engine else native_platform())
+            if len(platforms) == 1:
+                tp = compute_inputs(ws, t, hasher, plans, platforms[0], engine_for(engine, platforms[0]))
+                tp.history = label
+                view = views.of(engine_for(engine, platforms[0]))  # the engine that builds this platform
+                _ask_early(tp, cache, view)
+                decide_pending()
+                pending.append((tp, view))
+                plans[label] = tp
+                continue
+            decide_pending()
             variants = []
             for platform in platforms:
                 tp = compute_inputs(ws, t, hasher, plans, platform, engine_for(engine, platform))
-                tp.history = f"{label}@{platform}" if len(platforms) > 1 else label
-                _decide_local(tp, cache, views.of(engine_for(engine, platform)))  # the engine that builds this platform
-                if client is not None and registry is not None:
-                    _decide_remote(tp, client, registry, signer)
-                tp.reasons += tp.notes  # kept whatever was decided: e.g. "base python:3.14-slim not locked"
+                tp.history = f"{label}@{platform}"
+                decide(tp, views.of(engine_for(engine, platform)))
                 variants.append(tp)
-            if len(variants) > 1:
-                tp = multi_platform_plan(t, variants)
-                if client is not None and registry is not None:
-                    index.decide_index(tp, client, registry)
+            tp = multi_platform_plan(t, variants)
+            if client is not None and registry is not None:
+                index.decide_index(tp, client, registry)
             plans[label] = tp
+        decide_pending()
     finally:
         views.close()  # prefetched inspects nobody asked for
         memo.close()  # the walk helper, if any
@@ -226,6 +254,18 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     cache.save_walks(memo.new)
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
+
+
+def _ask_early(tp: TargetPlan, cache: Cache, view: EngineImages | None) -> None:
+    """Send the inspect ``_decide_local`` will make for ``tp``: of the image recorded for its
+    key, else of its content tag."""
+    if view is None or view.listing:
+        return
+    result = cache.result(tp.label, tp.key)
+    if result is not None:
+        view.prefetch([result["image_id"]])
+    else:
+        view.prefetch_tag(tp.ref)
 
 
 def _prefetch(view: EngineImages | None, cache: Cache, images: list[str]) -> None:

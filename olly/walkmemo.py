@@ -12,32 +12,31 @@ finds, entry by entry, the same names and signatures, so the stored entries are 
 would give, under exactly the stat cache's trust. Anything else (a new name, a touched file,
 another .dockerignore) is a miss: the context is hashed as before, file by file.
 
-The walk itself is system calls and a Python loop: one core manages ~300,000 entries a
-second. A plan of several remembered contexts has a helper process (``Prefetch``, plain
-``python -I -S``: nothing shared, no fork) fingerprint some of them while the plan works on
-the others; the plan takes a helper's fingerprint only for the very walk it would have made.
+The walk itself is system calls and a Python loop: a helper process (olly.walkhelper)
+fingerprints remembered contexts on a second core while the plan works; the plan takes a
+helper's fingerprint only for the very walk it would make itself.
 """
 
 from __future__ import annotations
 
 import marshal
 import os
+from array import array
 import stat
 import struct
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import xxhash
 
+from olly import keys
 from olly.dockerignore import DockerIgnore
-from olly.errors import OllyError
 
-SCHEMA = 2  # of the fingerprint and the stored entries: a change makes every memo a miss
+SCHEMA = 4  # of the fingerprint and the stored entries: a change makes every memo a miss
 RACY_NS = 2_000_000_000  # as olly.hashing (not imported: the helper process loads no more than it needs)
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
-_SIG = struct.Struct("<IQqqQ")  # mode, size, mtime_ns, ctime_ns, inode
+_SIG = struct.Struct("<IQqqQQ")  # mode, size, mtime_ns, ctime_ns, inode, device
 
 Item = tuple[str, os.stat_result]
 
@@ -57,177 +56,111 @@ def fingerprint(ctx_dir: str, ignore_bytes: bytes | None, specials: Iterable[str
     directory changed less than RACY_NS before ``started_ns`` (the walk's start)."""
     h = xxhash.xxh3_128()
     head = [str(SCHEMA), ctx_dir, "\0".join(sorted(specials)), "-" if ignore_bytes is None else ""]
-    h.update("\0".join(head).encode("utf-8", "surrogateescape") + b"\0\0")
-    h.update(ignore_bytes or b"")
+    for part in ("\0".join(head).encode("utf-8", "surrogateescape"), ignore_bytes or b""):
+        h.update(len(part).to_bytes(8, "little") + part)  # framed: no part can pose as the next
     pack, isdir, line = _SIG.pack, stat.S_ISDIR, started_ns - RACY_NS
     settled = True
     for rel, st in items:
-        h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
-        h.update(pack(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        h.update(rel.encode("utf-8", "surrogateescape") + b"\0")  # a name holds no NUL
+        h.update(pack(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
         if settled and (st.st_mtime_ns >= line or st.st_ctime_ns >= line) and not isdir(st.st_mode):
             settled = False
     return h.hexdigest(), settled
 
 
-def pack_entries(entries: list[tuple[Any, ...]]) -> bytes:
-    """Entries (olly.context.Entry tuples, ``data`` None: none is held in memory) as stored:
+class Recalled(NamedTuple):
+    """A remembered walk: its entries (olly.context.Entry tuples, sorted by path) and their
+    ``files`` rows as the key encodes them (olly.keys.encode_rows: concatenated, and where
+    each ends), so the next key of the context splices them instead of encoding them again."""
+
+    entries: list[tuple[Any, ...]]
+    rows: bytes
+    ends: array
+
+
+def pack(entries: list[Any]) -> bytes:
+    """Entries (``data`` None: none is held in memory) and their key rows, as stored:
     marshal is the fastest to load."""
-    return marshal.dumps([tuple(e) for e in entries])
+    rows, ends = keys.encode_rows([e.row() for e in entries])
+    return marshal.dumps(([tuple(e) for e in entries], rows, array("Q", ends).tobytes()))
 
 
-def unpack_entries(blob: bytes) -> list[tuple[Any, ...]]:
-    """Entry tuples (path, type, executable, size, digest, data, keyed), as stored."""
-    rows = marshal.loads(blob)
-    if not isinstance(rows, list) or (rows and not (isinstance(rows[0], tuple) and len(rows[0]) == 7)):
-        raise ValueError("not a list of entries")  # e.g. written by another olly: a miss
-    return rows
+def unpack(blob: bytes) -> Recalled:
+    """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss)."""
+    stored = marshal.loads(blob)
+    if not (isinstance(stored, tuple) and len(stored) == 3 and isinstance(stored[0], list)
+            and isinstance(stored[1], bytes) and isinstance(stored[2], bytes)):
+        raise ValueError("not a remembered walk")
+    entries, rows, raw = stored
+    ends = array("Q")
+    ends.frombytes(raw)
+    if len(ends) != len(entries) or (entries and not (isinstance(entries[0], tuple) and len(entries[0]) == 7)) \
+            or (ends and ends[-1] != len(rows)):
+        raise ValueError("not a remembered walk")
+    return Recalled(entries, rows, ends)
 
 
 class Memo:
     """The plan's side: remembered walks read from the cache, new ones kept until the plan
-    saves them (``Cache.save_walks``), and the helper's fingerprints (``prefetch``)."""
+    saves them (``Cache.save_walks``), and the walk helper's fingerprints (olly.walkhelper)."""
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, order: list[tuple[str, str | None]] | None = None) -> None:
         self.cache = cache
-        self.new: dict[str, tuple[str, bytes]] = {}  # memo key -> (fingerprint, packed entries)
-        self.prefetch: Prefetch | None = None
+        # memo key -> (fingerprint, packed entries, context dir, Dockerfile in it, planning order)
+        self.new: dict[str, tuple[str, bytes, str, str | None, int]] = {}
+        self.order = {key_of(*c): n for n, c in enumerate(dict.fromkeys(order or []))}
+        self.helper: Any = None  # an olly.walkhelper.Helper, if one runs for this plan
         self.hits = 0
 
-    def start(self, root: Path, contexts: list[tuple[str, str | None]]) -> None:
-        """Have a helper fingerprint some of ``contexts`` ((directory, Dockerfile inside it or
-        None), in planning order) that were remembered before, so the plan and the helper walk
-        side by side. Nothing for fewer than two."""
-        known = self.cache.walk_keys()
-        remembered = [c for c in dict.fromkeys(contexts) if key_of(*c) in known]
-        if len(remembered) < 2:
-            return
-        # The helper only walks; the plan also hashes, keys and asks the engine: the helper
-        # takes two contexts of every three (measured best on 2 cores: 100k files, 200 contexts).
-        jobs = [(ctx, df, "" if ctx == "." else ctx + "/") for i, (ctx, df) in enumerate(remembered) if i % 3]
-        self.prefetch = Prefetch(root, jobs)
-
     def prefetched(self, ctx_dir: str, df_rel: str | None, ignore_bytes: bytes | None, specials: Iterable[str]) -> str | None:
-        """The helper's fingerprint of this context, if it made the very walk the plan would."""
-        if self.prefetch is None:
+        """The helper's fingerprint of this context, if it is there and is of the very walk the
+        plan would make; else None, and the helper is told to skip it (the plan walks it)."""
+        if self.helper is None:
             return None
-        answer = self.prefetch.take(ctx_dir, df_rel)
-        if answer is None or answer[1] != ignore_bytes or answer[2] != tuple(sorted(specials)):
+        key = key_of(ctx_dir, df_rel)
+        answer = self.helper.answer(key)
+        if answer is None:
+            self.helper.skip(key)
             return None
-        return answer[0]
+        if answer[1] != ignore_bytes or answer[2] != tuple(sorted(specials)):
+            return None
+        return str(answer[0])
 
-    def recall(self, ctx_dir: str, df_rel: str | None, fp: str) -> list[tuple[Any, ...]] | None:
+    def recall(self, ctx_dir: str, df_rel: str | None, fp: str) -> Recalled | None:
         row = self.cache.walk(key_of(ctx_dir, df_rel))
         if row is None or row[0] != fp:
             return None
         try:
-            entries = unpack_entries(row[1])
+            recalled = unpack(row[1])
         except (ValueError, EOFError, TypeError):
             return None  # unreadable: a miss, and the next save replaces it
         self.hits += 1
-        return entries
+        return recalled
 
-    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[tuple[Any, ...]]) -> None:
-        self.new[key_of(ctx_dir, df_rel)] = (fp, pack_entries(entries))
+    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any]) -> None:
+        key = key_of(ctx_dir, df_rel)
+        self.new[key] = (fp, pack(entries), ctx_dir, df_rel, self.order.get(key, len(self.order)))
 
     def close(self) -> None:
-        if self.prefetch is not None:
-            self.prefetch.close()
-            self.prefetch = None
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
 
 
 def key_of(ctx_dir: str, df_rel: str | None) -> str:
-    """A memo per context and Dockerfile: two images sharing a context send different files."""
-    return f"{ctx_dir}\0{df_rel or ''}"
+    """A memo per context and Dockerfile (two images sharing a context send different files),
+    as ASCII whatever bytes the names hold."""
+    return xxhash.xxh3_128_hexdigest(f"{ctx_dir}\0{df_rel or ''}".encode("utf-8", "surrogateescape"))
 
 
-# -- the helper process ---------------------------------------------------------------
-
-
-class Prefetch:
-    """Fingerprints some contexts in a helper process while the plan works on others.
-
-    ``jobs``: (context directory, the Dockerfile's context-relative path or None, shown prefix).
-    Answers come in job order; :meth:`take` reads up to the one asked for. A helper that fails
-    or answers nonsense only costs the plan its own walk of those contexts."""
-
-    def __init__(self, root: Path, jobs: list[tuple[str, str | None, str]]) -> None:
-        self.root = root
-        self._order = [(job[0], job[1]) for job in jobs]
-        self._answers: dict[tuple[str, str | None], tuple[str, str, tuple[str, ...]] | None] = {}
-        self._proc: Any = None  # the helper's subprocess.Popen
-        import pickle
-        import subprocess  # only a plan with a helper loads these
-
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, close_fds=True)
-            assert self._proc.stdin is not None
-            path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]  # olly, xxhash
-            pickle.dump({"path": path, "root": os.fspath(root), "jobs": jobs}, self._proc.stdin)
-            self._proc.stdin.close()
-        except (OSError, ValueError, pickle.PickleError):
-            self.close()
-
-    def take(self, ctx_dir: str, df_rel: str | None) -> tuple[str, bytes | None, tuple[str, ...]] | None:
-        """The helper's (fingerprint, .dockerignore bytes it read, specials) for this job, or None."""
-        job = (ctx_dir, df_rel)
-        while job not in self._answers and self._proc is not None and job in self._order:
-            want = self._order.pop(0)
-            self._answers[want] = self._read()
-        answer = self._answers.pop(job, None)
-        if answer is None:
-            return None
-        fp, ignore, specials = answer
-        return fp, (None if ignore == "-" else bytes.fromhex(ignore)), tuple(specials)
-
-    def _read(self) -> Any:
-        import pickle
-
-        try:
-            assert self._proc is not None and self._proc.stdout is not None
-            answer = pickle.load(self._proc.stdout)
-            if isinstance(answer, tuple) and len(answer) == 3:
-                return answer
-        except Exception:  # the helper died or wrote garbage: the plan walks for itself
-            pass
-        self.close()
-        return None
-
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-            proc.kill()
-            proc.wait()
-
-
-# What the helper runs: olly's own path, then answer each job in order.
-_HELPER = ("import pickle, sys; job = pickle.load(sys.stdin.buffer); sys.path[:0] = job['path']; "
-           "from olly.walkmemo import serve; serve(job, sys.stdout.buffer)")
-
-
-def serve(job: dict[str, Any], out: IO[bytes]) -> None:
-    """In the helper: fingerprint each job's context, write one answer per job (None: could not)."""
-    import pickle
-
-    root = Path(job["root"])
-    for ctx_dir, df_rel, shown in job["jobs"]:
-        try:
-            answer: Any = _fingerprint_context(root, ctx_dir, df_rel, shown)
-        except (OllyError, OSError, ValueError):
-            answer = None  # the plan walks it and reports what is wrong
-        pickle.dump(answer, out)
-        out.flush()
-
-
-def _fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None, shown: str) -> tuple[str, str, tuple[str, ...]] | None:
+def fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[str, bytes | None, tuple[str, ...]] | None:
+    """What the walk helper (olly.walkhelper) answers for a context: its fingerprint, and the
+    .dockerignore bytes and in-memory files it assumed; None if it leaves that to the plan."""
     base = root / ctx_dir
+    shown = "" if ctx_dir == "." else ctx_dir + "/"
     try:
-        if stat.S_ISLNK(os.lstat(base / ".dockerignore").st_mode):
-            return None  # the plan reads a symlinked .dockerignore only if it stays in the context
+        if not stat.S_ISREG(os.lstat(base / ".dockerignore").st_mode):
+            return None  # a symlink, a FIFO (open would wait forever), ...: the plan's own rules
         with open(base / ".dockerignore", "rb") as f:
             ignore_bytes: bytes | None = f.read()
     except FileNotFoundError:
@@ -237,4 +170,4 @@ def _fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None, shown: st
     specials = tuple(sorted(({".dockerignore"} if ignore_bytes is not None else set()) | ({df_rel} if df_rel else set())))
     started = time.time_ns()
     fp, _ = fingerprint(ctx_dir, ignore_bytes, specials, walk(root, ctx_dir, ignore, shown), started)
-    return fp, ("-" if ignore_bytes is None else ignore_bytes.hex()), specials
+    return fp, ignore_bytes, specials

@@ -121,3 +121,16 @@ def test_no_prefetch_with_a_listing_or_an_engine_that_cannot_send_early() -> Non
     plain = Engine(listing=False)  # no inspect_later (e.g. a test double)
     EngineImages(plain, listing=False).prefetch(["sha256:1"])
     assert listing.sent == [] and plain.inspected == []
+
+
+def test_a_tag_asked_early_is_read_when_the_plan_asks() -> None:
+    engine = SocketEngine()
+    view = EngineImages(engine, listing=False)
+    view.prefetch_tag("docker.io/x/app:olly-1")
+    view.prefetch_tag("x/none:olly-2")
+    assert engine.sent == ["docker.io/x/app:olly-1", "x/none:olly-2"] and engine.inspected == []
+    assert view.tagged("docker.io/x/app:olly-1") is OLLY and view.tagged("x/none:olly-2") is None
+    assert view.tagged("docker.io/x/app:olly-1") is OLLY  # asked again: a new inspect
+    assert engine.inspected == ["docker.io/x/app:olly-1", "x/none:olly-2", "docker.io/x/app:olly-1"]
+    EngineImages(listing_engine := SocketEngine(), listing=True).prefetch_tag("docker.io/x/app:olly-1")
+    assert listing_engine.sent == []

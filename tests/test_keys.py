@@ -193,3 +193,19 @@ def test_fast_paths_encode_like_the_spec() -> None:
               [["y" * 70000]], {"k": [Name("v")], "n": -5}, list(range(4100))]
     for v in values:
         assert keys.encode(v) == spec(v)
+
+
+def test_pre_encoded_files_give_the_same_key() -> None:
+    """compute_key(record, {"files": ...}) with the bytes encode would write for ``files``
+    (spliced from remembered rows, olly.walkmemo) is the key of the record itself."""
+    rows = [["a", "d", False, ""], ["a/b\udcff", "f", True, "0" * 32], ["c", "l", False, "../x"]]
+    blob, ends = keys.encode_rows(rows)
+    assert keys.list_encoding(len(rows), blob) == keys.encode(rows)
+    assert ends[-1] == len(blob) and ends == sorted(ends) and len(ends) == len(rows)
+    first = keys.encode_rows(rows[:1])[0]
+    assert blob.startswith(first) and len(first) == ends[0]
+    record = keys.image_record(files=rows, dockerfile=b"FROM scratch\n", dockerignore=None, args={}, target=None,
+                               platform="linux/amd64", inputs=[], deps={}, labels={}, secrets=[], bases={},
+                               builder="buildkit")
+    assert keys.compute_key(record, {"files": keys.list_encoding(len(rows), blob)}) == keys.compute_key(record)
+    assert keys.compute_key(record, {"files": keys.encode(rows[:2])}) != keys.compute_key(record)

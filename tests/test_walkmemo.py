@@ -4,16 +4,17 @@ again gives, and any change a hash would see, or a racy file, means no recall.""
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from olly import walkmemo
+from olly import keys, walkhelper, walkmemo
 from olly.cache import Cache, export_cache
 from olly.config import ImageTarget
-from olly.context import scan
+from olly.context import scan, send_dockerfile
 from olly.dockerignore import DockerIgnore
 from olly.hashing import FileHasher
 
@@ -44,6 +45,8 @@ def plan_scan(root: Path, cache: Cache) -> tuple[list, FileHasher, walkmemo.Memo
     hasher = FileHasher(root, cache.stat_view())
     hasher.walks = memo = walkmemo.Memo(cache)
     ctx = scan(root, target(), hasher)
+    spliced = ctx.files_encoding()
+    assert spliced is None or spliced == keys.encode([e.row() for e in ctx.entries])  # the key's own bytes
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
     cache.save_walks(memo.new)
     return ctx.entries, hasher, memo
@@ -126,19 +129,62 @@ def test_a_fresh_directory_alone_does_not_make_a_walk_racy(tmp_path: Path) -> No
     assert walkmemo.fingerprint("app", b"tmp\n", (), items, later)[1]
 
 
-def test_the_helper_fingerprints_as_the_plan_would(tmp_path: Path, later) -> None:
+def answers(helper: walkhelper.Helper, want: int, deadline_s: float = 20.0) -> dict:
+    """Poll (never sleep blindly) until the helper has answered ``want`` contexts, or it ended."""
+    limit = time.monotonic() + deadline_s
+    while len(helper._answers) < want and helper._proc is not None and time.monotonic() < limit:
+        helper._drain()
+        select.select([], [], [], 0.01)
+    return dict(helper._answers)
+
+
+def remembered_workspace(tmp_path: Path) -> tuple[Path, Cache]:
     root = workspace(tmp_path)
     for n in range(3):
         (root / f"c{n}").mkdir()
         (root / f"c{n}/f.txt").write_text(str(n))
-    prefetch = walkmemo.Prefetch(root, [("c1", None, "c1/"), ("app", "Dockerfile", "app/"), ("c2", None, "c2/")])
+    cache = Cache(root / ".cache")
+    memo = walkmemo.Memo(cache, [("app", "Dockerfile"), ("c0", None), ("c1", None), ("c2", None)])
+    for ctx, df in [("app", "Dockerfile"), ("c0", None), ("c1", None), ("c2", None)]:
+        memo.remember(ctx, df, "fp", [])
+    cache.save_walks(memo.new)
+    return root, cache
+
+
+def test_the_helper_fingerprints_as_the_plan_would(tmp_path: Path) -> None:
+    """It reads the remembered contexts from the cache and answers each, last planned first,
+    with the fingerprint the plan's own walk gives."""
+    root, _ = remembered_workspace(tmp_path)
+    helper = walkhelper.Helper(root)
     try:
-        assert prefetch.take("app", "Dockerfile") == (fp(root)[0], b"tmp\n", (".dockerignore", "Dockerfile"))
-        assert prefetch.take("c0", None) is None  # never asked of the helper
+        got = answers(helper, 4)
+        assert set(got) == {walkmemo.key_of(c, d) for c, d in [("app", "Dockerfile"), ("c0", None), ("c1", None), ("c2", None)]}
+        fp_app, ignore, specials = got[walkmemo.key_of("app", "Dockerfile")]
+        assert (ignore, specials) == (b"tmp\n", (".dockerignore", "Dockerfile"))
+        assert fp_app == fp(root, started=time.time_ns())[0]
         items = walkmemo.walk(root, "c2", DockerIgnore.parse(""), "c2/")
-        assert prefetch.take("c2", None) == (walkmemo.fingerprint("c2", None, (), items, time.time_ns())[0], None, ())
+        assert got[walkmemo.key_of("c2", None)] == (walkmemo.fingerprint("c2", None, (), items, time.time_ns())[0], None, ())
+        assert helper.answer(walkmemo.key_of("c2", None)) is not None and helper.answer(walkmemo.key_of("c2", None)) is None
     finally:
-        prefetch.close()
+        helper.close()
+
+
+def test_the_plan_never_waits_and_tells_the_helper_what_it_walks(tmp_path: Path, later) -> None:
+    root, cache = remembered_workspace(tmp_path)
+    memo = walkmemo.Memo(cache)
+    memo.helper = helper = walkhelper.Helper(root)
+    try:
+        started = time.monotonic()
+        assert memo.prefetched("c0", None, None, ()) in (None, answers(helper, 0).get("x"))  # whatever has arrived
+        assert time.monotonic() - started < 1
+        skipped = walkmemo.key_of("c1", None)
+        helper.skip(skipped)  # as prefetched() does for what the plan walks itself
+        got = answers(helper, 3)
+        assert skipped not in got or len(got) == 4  # skipped, unless the helper had already done it
+        assert memo.prefetched("c2", None, b"other bytes", ()) is None  # not the walk the plan makes
+    finally:
+        memo.close()
+    assert helper._proc is None
 
 
 def test_a_helper_that_fails_only_costs_the_plan_its_own_walk(tmp_path: Path, later,
@@ -146,16 +192,34 @@ def test_a_helper_that_fails_only_costs_the_plan_its_own_walk(tmp_path: Path, la
     root = workspace(tmp_path)
     cache = Cache(root / ".cache")
     first, _, _ = plan_scan(root, cache)
-    (root / "app2").mkdir()
-    monkeypatch.setattr(walkmemo, "_HELPER", "import sys; sys.stdout.buffer.write(b'garbage'); sys.exit(3)")
+    monkeypatch.setattr(walkhelper, "HELPER", "import sys; sys.stdout.buffer.write(b'garbage' * 3); sys.exit(3)")
     memo = walkmemo.Memo(cache)
-    prefetch = walkmemo.Prefetch(root, [("app", "Dockerfile", "app/")])
-    memo.prefetch = prefetch
+    memo.helper = walkhelper.Helper(root)
+    limit = time.monotonic() + 20
+    while memo.helper._proc is not None and time.monotonic() < limit:  # until it has died and been dropped
+        memo.helper._drain()
+        select.select([], [], [], 0.01)
     assert memo.prefetched("app", "Dockerfile", b"tmp\n", (".dockerignore", "Dockerfile")) is None
     hasher = FileHasher(root, cache.stat_view())
     hasher.walks = memo
     assert scan(root, target(), hasher).entries == first and memo.hits == 1  # walked here, recalled
     memo.close()
+
+
+def test_the_cli_starts_a_helper_only_for_a_cache_worth_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, cache = remembered_workspace(tmp_path)
+    cache.close()
+    (root / "BUILD.toml").write_text("[workspace]\n")
+    monkeypatch.setattr(walkhelper, "MIN_DB_BYTES", 1 << 40)
+    walkhelper.start(str(root / "app" / "src"))
+    assert walkhelper.claim(root) is None  # a small cache: no process
+    monkeypatch.setattr(walkhelper, "MIN_DB_BYTES", 0)
+    walkhelper.start(str(root / "app" / "src"))  # found from a directory inside the workspace
+    helper = walkhelper.claim(root)
+    assert helper is not None and walkhelper.claim(root) is None
+    helper.close()
+    walkhelper.start(str(tmp_path))  # no workspace there: nothing, and no error
+    assert walkhelper._RUNNING == {}
 
 
 def test_walks_stay_on_this_machine(tmp_path: Path, later) -> None:
@@ -167,7 +231,7 @@ def test_walks_stay_on_this_machine(tmp_path: Path, later) -> None:
     cache.close()
     export_cache(root / ".cache", tmp_path / "export.db")
     tables = {r[0] for r in sqlite3.connect(tmp_path / "export.db").execute("SELECT name FROM sqlite_master")}
-    assert "walks" not in tables and "results" in tables
+    assert "walk_memo" not in tables and "results" in tables
 
 
 def test_an_unreadable_memo_is_a_miss(tmp_path: Path, later) -> None:
@@ -176,6 +240,43 @@ def test_an_unreadable_memo_is_a_miss(tmp_path: Path, later) -> None:
     first, _, _ = plan_scan(root, cache)
     key = walkmemo.key_of("app", "Dockerfile")
     fingerprint = cache.walk(key)[0]  # type: ignore[index]
-    cache.save_walks({key: (fingerprint, b"not marshal data")})
+    cache.save_walks({key: (fingerprint, b"not marshal data", "app", "Dockerfile", 0)})
     again, _, memo = plan_scan(root, cache)
     assert again == first and memo.hits == 0
+
+
+def test_remembered_rows_give_the_key_the_very_bytes_it_would_encode(tmp_path: Path, later) -> None:
+    """A recalled context's ``files`` encoding is spliced from remembered rows; with the
+    in-memory entries inserted among them, replaced (a pinned Dockerfile) or anything else
+    changed in the list, it is exactly ``keys.encode`` of the rows, or None (encoded afresh)."""
+    root = workspace(tmp_path)
+    (root / "app/Dockerfile.z").write_text("FROM scratch\n")  # sorts after the Dockerfile
+    cache = Cache(root / ".cache")
+    plan_scan(root, cache)
+    hasher = FileHasher(root, cache.stat_view())
+    hasher.walks = walkmemo.Memo(cache)
+    ctx = scan(root, target(), hasher)
+    assert ctx.recalled is not None and ctx.recalled[3]  # the Dockerfile and .dockerignore, inserted
+    truth = lambda: keys.encode([e.row() for e in ctx.entries])  # noqa: E731
+    assert ctx.files_encoding() == truth()
+    send_dockerfile(ctx, b"FROM scratch@sha256:" + b"0" * 64 + b"\nCOPY . /app/\n")  # olly.baselock pins it
+    assert ctx.files_encoding() == truth()
+    ctx.entries[-1] = ctx.entries[-1]._replace(digest="0" * 32)  # not what was recalled: refused
+    assert ctx.files_encoding() is None
+    ctx.entries.pop()
+    assert ctx.files_encoding() is None
+
+
+def test_a_fifo_dockerignore_does_not_stall_the_helper(tmp_path: Path) -> None:
+    """The helper opens only a regular .dockerignore (a FIFO would block it forever): for
+    anything else it leaves the context to the plan, and goes on with the others."""
+    root, _ = remembered_workspace(tmp_path)
+    (root / "app/.dockerignore").unlink()
+    os.mkfifo(root / "app/.dockerignore")
+    assert walkmemo.fingerprint_context(root, "app", "Dockerfile") is None
+    helper = walkhelper.Helper(root)
+    try:
+        got = answers(helper, 3)
+        assert set(got) == {walkmemo.key_of(c, None) for c in ("c0", "c1", "c2")}
+    finally:
+        helper.close()

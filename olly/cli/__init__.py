@@ -65,11 +65,14 @@ def _echo(text: str = "", err: bool = False) -> None:
         os.close(devnull)
 
 
-def _prefetch_engine() -> None:
-    """Ask the engine what it is now, on a thread: it answers while olly's modules load."""
+def _prefetch_engine(directory: str | None = None) -> None:
+    """Ask the engine what it is now, on a thread: it answers while olly's modules load; and
+    start the walk helper (olly.walkhelper) for the workspace, if its cache holds walks."""
+    from olly import walkhelper
     from olly.enginehttp import prefetch_version
 
     prefetch_version()
+    walkhelper.start(directory)
 
 
 class _State:
@@ -227,7 +230,7 @@ def make(ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_go
          verbose: bool, force: tuple[str, ...], pull: bool, shard: str | None, shard_plan: Path | None,
          engine_routes: tuple[str, ...], wait: str, builder: str | None) -> None:
     """Build TARGETS (default: all) and what they need, skipping what is up to date."""
-    _prefetch_engine()
+    _prefetch_engine(ctx.obj.directory)
     from olly.cli import progress
 
     mode = "silent" if as_json else progress.choose(progress_mode, quiet)
@@ -307,7 +310,7 @@ def stats(ctx: click.Context, last: int, as_json: bool) -> None:
 def plan(ctx: click.Context, targets: tuple[str, ...], registry: str | None, version: str | None, shards: int | None,
          as_json: bool) -> None:
     """Show what `make` would build and why, without building."""
-    _prefetch_engine()
+    _prefetch_engine(ctx.obj.directory)
 
     def run() -> None:
         the_plan = api.plan(ctx.obj.root(), list(targets), registry=registry, version=version, shards=shards)
