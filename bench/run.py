@@ -580,13 +580,22 @@ class Bench:
         peer = Measure("docker build", [self.docker_build(ws / "apps" / "api", f"{self.prefix}/peer-api:bench",
                                                           quiet=False, base=base_tag)],
                        ws, self.env, before=edit, stdout="file", after=self.keep_ids)
-        self.runner.run([olly_m, peer])
+        # Info: the same build with the labels olly puts on every image (its key and the OCI title):
+        # the classic builder runs each as a step of its own, with a container and a commit.
+        labels = ["--label", f"dev.olly.key={uuid.uuid4().hex}", "--label",
+                  f"org.opencontainers.image.title={self.prefix}/api"]
+        labelled_cmd = self.docker_build(ws / "apps" / "api", f"{self.prefix}/peer-api-labelled:bench", quiet=False,
+                                         base=base_tag)
+        labelled = Measure("docker build, olly's labels", [labelled_cmd[:2] + labels + labelled_cmd[2:]], ws, self.env,
+                           before=edit, stdout="file", after=self.keep_ids)
+        self.runner.run([olly_m, peer, labelled])
         edit()
         rc, out, err = self.check(self.olly("make", "apps/api", "--json"), ws)
         outcomes = {o["label"]: o["status"] for o in json.loads(out).get("outcomes", [])} if rc == 0 else {}
         case.notes.append(f"check: after an edit, `olly make apps/api --json` gives {outcomes or err.strip()[-200:]}")
         case.rows = [Row("olly make apps/api after an edit", olly_m, peer,
-                         [relative(olly_m, peer, 1, "≤ peer + 100 ms", 0.100)])]
+                         [relative(olly_m, peer, 1, "≤ peer + 100 ms", 0.100)]),
+                     Row("vs docker build with olly's labels (info)", olly_m, labelled)]
         case.notes.append("each run (olly's and the peer's) first writes new content into apps/api/src/api_00.txt, "
                           "so both really rebuild: the COPY layer and the RUN after it; the base is cached for both")
         return case

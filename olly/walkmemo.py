@@ -36,6 +36,7 @@ from olly.dockerignore import DockerIgnore
 SCHEMA = 4  # of the fingerprint and the stored entries: a change makes every memo a miss
 RACY_NS = 2_000_000_000  # as olly.hashing (not imported: the helper process loads no more than it needs)
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
+FLUSH_BYTES = 4 << 20  # remembered walks held before they are written: memory stays flat
 _SIG = struct.Struct("<IQqqQQ")  # mode, size, mtime_ns, ctime_ns, inode, device
 
 Item = tuple[str, os.stat_result]
@@ -111,6 +112,7 @@ class Memo:
         self.order = {key_of(*c): n for n, c in enumerate(dict.fromkeys(order or []))}
         self.helper: Any = None  # an olly.walkhelper.Helper, if one runs for this plan
         self.hits = 0
+        self._pending = 0  # bytes in ``new``
 
     def prefetched(self, ctx_dir: str, df_rel: str | None, ignore_bytes: bytes | None, specials: Iterable[str]) -> str | None:
         """The helper's fingerprint of this context, if it is there and is of the very walk the
@@ -138,8 +140,19 @@ class Memo:
         return recalled
 
     def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any]) -> None:
+        if self.cache.read_only:
+            return  # it could not be saved
         key = key_of(ctx_dir, df_rel)
-        self.new[key] = (fp, pack(entries), ctx_dir, df_rel, self.order.get(key, len(self.order)))
+        blob = pack(entries)
+        self.new[key] = (fp, blob, ctx_dir, df_rel, self.order.get(key, len(self.order)))
+        self._pending += len(blob)
+        if self._pending > FLUSH_BYTES:  # saved as they come, not all held until the plan ends
+            self.save()
+
+    def save(self) -> None:
+        """Save the walks remembered so far (the plan saves the rest when it ends)."""
+        self.cache.save_walks(self.new)
+        self.new, self._pending = {}, 0
 
     def close(self) -> None:
         if self.helper is not None:

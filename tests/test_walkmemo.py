@@ -280,3 +280,18 @@ def test_a_fifo_dockerignore_does_not_stall_the_helper(tmp_path: Path) -> None:
         assert set(got) == {walkmemo.key_of(c, None) for c in ("c0", "c1", "c2")}
     finally:
         helper.close()
+
+
+def test_remembered_walks_are_written_as_they_come(tmp_path: Path, later, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past FLUSH_BYTES the walks are saved at once (a first plan of 10^5 files holds none of
+    them to the end); a cache opened read-only remembers nothing."""
+    root = workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    monkeypatch.setattr(walkmemo, "FLUSH_BYTES", 0)
+    hasher = FileHasher(root, cache.stat_view())
+    hasher.walks = memo = walkmemo.Memo(cache)
+    scan(root, target(), hasher)
+    assert memo.new == {} and cache.walk_keys() == {walkmemo.key_of("app", "Dockerfile")}
+    cache.read_only = True
+    memo.remember("other", None, "fp", [])
+    assert memo.new == {} and len(cache.walk_keys()) == 1
