@@ -190,9 +190,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
     entries = _sorted(_hash_walk(root, ctx_dir, items, specials, hasher))
-    if settled:
-        memo.remember(ctx_dir, df_rel, fp, entries)
-    return entries, None
+    return entries, memo.remember(ctx_dir, df_rel, fp, entries) if settled else None
 
 
 def _sorted(entries: dict[str, Entry]) -> list[Entry]:

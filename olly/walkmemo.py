@@ -79,11 +79,12 @@ class Recalled(NamedTuple):
     ends: array
 
 
-def pack(entries: list[Any]) -> bytes:
-    """Entries (``data`` None: none is held in memory) and their key rows, as stored:
-    marshal is the fastest to load."""
+def pack(entries: list[Any]) -> tuple[bytes, Recalled]:
+    """Entries (``data`` None: none is held in memory) and their key rows, as stored (marshal
+    is the fastest to load), and as recalled: the plan's key splices the rows it just encoded."""
     rows, ends = keys.encode_rows([e.row() for e in entries])
-    return marshal.dumps(([tuple(e) for e in entries], rows, array("Q", ends).tobytes()))
+    packed = array("Q", ends)
+    return marshal.dumps(([tuple(e) for e in entries], rows, packed.tobytes())), Recalled(entries, rows, packed)
 
 
 def unpack(blob: bytes) -> Recalled:
@@ -139,15 +140,18 @@ class Memo:
         self.hits += 1
         return recalled
 
-    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any]) -> None:
+    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any]) -> Recalled | None:
+        """Keep ``entries`` to be saved under ``fp``; their rows as the key encodes them (None
+        for a cache that cannot be written: nothing is kept)."""
         if self.cache.read_only:
-            return  # it could not be saved
+            return None
         key = key_of(ctx_dir, df_rel)
-        blob = pack(entries)
+        blob, rows = pack(entries)
         self.new[key] = (fp, blob, ctx_dir, df_rel, self.order.get(key, len(self.order)))
         self._pending += len(blob)
         if self._pending > FLUSH_BYTES:  # saved as they come, not all held until the plan ends
             self.save()
+        return rows
 
     def save(self) -> None:
         """Save the walks remembered so far (the plan saves the rest when it ends)."""
