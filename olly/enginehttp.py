@@ -75,15 +75,35 @@ class UnixEngineHTTP:
 
     def _send(self, url: str) -> socket.socket:
         request = f"GET {url} HTTP/1.1\r\nHost: docker\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = self._connect()
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
             sock.sendall(request.encode())
         except BaseException:
             sock.close()
             raise
         return sock
+
+    def _connect(self) -> socket.socket:
+        """A connection to the socket. A unix socket whose listen backlog is full refuses at
+        once (EAGAIN: sockets with a timeout do not block in connect) rather than queueing the
+        caller, as when a plan sends its inspects together: asked again until the timeout."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # the engine accepts what is queued within milliseconds
+                pause = min(pause * 2, 0.05)
+            except BaseException:
+                sock.close()
+                raise
 
 
 class Sent:

@@ -191,7 +191,6 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     contexts = [(t.context, context_dockerfile(t)) for t in (ws.targets[label] for label in labels)
                 if isinstance(t, ImageTarget)]
     hasher.walks = memo = walkmemo.Memo(cache, contexts)
-    memo.helper = walkhelper.claim(ws.root)  # started by the CLI, if the cache holds walks worth it
     plans: dict[str, TargetPlan] = {}
     client = registry_api.RegistryClient(registry_api.Endpoint(registry.name, registry.host, registry.insecure)) if registry else None
     images = [label for label in labels if isinstance(ws.targets[label], ImageTarget)]
@@ -215,6 +214,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
         pending.clear()
 
     try:
+        memo.helper = walkhelper.claim(ws.root)  # started by the CLI, if the cache holds walks worth it
         for label in labels:
             t = ws.targets[label]
             if isinstance(t, ChartTarget):

@@ -13,6 +13,10 @@ core here), so a plan of remembered contexts (olly.walkmemo) has a helper walk s
   for the very walk it would make itself (same ``.dockerignore`` bytes, same in-memory files);
   otherwise it walks that context itself and tells the helper to skip it. A helper that is slow,
   fails or answers nonsense costs the plan nothing but its own walks.
+- **Never stale.** Each answer says when its walk began; ``olly plan`` takes none that began
+  before the command did, ``olly make`` none that began before it held the workspace lock (after
+  any wait for another olly: an edit made meanwhile is walked by the plan itself). A helper
+  serves one command: the CLI stops any helper no plan claimed when the command ends.
 
 Answers are marshalled ``(key, fingerprint, .dockerignore bytes, in-memory files)`` tuples, each
 after its 8-byte length; the plan writes the keys to skip, one per line.
@@ -24,6 +28,7 @@ import marshal
 import os
 import select
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,8 +45,9 @@ def start(directory: str | None = None) -> None:
     try:
         here = Path(directory or os.getcwd()).resolve()
         root = next((d for d in (here, *here.parents) if (d / BUILD_FILE).is_file()), None)
-        if root is None or str(root) in _RUNNING:
+        if root is None:
             return
+        stop(root)  # one left by an earlier command in this process: never reused
         if os.stat(root / ".cache" / "olly.db").st_size >= MIN_DB_BYTES:
             _RUNNING[str(root)] = Helper(root)
     except (OSError, ValueError):
@@ -53,6 +59,22 @@ def claim(root: Path) -> Helper | None:
     return _RUNNING.pop(str(root.resolve()), None)
 
 
+def fresh_from_now(root: Path) -> None:
+    """Answers for ``root`` must come from walks begun from now on (``olly make`` holds the
+    workspace lock now, perhaps after waiting for it: files may have changed meanwhile)."""
+    helper = _RUNNING.get(str(root.resolve()))
+    if helper is not None:
+        helper.since_ns = time.time_ns()
+
+
+def stop(root: Path | None = None) -> None:
+    """Stop the helper of ``root`` (default: every one) that no plan claimed."""
+    for key in [str(root.resolve())] if root is not None else list(_RUNNING):
+        helper = _RUNNING.pop(key, None)
+        if helper is not None:
+            helper.close()
+
+
 class Helper:
     """The plan's handle on a running helper."""
 
@@ -62,6 +84,7 @@ class Helper:
         self._answers: dict[str, Answer] = {}
         self._buffer = b""
         self._proc: Any = None
+        self.since_ns = time.time_ns()  # answers from walks begun earlier are not taken
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -69,6 +92,9 @@ class Helper:
             path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]  # olly, xxhash
             job = marshal.dumps({"path": path, "root": os.fspath(root)})
             self._proc.stdin.write(len(job).to_bytes(8, "little") + job)
+            # From now on the plan never blocks on the helper: a skip that does not fit in the
+            # pipe (the helper is busy with one long walk) is dropped; skips only save work.
+            os.set_blocking(self._proc.stdin.fileno(), False)
         except (OSError, ValueError):
             self.close()
 
@@ -78,10 +104,13 @@ class Helper:
         return self._answers.pop(key, None)
 
     def skip(self, key: str) -> None:
-        """The plan walks ``key`` itself: the helper need not."""
+        """The plan walks ``key`` itself: the helper need not. Never waits (see __init__): a
+        line cut short by a full pipe only makes the helper walk one context for nothing."""
         try:
             if self._proc is not None:
-                self._proc.stdin.write(key.encode() + b"\n")
+                os.write(self._proc.stdin.fileno(), b"\n" + key.encode() + b"\n")
+        except BlockingIOError:
+            pass
         except OSError:  # it has ended: nothing to tell
             self.close()
 
@@ -99,8 +128,11 @@ class Helper:
                 break
             raw, self._buffer = self._buffer[8:8 + size], self._buffer[8 + size:]
             try:
-                key, fp, ignore, specials = marshal.loads(raw)
-                if isinstance(fp, str) and (ignore is None or isinstance(ignore, bytes)) and isinstance(specials, tuple):
+                key, began, fp, ignore, specials = marshal.loads(raw)
+                if not (isinstance(fp, str) and (ignore is None or isinstance(ignore, bytes))
+                        and isinstance(specials, tuple) and isinstance(began, int)):
+                    raise ValueError("not an answer")
+                if began >= self.since_ns:  # an older walk may have missed an edit: not taken
                     self._answers[str(key)] = (fp, ignore, specials)
             except (ValueError, EOFError, TypeError):
                 self.close()  # nonsense: the plan walks everything itself from here
@@ -164,11 +196,12 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
             continue
         ctx = bytes(ctx_dir).decode("utf-8", "surrogateescape")
         df = None if df_rel is None else bytes(df_rel).decode("utf-8", "surrogateescape")
+        began = time.time_ns()
         try:
             answer = fingerprint_context(root, ctx, df)
         except Exception:  # the plan walks it and reports what is wrong
             continue
         if answer is not None:
-            data = marshal.dumps((key, *answer))
+            data = marshal.dumps((key, began, *answer))
             out.write(len(data).to_bytes(8, "little") + data)
             out.flush()

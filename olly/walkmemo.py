@@ -56,7 +56,8 @@ def fingerprint(ctx_dir: str, ignore_bytes: bytes | None, specials: Iterable[str
     """The walk's fingerprint, and whether it may be remembered: False if an entry other than a
     directory changed less than RACY_NS before ``started_ns`` (the walk's start)."""
     h = xxhash.xxh3_128()
-    head = [str(SCHEMA), ctx_dir, "\0".join(sorted(specials)), "-" if ignore_bytes is None else ""]
+    # KEY_SCHEMA too: remembered rows are spliced into keys, so another key format is a miss.
+    head = [f"{SCHEMA}.{keys.KEY_SCHEMA}", ctx_dir, "\0".join(sorted(specials)), "-" if ignore_bytes is None else ""]
     for part in ("\0".join(head).encode("utf-8", "surrogateescape"), ignore_bytes or b""):
         h.update(len(part).to_bytes(8, "little") + part)  # framed: no part can pose as the next
     pack, isdir, line = _SIG.pack, stat.S_ISDIR, started_ns - RACY_NS

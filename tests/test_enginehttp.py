@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -225,3 +226,38 @@ def test_an_old_prefetch_is_not_used(fake_engine: Any, monkeypatch: pytest.Monke
     monkeypatch.setattr(enginehttp, "PREFETCH_FOR_S", 0.0)
     Engine(url)
     assert fake_engine.paths.count("/version") == 2  # the prefetch, then asked afresh
+
+
+def test_a_full_listen_backlog_is_waited_out(tmp_path: Path) -> None:
+    """A unix socket with a full backlog refuses a connect at once (EAGAIN); the client asks
+    again until the engine has accepted the ones before it, within its timeout."""
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    queued = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    for s in queued:
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            pass  # the backlog is full now
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept_later() -> None:  # an engine that drains its queue while the client retries
+        server.settimeout(0.05)
+        while not done.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept_later, daemon=True)
+    t.start()
+    sock = UnixEngineHTTP(path, timeout=10)._connect()
+    done.set()
+    t.join(timeout=10)
+    assert sock.fileno() >= 0 and accepted
+    for s in [sock, *queued, *accepted, server]:
+        s.close()

@@ -295,3 +295,66 @@ def test_remembered_walks_are_written_as_they_come(tmp_path: Path, later, monkey
     cache.read_only = True
     memo.remember("other", None, "fp", [])
     assert memo.new == {} and len(cache.walk_keys()) == 1
+
+
+def test_the_plan_never_blocks_telling_a_busy_helper_what_to_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper deep in one long walk reads no skips; once its pipe is full they are dropped
+    (they only save work), rather than the plan waiting (5,000 contexts: ~200 KB of skips)."""
+    root, _ = remembered_workspace(tmp_path)
+    monkeypatch.setattr(walkhelper, "HELPER", "import time; time.sleep(60)")  # reads nothing
+    helper = walkhelper.Helper(root)
+    try:
+        started = time.monotonic()
+        for n in range(20_000):
+            helper.skip(walkmemo.key_of(f"ctx/{n}", None))
+        assert time.monotonic() - started < 10 and helper._proc is not None
+    finally:
+        helper.close()
+
+
+def test_answers_from_walks_begun_too_early_are_not_taken(tmp_path: Path) -> None:
+    """A walk that began before the plan's cutoff may have missed an edit (olly make waited for
+    the workspace lock meanwhile): its answer is dropped, and the plan walks for itself."""
+    root, _ = remembered_workspace(tmp_path)
+    helper = walkhelper.Helper(root)
+    helper.since_ns = time.time_ns() + 3600 * 10**9  # every walk it makes begins before this
+    try:
+        assert answers(helper, 1) == {} and helper._proc is None  # it answered all 4, then ended
+        fresh = walkhelper.Helper(root)
+        assert len(answers(fresh, 4)) == 4  # the same walks, begun after its cutoff
+        fresh.close()
+    finally:
+        helper.close()
+
+
+def test_olly_make_takes_only_walks_begun_under_the_workspace_lock(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from olly import api
+    from tests.conftest import copy_workspace
+    from tests.fakes import FakeEngine
+
+    root = copy_workspace("busy", tmp_path / "ws")
+    calls: list[Path] = []
+    monkeypatch.setattr(walkhelper, "fresh_from_now", lambda r: calls.append(r))
+    api.make(root, [], engine=FakeEngine())
+    assert calls == [root.resolve()] or calls == [root]
+
+
+def test_a_helper_no_plan_claimed_ends_with_its_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that fails before planning (an unknown target) stops the helper it started:
+    no process is left, and no later plan in the same process could take its answers."""
+    from click.testing import CliRunner
+
+    from olly.cli import cli
+
+    root, cache = remembered_workspace(tmp_path)
+    cache.close()
+    (root / "BUILD.toml").write_text('[workspace]\nname = "w"\n\n[images.app]\nrepository = "x/app"\n')
+    monkeypatch.setattr(walkhelper, "MIN_DB_BYTES", 0)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/olly-test.sock")
+    started: list[walkhelper.Helper] = []
+    real = walkhelper.Helper
+    monkeypatch.setattr(walkhelper, "Helper", lambda r: started.append(real(r)) or started[-1])
+    result = CliRunner().invoke(cli, ["-C", str(root), "plan", "nosuch"])
+    assert result.exit_code != 0 and started and walkhelper._RUNNING == {}
+    assert started[0]._proc is None  # stopped, and waited for

@@ -65,6 +65,13 @@ def _echo(text: str = "", err: bool = False) -> None:
         os.close(devnull)
 
 
+def _stop_helpers() -> None:
+    """A walk helper no plan claimed (the command failed before planning) ends with it."""
+    walkhelper = sys.modules.get("olly.walkhelper")
+    if walkhelper is not None:
+        walkhelper.stop()
+
+
 def _prefetch_engine(directory: str | None = None) -> None:
     """Ask the engine what it is now, on a thread: it answers while olly's modules load; and
     start the walk helper (olly.walkhelper) for the workspace, if its cache holds walks."""
@@ -110,12 +117,14 @@ def _run(ctx: click.Context, fn: Callable[[], int | None]) -> None:
         _echo(f"olly: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
         code = EXIT_INTERNAL
     except KeyboardInterrupt:
+        _stop_helpers()
         _echo("olly: interrupted; nothing half-done was recorded", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         # Build threads may be blocked streaming to the engine; do not wait for them.
         # Every cache write is a committed transaction, so exiting here is safe.
         os._exit(EXIT_INTERRUPTED)
+    _stop_helpers()
     ctx.exit(code)
 
 
