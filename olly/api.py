@@ -23,7 +23,8 @@ from olly.manifest import diff_chart_manifests, diff_manifests
 from olly.plan import Plan, TargetPlan, make_plan, native_platform
 from olly import history
 from olly.progress import Emit, ignore
-from olly.versions import Later, git_version, resolve_version, settled
+from olly.later import Later, settled
+from olly.versions import git_version, resolve_version
 
 charts: Any = lazy("olly.charts")  # only `olly why` of a chart uses it here
 signing: Any = lazy("olly.signing")  # only with a registry

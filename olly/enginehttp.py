@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from olly.later import Later
 
 
 class EngineHTTPError(Exception):
@@ -220,31 +221,7 @@ def image_path(version: str, ref: str) -> str:
     return f"/v{version}/images/{quote(ref, safe='/:')}/json"
 
 
-class _Prefetch:
-    """One GET on a thread, its answer (or error) kept for the one caller that takes it."""
-
-    def __init__(self, client: UnixEngineHTTP, path: str) -> None:
-        self._client, self._path = client, path
-        self.asked = time.monotonic()
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="olly-engine-version", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._client.get_json(self._path)
-        except BaseException as exc:  # raised where the answer is taken, as if asked there
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-_PREFETCHED: dict[str, _Prefetch] = {}
+_PREFETCHED: dict[str, Later] = {}
 PREFETCH_FOR_S = 5.0  # a prefetched answer older than this (a long-lived process) is asked again
 
 
@@ -256,7 +233,7 @@ def prefetch_version(url: str | None = None) -> None:
     url = url or default_endpoint()
     path = socket_path(url)
     if path is not None and url not in _PREFETCHED:
-        _PREFETCHED[url] = _Prefetch(UnixEngineHTTP(path), "/version")
+        _PREFETCHED[url] = Later(UnixEngineHTTP(path).get_json, "/version", name="olly-engine-version")
 
 
 def version_of(url: str, client: UnixEngineHTTP) -> Any:
@@ -264,5 +241,5 @@ def version_of(url: str, client: UnixEngineHTTP) -> Any:
     once), else asked now."""
     fetch = _PREFETCHED.pop(url, None)
     if fetch is not None and time.monotonic() - fetch.asked < PREFETCH_FOR_S:
-        return fetch.result()
+        return fetch.get()
     return client.get_json("/version")

@@ -25,7 +25,7 @@ from olly.hashing import FileHasher, hash_bytes
 from olly.imageview import EngineImages, ImageViews
 from olly.lazy import lazy
 from olly.manifest import diff_chart_manifests, diff_manifests, summarize
-from olly.versions import Later, settled
+from olly.later import Later, settled
 
 if TYPE_CHECKING:
     from olly import signing

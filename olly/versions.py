@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any, Callable
 
 from olly.errors import OllyError
 
@@ -20,35 +18,6 @@ from olly.errors import OllyError
 _RELEASE = re.compile(r"^v?(\d+\.\d+\.\d+(?:-(?:alpha|beta|rc|pre)[0-9A-Za-z.]*)?(?:\+[0-9A-Za-z.-]+)?)$")
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class Later:
-    """``fn(*args)`` running on a thread from now on, e.g. `git describe` (a process olly would
-    otherwise wait for before planning): the plan runs meanwhile. :meth:`get` waits, then
-    returns its value or raises its error, exactly as the call would have."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), name="olly-later", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:  # re-raised by get(), in the caller's thread
-            self._error = exc
-
-    def get(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def settled(value: Any) -> Any:
-    """``value``, or what a :class:`Later` gives once it is done."""
-    return value.get() if isinstance(value, Later) else value
 
 
 def git_version(root: Path) -> str | None:

@@ -32,9 +32,9 @@ import xxhash
 
 from olly import keys
 from olly.dockerignore import DockerIgnore
+from olly.hashing import RACY_NS  # the stat cache's rule, applied to whole contexts
 
 SCHEMA = 4  # of the fingerprint and the stored entries: a change makes every memo a miss
-RACY_NS = 2_000_000_000  # as olly.hashing (not imported: the helper process loads no more than it needs)
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
 FLUSH_BYTES = 4 << 20  # remembered walks held before they are written: memory stays flat
 _SIG = struct.Struct("<IQqqQQ")  # mode, size, mtime_ns, ctime_ns, inode, device

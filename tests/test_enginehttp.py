@@ -222,7 +222,7 @@ def test_an_old_prefetch_is_not_used(fake_engine: Any, monkeypatch: pytest.Monke
 
     url = f"unix://{fake_engine.server_address}"
     enginehttp.prefetch_version(url)
-    enginehttp._PREFETCHED[url].result()  # answered, then too old to use
+    enginehttp._PREFETCHED[url].get()  # answered, then too old to use
     monkeypatch.setattr(enginehttp, "PREFETCH_FOR_S", 0.0)
     Engine(url)
     assert fake_engine.paths.count("/version") == 2  # the prefetch, then asked afresh
