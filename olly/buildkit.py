@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 from olly import failpoints
 from olly.errors import OllyError
@@ -223,64 +223,94 @@ def choose_for(ws: Any, t: Any, engine: Any, platform: str, extras: list[Any]) -
 
 
 # -- the trace: moby.buildkit.v1.StatusResponse ----------------------------------------
-
-_MESSAGES: dict[str, Any] = {}
-
-
-def _message_classes() -> dict[str, Any]:
-    """StatusResponse and the messages it holds, declared with protobuf's descriptor API (the
-    fields of control.proto that olly reads; others are skipped as unknown fields)."""
-    if _MESSAGES:
-        return _MESSAGES
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
-
-    F = descriptor_pb2.FieldDescriptorProto
-    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    ts = ".google.protobuf.Timestamp"
-    messages = {
-        "StatusResponse": [("vertexes", 1, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.Vertex"),
-                           ("statuses", 2, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexStatus"),
-                           ("logs", 3, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexLog"),
-                           ("warnings", 4, F.TYPE_MESSAGE, rep, ".moby.buildkit.v1.VertexWarning")],
-        "Vertex": [("digest", 1, F.TYPE_STRING, opt, None), ("inputs", 2, F.TYPE_STRING, rep, None),
-                   ("name", 3, F.TYPE_STRING, opt, None), ("cached", 4, F.TYPE_BOOL, opt, None),
-                   ("started", 5, F.TYPE_MESSAGE, opt, ts), ("completed", 6, F.TYPE_MESSAGE, opt, ts),
-                   ("error", 7, F.TYPE_STRING, opt, None)],
-        "VertexStatus": [("ID", 1, F.TYPE_STRING, opt, None), ("vertex", 2, F.TYPE_STRING, opt, None),
-                         ("name", 3, F.TYPE_STRING, opt, None), ("current", 4, F.TYPE_INT64, opt, None),
-                         ("total", 5, F.TYPE_INT64, opt, None), ("timestamp", 6, F.TYPE_MESSAGE, opt, ts),
-                         ("started", 7, F.TYPE_MESSAGE, opt, ts), ("completed", 8, F.TYPE_MESSAGE, opt, ts)],
-        "VertexLog": [("vertex", 1, F.TYPE_STRING, opt, None), ("timestamp", 2, F.TYPE_MESSAGE, opt, ts),
-                      ("stream", 3, F.TYPE_INT64, opt, None), ("msg", 4, F.TYPE_BYTES, opt, None)],
-        "VertexWarning": [("vertex", 1, F.TYPE_STRING, opt, None), ("level", 2, F.TYPE_INT64, opt, None),
-                          ("short", 3, F.TYPE_BYTES, opt, None), ("detail", 4, F.TYPE_BYTES, rep, None),
-                          ("url", 5, F.TYPE_STRING, opt, None)],
-    }
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
-    file = descriptor_pb2.FileDescriptorProto(name="olly/buildkit_control.proto", package="moby.buildkit.v1",
-                                              syntax="proto3", dependency=["google/protobuf/timestamp.proto"])
-    for name, fields in messages.items():
-        msg = file.message_type.add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            f = msg.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
-    pool.Add(file)
-    for name in messages:
-        _MESSAGES[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"moby.buildkit.v1.{name}"))
-    return _MESSAGES
+# Decoded by hand: the protobuf runtime costs 40 ms of CPU to load and declare, paid during
+# every BuildKit build (on a 2-core machine, beside the engine), for the six fields olly reads.
+# The wire format (protobuf.dev/programming-guides/encoding): each field is a varint key
+# (number << 3 | wire type), then a varint (type 0), 8 bytes (1), a length and that many bytes
+# (2: strings, bytes, messages) or 4 bytes (5). Unknown fields are skipped, as protobuf does;
+# a repeated occurrence of a singular field wins, as in protobuf. tests/test_buildkit.py
+# checks the decoder against messages the protobuf runtime encodes.
 
 
-def status_response_class() -> Any:
-    return _message_classes()["StatusResponse"]
+class TraceVertex(NamedTuple):
+    """A ``Vertex``: a step or internal operation (``started``/``completed``: the timestamps are set)."""
+    digest: str
+    name: str
+    cached: bool
+    started: bool
+    completed: bool
+    error: str
 
 
-def decode_trace(aux: Any) -> Any:
-    """A ``moby.buildkit.trace`` item's ``aux`` (base64 of the protobuf bytes) as a StatusResponse."""
-    response = status_response_class()()
-    response.ParseFromString(base64.b64decode(aux))
-    return response
+class TraceOutput(NamedTuple):
+    """A ``VertexLog``: output of the vertex ``vertex``."""
+    vertex: str
+    msg: bytes
+
+
+class Trace(NamedTuple):
+    """A ``StatusResponse``, the parts olly reads (``statuses`` and ``warnings`` are skipped)."""
+    vertexes: list[TraceVertex]
+    logs: list[TraceOutput]
+
+
+def decode_trace(aux: Any) -> Trace:
+    """A ``moby.buildkit.trace`` item's ``aux`` (base64 of the protobuf bytes) as a Trace;
+    ValueError if the bytes are not a well-formed message."""
+    vertexes, logs = [], []
+    for number, value in _fields(base64.b64decode(aux)):
+        if number == 1 and isinstance(value, bytes):
+            vertexes.append(_vertex(value))
+        elif number == 3 and isinstance(value, bytes):
+            fields = dict(_fields(value))
+            logs.append(TraceOutput(_text(fields.get(1)), fields.get(4) if isinstance(fields.get(4), bytes) else b""))  # type: ignore[arg-type]
+    return Trace(vertexes, logs)
+
+
+def _vertex(data: bytes) -> TraceVertex:
+    fields = dict(_fields(data))
+    return TraceVertex(digest=_text(fields.get(1)), name=_text(fields.get(3)), cached=bool(fields.get(4)),
+                       started=5 in fields, completed=6 in fields, error=_text(fields.get(7)))
+
+
+def _text(value: int | bytes | None) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(number, value) of each field of a message: an int for varints, bytes for
+    length-delimited fields; fixed-width ones (no field olly reads) are skipped."""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield number, value
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > end:
+                raise ValueError("truncated BuildKit trace message")
+            yield number, data[pos:pos + size]
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"BuildKit trace: unexpected protobuf wire type {wire}")
+    if pos != end:
+        raise ValueError("truncated BuildKit trace message")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("truncated BuildKit trace message")
 
 
 # -- the trace as a build log ---------------------------------------------------------
@@ -315,16 +345,16 @@ class TraceLog:
             v.lines = (v.lines + [line])[-TAIL:]
         self._emit(line)
 
-    def feed(self, response: Any) -> None:
+    def feed(self, response: Trace) -> None:
         for vx in response.vertexes:
             v = self.vertexes.setdefault(vx.digest, _Vertex())
             v.name = vx.name or v.name
-            if not v.shown and (vx.HasField("started") or vx.cached or vx.HasField("completed")):
+            if not v.shown and (vx.started or vx.cached or vx.completed):
                 v.shown = True
                 self._line(v.name)
                 if _STEP.match(v.name):
                     failpoints.hit("building")  # the engine is mid-build
-            if vx.HasField("completed") and not v.done:
+            if vx.completed and not v.done:
                 v.done = True
                 self._flush(v)
                 if vx.cached:
@@ -444,18 +474,14 @@ def build_params(req: BuildRequest, network: str | None = None) -> dict[str, str
 _BRIDGE: dict[str, bool] = {}  # engine endpoint -> has a "bridge" network
 
 
-def _default_network(engine: Any, client: Any) -> str | None:
+def _default_network(engine: Any) -> str | None:
     """The network a build with none set gets: the engine's default (None), as classic builds
     get; but dockerd started without a bridge (``--bridge=none``) gives classic RUN steps no
     network, while BuildKit would fail ("network bridge not found"): send ``none`` there."""
     endpoint = str(getattr(engine, "endpoint", ""))
     if endpoint not in _BRIDGE:
-        try:
-            client.inspect_network("bridge")
-            _BRIDGE[endpoint] = True
-        except Exception as exc:
-            # Only a definite "no such network" counts; anything else: leave it to the engine.
-            _BRIDGE[endpoint] = getattr(getattr(exc, "response", None), "status_code", None) != 404
+        # Only a definite "no such network" counts; anything else: leave it to the engine.
+        _BRIDGE[endpoint] = engine.has_network("bridge") is not False
     return None if _BRIDGE[endpoint] else "none"
 
 
@@ -478,16 +504,12 @@ def build(engine: Engine, req: BuildRequest) -> str:
 
         trace = TraceLog(emit)
         try:
-            client = engine._client()
             headers = {"Content-Type": "application/x-tar"}
             auth = _base_image_auth(req.dockerfile)
             if auth:
                 headers["X-Registry-Config"] = _encode_auth(auth)
-            response = client._post(client._url("/build"), params=build_params(req, _default_network(engine, client)),
-                                    data=req.context,
-                                    headers=headers, stream=True, timeout=None)
-            client._raise_for_status(response)
-            for item in client._stream_helper(response, decode=True):
+            params = build_params(req, _default_network(engine))
+            for item in engine.post_stream("/build", params, req.context, headers):
                 if item.get("id") == "moby.buildkit.trace" and item.get("aux"):
                     trace.feed(decode_trace(item["aux"]))
                 elif item.get("id") == "moby.image.id" and isinstance(item.get("aux"), dict):

@@ -58,9 +58,9 @@ def _guarded(method: F) -> F:
 
 
 class _Db:
-    """The standard sqlite3 connection for reads and the stat cache (the hot path of a no-op
-    run), and sqlite-utils — imported on first use: it takes 0.1 s, numpy included — for the
-    table writes (create, insert, upsert) that happen only when something was recorded."""
+    """The standard sqlite3 connection for reads, the stat cache (the hot path of a no-op run)
+    and the writes of results (``Cache._put``); sqlite-utils — imported on first use: it takes
+    0.1 s, numpy included — creates the tables of a new cache db."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -187,6 +187,14 @@ class Cache:
             {"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
             pk=("target", "key", "registry"),
         )
+
+    def _put(self, table: str, row: dict[str, Any]) -> None:
+        """Write ``row`` whole, replacing the row with its primary key: each caller gives every
+        column of the table (created by ``_create_tables``). Plain SQL, not sqlite-utils'
+        upsert: importing sqlite-utils costs 0.1 s of CPU (numpy, its plugins' entry points),
+        which a build would pay on a 2-core machine while the engine builds."""
+        names = ", ".join(row)
+        self.db.execute(f"INSERT OR REPLACE INTO [{table}] ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -337,14 +345,10 @@ class Cache:
         """Record a verified build and its input manifest (kept under ``history``, default the
         target; ``label@platform`` for one platform of a multi-platform image) atomically."""
         with self.transaction():
-            self.db["results"].upsert(
-                {"target": target, "key": key, "image_id": image_id, "tag": tag,
-                 "built_at": time.time(), "duration_s": round(duration_s, 3)},
-                pk=("target", "key"),
-            )
+            self._put("results", {"target": target, "key": key, "image_id": image_id, "tag": tag,
+                                  "built_at": time.time(), "duration_s": round(duration_s, 3)})
             failpoints.hit("record")  # between the two writes of one transaction
-            self.db["manifests"].upsert({"target": history or target, "key": key, "manifest": json.dumps(manifest)},
-                                        pk="target")
+            self._put("manifests", {"target": history or target, "key": key, "manifest": json.dumps(manifest)})
 
     @_guarded
     def build_durations(self, targets: list[str]) -> dict[str, float]:
@@ -363,8 +367,8 @@ class Cache:
     @_guarded
     def record_push(self, target: str, key: str, registry: str, ref: str, digest: str) -> None:
         with self.transaction():
-            self.db["pushes"].upsert({"target": target, "key": key, "registry": registry, "ref": ref,
-                                      "digest": digest, "pushed_at": time.time()}, pk=("target", "key", "registry"))
+            self._put("pushes", {"target": target, "key": key, "registry": registry, "ref": ref,
+                                 "digest": digest, "pushed_at": time.time()})
 
     @_guarded
     def artifact(self, target: str, key: str, registry: str) -> dict[str, Any] | None:
@@ -378,11 +382,10 @@ class Cache:
         """Record a chart package and the input manifest it was made from (``olly why`` diffs
         the chart against it)."""
         with self.transaction():
-            self.db["artifacts"].upsert({"target": target, "key": key, "registry": registry, "path": path,
-                                         "digest": digest, "version": version}, pk=("target", "key", "registry"))
+            self._put("artifacts", {"target": target, "key": key, "registry": registry, "path": path,
+                                    "digest": digest, "version": version})
             if manifest is not None:
-                self.db["manifests"].upsert({"target": target, "key": key, "manifest": json.dumps(manifest, sort_keys=True)},
-                                            pk="target")
+                self._put("manifests", {"target": target, "key": key, "manifest": json.dumps(manifest, sort_keys=True)})
 
     @_guarded
     def forget_result(self, target: str, key: str) -> None:

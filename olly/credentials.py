@@ -165,6 +165,24 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
 # -- the config file ---------------------------------------------------------------
 
 
+_PROXY_ARGS = (("httpProxy", "HTTP_PROXY"), ("httpsProxy", "HTTPS_PROXY"), ("ftpProxy", "FTP_PROXY"),
+               ("noProxy", "NO_PROXY"))
+
+
+def config_proxy_args() -> dict[str, str]:
+    """Build args from the docker config's ``proxies.default`` (``HTTP_PROXY`` and
+    ``http_proxy`` for ``httpProxy``, ...): what the docker CLI and docker-py give a build."""
+    proxies = _load(config_path()).get("proxies")
+    default = proxies.get("default") if isinstance(proxies, dict) else None
+    if not isinstance(default, dict):
+        return {}
+    out: dict[str, str] = {}
+    for key, name in _PROXY_ARGS:
+        if default.get(key):
+            out[name] = out[name.lower()] = str(default[key])
+    return out
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

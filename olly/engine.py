@@ -1,4 +1,6 @@
-"""The Docker engine, through the docker Python SDK (classic builder API).
+"""The Docker engine: over its unix socket with olly's own HTTP (olly.enginehttp: version,
+inspects, builds, tags, removals), and through the docker Python SDK for pushes, pulls and
+tcp:// or ssh:// engines — a one-file rebuild does not pay the SDK's import.
 
 Only this module talks to the engine. Errors become OllyError (engine down) or
 BuildFailed (a target's build failed), never raw SDK exceptions.
@@ -10,6 +12,7 @@ text) this module hides the difference, so the rest of olly sees one engine.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -17,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import quote
 
 from olly import dockersdk, failpoints
 from olly.enginehttp import EngineHTTPError, UnixEngineHTTP, default_endpoint, image_path, socket_path, version_of
@@ -318,23 +322,56 @@ class Engine:
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         try:
-            self.api.tag(image_id, repository, tag, force=True)
+            if self._http is not None:
+                self._http.call("POST", self._image_url(image_id, "tag"), {"repo": repository, "tag": tag, "force": "1"})
+            else:
+                self.api.tag(image_id, repository, tag, force=True)
         except Exception as exc:
             raise OllyError("engine-error", f"cannot tag {image_id} as {repository}:{tag}: {_short(exc)}")
 
     def discard(self, image_id: str) -> None:
         """Remove an image whose build was discarded (its inputs changed mid-build). Best effort."""
-        try:
-            self.api.remove_image(image_id, force=True, noprune=False)
-        except Exception:
-            pass  # an unreferenced image is untidy, not wrong: nothing points to it
+        self._remove(image_id, force=True, noprune=False)  # unreferenced is untidy, not wrong: nothing points to it
 
     def untag(self, ref: str) -> None:
         """Drop one tag (never the image: it keeps its other tags). Best effort."""
+        self._remove(ref, force=False, noprune=True)  # a leftover tag is untidy, not wrong
+
+    def _remove(self, ref: str, force: bool, noprune: bool) -> None:
         try:
-            self.api.remove_image(ref, noprune=True)
+            if self._http is not None:
+                self._http.call("DELETE", self._image_url(ref), {"force": str(int(force)), "noprune": str(int(noprune))})
+            else:
+                self.api.remove_image(ref, force=force, noprune=noprune)
         except Exception:
-            pass  # a leftover tag is untidy, not wrong
+            pass
+
+    def _image_url(self, ref: str, action: str = "") -> str:
+        """``/v<version>/images/<ref>[/<action>]``, as ``image_path`` quotes references."""
+        return image_path(self.version, ref).removesuffix("/json") + (f"/{action}" if action else "")
+
+    def post_stream(self, path: str, params: dict[str, str], body: Iterable[bytes],
+                    headers: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """POST ``path`` (``/build``) with ``body`` streamed, and the engine's JSON stream back,
+        read for as long as the engine works: over the unix socket, else through the SDK."""
+        if self._http is not None:
+            return self._http.request("POST", f"/v{self.version}{path}", params, body, headers, timeout=None).json_items()
+        client = self._client()
+        response = client._post(client._url(path), params=params, data=body, headers=headers, stream=True, timeout=None)
+        client._raise_for_status(response)
+        return client._stream_helper(response, decode=True)  # type: ignore[no-any-return]
+
+    def has_network(self, name: str) -> bool | None:
+        """Does the engine have network ``name``? None when it would not say (an error)."""
+        try:
+            if self._http is not None:
+                self._http.get_json(f"/v{self.version}/networks/{quote(name, safe='')}")
+            else:
+                self.api.inspect_network(name)
+            return True
+        except Exception as exc:
+            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+            return False if status == 404 else None
 
     def push(self, repository: str, tag: str, registry_name: str) -> str | None:
         """Push ``repository:tag`` (credentials from the user's docker config); return the
@@ -426,21 +463,14 @@ class Engine:
         # Line-buffered: `tail -f` on the log follows the build live.
         with open(req.log_path, "w", encoding="utf-8", errors="replace", buffering=1) as log:
             try:
-                client = self._client()
-                # docker-py would run credential helpers (no timeout) for every registry in the
-                # config; send only the FROM images' registries, resolved with olly's time limit.
+                # Credentials only for the FROM images' registries, resolved with olly's time
+                # limit (docker-py would run every credential helper in the config, no timeout).
                 auth = _base_image_auth(req.dockerfile)
-                client._set_auth_headers = lambda headers: headers.update(
-                    {"X-Registry-Config": _encode_auth(auth)} if auth else {})
+                headers = {"Content-Type": "application/x-tar", **({"X-Registry-Config": _encode_auth(auth)} if auth else {})}
+                params = classic_build_params(req)
                 if self.kind == PODMAN:
-                    add_params(client, "/build", self._podman_build_params(req))
-                stream = client.build(
-                    fileobj=req.context, custom_context=True, dockerfile=req.dockerfile_name,
-                    buildargs=req.args, target=req.target or None, platform=req.platform,
-                    network_mode=req.network, labels=req.labels, rm=True, forcerm=True,
-                    pull=req.pull, decode=True, nocache=req.no_cache,
-                )
-                for item in stream:
+                    params.update(self._podman_build_params(req))
+                for item in self.post_stream("/build", params, req.context, headers):
                     if "stream" in item:
                         text = scrub(item["stream"])  # a RUN step may print a secret build arg
                         text = _PODMAN_STEP.sub(r"Step \1 : ", text)  # one log format whatever the engine
@@ -470,11 +500,24 @@ class Engine:
         return image_id
 
 
+def classic_build_params(req: BuildRequest) -> dict[str, str]:
+    """/build query parameters for a classic build: what ``docker build`` sends, with the
+    proxies of the user's docker config as build args (as the docker CLI and docker-py add
+    them; predefined args, outside the layer cache and the image's history)."""
+    args = {**credentials.config_proxy_args(), **req.args}
+    params = {"q": "0", "rm": "1", "forcerm": "1", "dockerfile": req.dockerfile_name, "buildargs": json.dumps(args),
+              "labels": json.dumps(req.labels), "nocache": str(int(req.no_cache)), "pull": str(int(req.pull))}
+    for name, value in (("target", req.target), ("platform", req.platform), ("networkmode", req.network)):
+        if value:
+            params[name] = value
+    return params
+
+
 def _podman_refusal(exc: BaseException) -> str | None:
     """Podman answers some refusals of a build context with a bare HTTP 500 (the reason is only
     in its service log): say what it most likely was instead of quoting the request URL."""
-    response = getattr(exc, "response", None)
-    if getattr(response, "status_code", None) != 500 or getattr(exc, "explanation", None):
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    if status != 500 or getattr(exc, "explanation", None) not in (None, "", "HTTP 500"):  # olly's HTTP or the SDK's
         return None
     return ("Podman refused the build context (HTTP 500 without a reason; its service log has it). "
             "Podman cannot unpack a context holding a symlink that leaves it (e.g. l -> ../x): "
@@ -529,32 +572,34 @@ def add_params(client: Any, path_suffix: str, extra: dict[str, str]) -> None:
 def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:
     """Credentials per registry host of the Dockerfile's literal FROM images (``${ARG}``
     images are olly's own dependencies, already local)."""
-    dockersdk.load()  # imported already by the build's client; never with paramiko by accident
-    from docker.auth import resolve_repository_name
-    from docker.utils import parse_repository_tag
-
     out: dict[str, dict[str, str]] = {}
     for line in dockerfile.decode("utf-8", "replace").splitlines():
         match = _FROM.match(line)
         image = match.group(1) if match else ""
         if not image or "$" in image or image.lower() == "scratch":
             continue
-        try:
-            host, _ = resolve_repository_name(parse_repository_tag(image)[0])
-        except Exception:  # a stage name or a malformed reference: the engine will say
-            continue
-        config = credentials.auth_config(host)
+        host = registry_host(image)
+        config = credentials.auth_config(host) if host else {}
         if config:
             out[config.get("serveraddress", host)] = config
     return out
 
 
-def _encode_auth(auth: dict[str, Any]) -> str:
-    dockersdk.load()
-    from docker.auth import encode_header
+def registry_host(image: str) -> str | None:
+    """The registry ``image`` is pulled from, as Docker resolves it: the first path component
+    if it looks like a host (a dot, a port, or ``localhost``), else Docker Hub (``docker.io``).
+    None for a name no registry can serve (a stage name gets Docker Hub: harmless)."""
+    first, slash, _ = image.split("@", 1)[0].partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        return "docker.io"
+    if first.startswith("-") or first.endswith("-"):
+        return None
+    return "docker.io" if first == "index.docker.io" else first
 
-    value = encode_header(auth)
-    return value.decode() if isinstance(value, bytes) else value
+
+def _encode_auth(auth: dict[str, Any]) -> str:
+    """An auth header value as the engine reads it: the JSON, base64url (what docker-py sends)."""
+    return base64.urlsafe_b64encode(json.dumps(auth).encode("ascii")).decode("ascii")
 
 
 def _explain(error: str, steps: list[str], req: BuildRequest) -> str:

@@ -1,14 +1,18 @@
-"""The few read-only engine calls a no-op run makes, as plain HTTP over the engine's unix socket.
+"""Engine calls as plain HTTP over the engine's unix socket: what a no-op run asks, and what
+a BuildKit build sends.
 
-Importing the docker SDK (with requests, urllib3 and paramiko) costs more than a whole no-op
-run may take, and a no-op only asks the engine what it is (``/version``) and about olly's
-images (``inspect``, or ``/images/json`` filtered by olly's key label). Those are one GET each,
-on a fresh connection to the socket (a unix connect costs microseconds), ``Connection: close``:
-the engine (Go's net/http, in dockerd and in Podman's service alike) frames each answer by
-Content-Length or chunks, and olly reads exactly that — it never waits for the engine, or a
-proxy in between, to close the connection. No keep-alive or pooling is needed, nor
-``http.client``, whose import (ssl, email) costs 15 ms here. Builds, pushes, pulls and every
-tcp:// or ssh:// engine keep the SDK (TLS, ssh tunnels, auth headers, streaming).
+Importing the docker SDK (with requests and urllib3) costs about 0.1 s, more than a whole no-op
+run may take, and more than olly's own work around a one-file rebuild. A no-op only asks the
+engine what it is (``/version``) and about olly's images (``inspect``, or ``/images/json``
+filtered by olly's key label); a build posts its context and reads the engine's JSON stream,
+then tags the image. Each is one request on a fresh connection to the socket (a unix connect
+costs microseconds), ``Connection: close``: the engine (Go's net/http, in dockerd and in
+Podman's service alike) frames each answer by Content-Length or chunks, and olly reads exactly
+that — it never waits for the engine, or a proxy in between, to close the connection. No
+keep-alive or pooling is needed, nor ``http.client``, whose import (ssl, email) costs 15 ms
+here. Classic builds (docker-py adds the proxies of the user's docker config as build args,
+as the docker CLI does), pushes, pulls and every tcp:// or ssh:// engine keep the SDK (TLS, ssh
+tunnels, auth headers).
 
 Errors are raised as ``EngineHTTPError`` (an answer) or ``OSError`` (no answer, or a cut one),
 which olly.engine words as it words the SDK's.
@@ -16,11 +20,12 @@ which olly.engine words as it words the SDK's.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlencode
 
 from olly.later import Later
@@ -74,6 +79,35 @@ class UnixEngineHTTP:
     def _get(self, url: str) -> tuple[int, bytes]:
         return _receive(self._send(url))
 
+    def call(self, method: str, path: str, params: dict[str, str] | None = None) -> bytes:
+        """The body of a bodyless ``method path`` (a tag, a removal); EngineHTTPError for an
+        error status."""
+        return self.request(method, path, params).read()
+
+    def request(self, method: str, path: str, params: dict[str, str] | None = None,
+                body: bytes | Iterable[bytes] = b"", headers: dict[str, str] | None = None,
+                timeout: float | None = -1.0) -> Response:
+        """Send ``method path`` with ``body`` (bytes, or an iterable sent chunk by chunk as it
+        is produced: a build context) and return the answer with its body still to be read;
+        EngineHTTPError for an error status. ``timeout`` for reading the answer: None waits as
+        long as the engine works (a build), -1 is this client's own."""
+        url = path + ("?" + urlencode(params) if params else "")
+        sock = self._connect()
+        try:
+            sock.settimeout(self.timeout if timeout is not None and timeout < 0 else timeout)
+            try:
+                _send_request(sock, method, url, body, headers or {})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the engine answered before it took the whole body (an error): read that answer
+            response = Response(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if response.status >= 300:
+            body_text = response.read()
+            raise EngineHTTPError(response.status, _explanation(body_text) or f"HTTP {response.status}")
+        return response
+
     def _send(self, url: str) -> socket.socket:
         request = f"GET {url} HTTP/1.1\r\nHost: docker\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
         sock = self._connect()
@@ -121,6 +155,107 @@ class Sent:
         if status >= 300:
             raise EngineHTTPError(status, _explanation(body) or f"HTTP {status}")
         return json.loads(body)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _send_request(sock: socket.socket, method: str, url: str, body: bytes | Iterable[bytes],
+                  headers: dict[str, str]) -> None:
+    lines = [f"{method} {url} HTTP/1.1", "Host: docker", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    streamed = not isinstance(body, (bytes, bytearray))
+    lines.append("Transfer-Encoding: chunked" if streamed else f"Content-Length: {len(body)}")  # type: ignore[arg-type]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if not streamed:
+        sock.sendall(head + body)  # type: ignore[operator]
+        return
+    sock.sendall(head)
+    for chunk in body:
+        if chunk:  # an empty chunk would end the body
+            sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+    sock.sendall(b"0\r\n\r\n")
+
+
+class Response:
+    """An answer whose head has been read; its body is read with :meth:`read`, :meth:`chunks`
+    or :meth:`json_items` (once), and the connection closed at its end or by :meth:`close`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock: socket.socket | None = sock
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += self._more()
+        head, _, self._rest = buf.partition(b"\r\n\r\n")
+        status = _status(head)
+        if status is None:
+            self.close()
+            raise ConnectionError("the engine's answer is not HTTP")
+        self.status, self.headers = status, _headers(head)
+
+    def _more(self) -> bytes:
+        data = self._sock.recv(1 << 16) if self._sock is not None else b""
+        if not data:
+            self.close()
+            raise ConnectionError("the engine's answer was cut short")
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives (dechunked), then the connection closed."""
+        try:
+            if self.headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+                yield from self._dechunked()
+            elif b"content-length" in self.headers:
+                left = int(self.headers[b"content-length"])
+                data, self._rest = self._rest[:left], b""
+                while True:
+                    if data:
+                        yield data
+                    left -= len(data)
+                    if left <= 0:
+                        return
+                    data = self._more()[:left]
+            else:  # delimited by the connection's end
+                if self._rest:
+                    yield self._rest
+                while self._sock is not None and (data := self._sock.recv(1 << 16)):
+                    yield data
+        finally:
+            self.close()
+
+    def _dechunked(self) -> Iterator[bytes]:
+        buf = bytearray(self._rest)
+        while True:
+            while (end := buf.find(b"\r\n")) < 0:
+                buf += self._more()
+            size = int(bytes(buf[:end]).split(b";", 1)[0], 16)
+            if size == 0:
+                return
+            while len(buf) < end + 2 + size + 2:
+                buf += self._more()
+            yield bytes(buf[end + 2:end + 2 + size])
+            del buf[:end + 2 + size + 2]
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def json_items(self) -> Iterator[Any]:
+        """The JSON values of a streamed body (the engine writes one per line as it goes)."""
+        decoder, text = json.JSONDecoder(), ""
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two chunks
+        for chunk in self.chunks():
+            text += utf8.decode(chunk)
+            while text := text.lstrip():
+                try:
+                    item, end = decoder.raw_decode(text)
+                except ValueError:
+                    break  # the rest of this value is still to come
+                yield item
+                text = text[end:]
+        if text.strip():
+            raise ConnectionError("the engine's answer was cut short")
 
     def close(self) -> None:
         if self._sock is not None:

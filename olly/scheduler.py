@@ -7,10 +7,7 @@ plan, a digest the registry reported, a package written completely.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -38,23 +35,6 @@ class RunOptions:
 def _outcome_for(o: Outcome, platform: str) -> Outcome:
     """The outcome of one platform of a (possibly multi-platform) image."""
     return next((v for v in o.variants if v.platform == platform), o)
-
-
-_WARMING: list[threading.Thread] = []
-_WARMING_LOCK = threading.Lock()
-
-
-def _warm_cache_writer() -> None:
-    """Import sqlite-utils (olly.cache's table writes, 0.1 s) on a thread once the engine
-    streams a build's log: recording the result then does not wait for the import after the
-    build, it happened while the engine built (not earlier: it would slow the docker SDK's
-    import on the build's own thread). A no-op run builds nothing and never loads it."""
-    with _WARMING_LOCK:  # build threads call it, each at its first log line
-        if _WARMING or "sqlite_utils" in sys.modules:
-            return
-        thread = threading.Thread(target=importlib.import_module, args=("sqlite_utils",), name="olly-warm", daemon=True)
-        _WARMING.append(thread)
-    thread.start()
 
 
 class _Pool:
@@ -173,8 +153,6 @@ class Scheduler:
         return still
 
     def _emit(self, event: Event) -> None:
-        if event.kind == "log":  # the engine is building: the SDK import that preceded it is done
-            _warm_cache_writer()
         self.events.put(event)
 
     def _needs_worker(self, tp: TargetPlan) -> bool:

@@ -32,8 +32,7 @@ PODMAN_SKIPS = {
     "test_dockerignore_docker.py": "Docker-only: compares olly's .dockerignore matcher with the docker CLI and "
     "dockerd's classic builder; Podman's builder re-applies .dockerignore with its own (buildah) matcher",
     "test_make_docker.py::test_secret_never_reaches_logs_or_output_when_the_engine_rejects_the_build":
-    "Docker-only: its premise is dockerd's HTTP 400 quoting the /build URL with buildargs=; Podman's error "
-    "quotes no URL",
+    "Docker-only: it checks dockerd's own words for a build target that is not in the Dockerfile",
     "test_make_docker.py::test_retargeted_symlink_reaches_the_image[../outside-/etc/hostname]": _LINK_OUT,
     "test_make_docker.py::test_retargeted_symlink_reaches_the_image[missing-../x]": _LINK_OUT,
     "test_reach_docker.py::test_forms_this_engine_cannot_build": "Docker-only: which Dockerfile forms "

@@ -261,3 +261,107 @@ def test_a_full_listen_backlog_is_waited_out(tmp_path: Path) -> None:
     assert sock.fileno() >= 0 and accepted
     for s in [sock, *queued, *accepted, server]:
         s.close()
+
+
+def _serve_once(path: Path, respond: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """A one-connection server on ``path``: ``respond(conn, seen)`` reads what it wants and answers."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    seen: dict[str, Any] = {}
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            respond(conn, seen)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def _read_request(conn: socket.socket) -> tuple[bytes, bytes]:
+    """The head and the dechunked body of one chunked request."""
+    raw = b""
+    while not raw.endswith(b"0\r\n\r\n"):
+        data = conn.recv(65536)
+        assert data, "the client closed before the body's end"
+        raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    out, pos = b"", 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return head, out
+        out += body[end + 2:end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+def test_a_streamed_body_and_a_streamed_answer(tmp_path: Path) -> None:
+    """A build's shape: the context sent in chunks as produced, the answer read as it comes,
+    JSON values cut at any byte (mid-value, mid-character) by the engine's chunks."""
+    items = [{"stream": "Step 1/2 : FROM scratch\n"}, {"stream": "é ünïcode ✓\n"}, {"aux": {"ID": "sha256:" + "b" * 64}}]
+    answer = "".join(json.dumps(i, ensure_ascii=False) + "\r\n" for i in items).encode()
+
+    def respond(conn: socket.socket, seen: dict[str, Any]) -> None:
+        seen["head"], seen["body"] = _read_request(conn)
+        pieces = [answer[i:i + 7] for i in range(0, len(answer), 7)]  # 7 bytes: cuts values and characters
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+
+    thread, seen = _serve_once(tmp_path / "e.sock", respond)
+    body = [b"a" * 100, b"", b"b" * 70000, b"c"]
+    got = list(UnixEngineHTTP(str(tmp_path / "e.sock")).request(
+        "POST", "/v1.41/build", {"q": "0"}, iter(body), {"Content-Type": "application/x-tar"}, timeout=None).json_items())
+    thread.join(5)
+    assert got == items
+    assert seen["body"] == b"".join(body)
+    head = seen["head"].decode()
+    assert head.startswith("POST /v1.41/build?q=0 HTTP/1.1\r\n") and "Transfer-Encoding: chunked" in head
+    assert "Content-Type: application/x-tar" in head
+
+
+def test_an_answer_before_the_whole_body_is_read(tmp_path: Path) -> None:
+    """An engine that refuses a request from its head answers and closes without reading the
+    body: the sender's broken pipe is not the error, the engine's answer is."""
+    from olly.enginehttp import EngineHTTPError
+
+    def respond(conn: socket.socket, seen: dict[str, Any]) -> None:
+        while b"\r\n\r\n" not in conn.recv(4096):
+            pass
+        conn.sendall(b'HTTP/1.1 400 Bad Request\r\nContent-Length: 29\r\n\r\n{"message": "no such target"}')
+        conn.shutdown(socket.SHUT_RDWR)
+
+    thread, _ = _serve_once(tmp_path / "e.sock", respond)
+    with pytest.raises(EngineHTTPError) as info:
+        UnixEngineHTTP(str(tmp_path / "e.sock")).request("POST", "/build", None, (b"x" * 65536 for _ in range(200)))
+    thread.join(5)
+    assert (info.value.status_code, info.value.explanation) == (400, "no such target")
+
+
+def test_a_stream_cut_short_is_an_error(tmp_path: Path) -> None:
+    def respond(conn: socket.socket, seen: dict[str, Any]) -> None:
+        _read_request(conn)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"stream": "a"}\n\r\n8\r\n{"stream')
+
+    thread, _ = _serve_once(tmp_path / "e.sock", respond)
+    response = UnixEngineHTTP(str(tmp_path / "e.sock")).request("POST", "/build", None, iter([b"x"]), timeout=None)
+    items = response.json_items()
+    assert next(items) == {"stream": "a"}
+    with pytest.raises(ConnectionError):
+        next(items)
+    thread.join(5)
+
+
+def test_tag_and_remove_over_the_socket(fake_engine: Any) -> None:
+    engine = Engine(f"unix://{fake_engine.server_address}")
+    fake_engine.answer = lambda path: (201, b"", False) if "/tag?" in path else (404, b'{"message": "No such image"}', False)
+    engine.tag("sha256:" + "a" * 64, "x/app", "olly-2")
+    engine.untag("x/gone:1")  # best effort: a 404 is no error
+    assert fake_engine.paths[-2:] == ["/v1.41/images/sha256:" + "a" * 64 + "/tag?repo=x%2Fapp&tag=olly-2&force=1",
+                                      "/v1.41/images/x/gone:1?force=0&noprune=1"]
+    fake_engine.answer = lambda path: (500, b'{"message": "disk on fire"}', False)
+    with pytest.raises(OllyError) as info:
+        engine.tag("sha256:" + "a" * 64, "x/app", "olly-2")
+    assert info.value.reason == "engine-error" and "disk on fire" in info.value.message

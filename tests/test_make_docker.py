@@ -285,8 +285,9 @@ def test_run_step_killed_like_an_oom_kill(ws: Path) -> None:
 
 @pytest.mark.parametrize("builder", ["classic", "buildkit"])
 def test_secret_never_reaches_logs_or_output_when_the_engine_rejects_the_build(ws: Path, builder: str) -> None:
-    """The classic builder's HTTP 400 quotes the /build URL, buildargs (the secret, JSON- and
-    URL-encoded) included; BuildKit streams its error instead. Neither may show the value."""
+    """The classic builder answers with an HTTP 400 (which the docker SDK, used for tcp:// engines,
+    words with the /build URL, buildargs included: the secret JSON- and URL-encoded); BuildKit
+    streams its error instead. Neither may show the value."""
     secret = 'tok "s3cr3t"/+&value'
     build = ws / "BUILD.toml"
     build.write_text(build.read_text().replace('args = { GREETING = "hello" }',
@@ -299,8 +300,8 @@ def test_secret_never_reaches_logs_or_output_when_the_engine_rejects_the_build(w
 
     for form in encodings(secret):  # ...without the value in any form
         assert form not in log and form not in proc.stdout and form not in proc.stderr, form
-    if builder == "classic":
-        assert "buildargs=" in log and "***" in log  # proves the scrubbed text was there
+    if builder == "classic":  # olly's own HTTP client gives the engine's message, not the request
+        assert "ERROR: 400: failed to reach build target no-such-stage" in log and "buildargs=" not in log
 
 
 @pytest.mark.parametrize("first,second", [("missing", "gone"), ("../outside", "/etc/hostname"), ("missing", "../x")])
