@@ -299,8 +299,9 @@ class Cache:
             # Plain executemany: sqlite-utils' upsert_all is ~10x slower for 10^4 rows.
             self.db.conn.executemany(
                 f"INSERT OR REPLACE INTO stat ({_STAT_COLS}) VALUES ({', '.join('?' * len(cols))})",
-                [(_path_in(r["path"]), *(r[c] for c in cols[1:])) if isinstance(r, dict) else (_path_in(r[0]), *r[1:])
-                 for r in rows],
+                # A tuple row is in column order already: passed as is unless its path needs care.
+                [(_path_in(r["path"]), *(r[c] for c in cols[1:])) if isinstance(r, dict)
+                 else r if r[0].isascii() else (_path_in(r[0]), *r[1:]) for r in rows],
             )
             self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(_path_in(p),) for p in forget])
 
@@ -502,6 +503,8 @@ def _retry_locked(action: Callable[[], Any], deadline_s: float = 30.0) -> Any:
 
 def _path_in(path: str) -> str | bytes:
     """A path for sqlite: text when it is valid UTF-8, else its raw bytes (a BLOB)."""
+    if path.isascii():  # most paths; a flag of the string, no encoding
+        return path
     try:
         return path.encode("utf-8").decode("utf-8")
     except UnicodeEncodeError:

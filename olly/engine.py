@@ -453,9 +453,9 @@ class Engine:
     def build(self, req: BuildRequest) -> str:
         """Build and return the image id; raise BuildFailed with the engine's error."""
         if req.builder == "buildkit":
-            from olly import buildkit
+            from olly import buildkitbuild
 
-            return buildkit.build(self, req)
+            return buildkitbuild.build(self, req)
         req.log_path.parent.mkdir(parents=True, exist_ok=True)
         image_id: str | None = None
         tail: list[str] = []

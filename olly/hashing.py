@@ -22,6 +22,7 @@ from olly.errors import OllyError
 # with coarse (up to 2 s) timestamp granularity.
 RACY_NS = 2_000_000_000
 CHUNK = 1 << 20
+SMALL = 1 << 16  # below the allocator's mmap threshold (128 KiB)
 
 
 def hash_bytes(data: bytes) -> str:
@@ -61,7 +62,7 @@ class FileHasher:
                 and cached[0] == st.st_size and cached[2] == st.st_ino and cached[4] == st.st_mode):
             return str(cached[5])
         started = time.time_ns()
-        digest = hash_file(self._base + rel, rel)
+        digest = hash_file(self._base + rel, rel, st.st_size)
         self.files_read += 1
         failpoints.hit("hash")
         if max(st.st_mtime_ns, st.st_ctime_ns) < started - RACY_NS:
@@ -74,14 +75,22 @@ class FileHasher:
         return digest
 
 
-def hash_file(path: str | Path, display: str) -> str:
-    """xxh3-128 of a file's content. os.open/os.read: builtin open() builds a buffered file
-    object per call, three times the cost for the small files a context is made of."""
+def hash_file(path: str | Path, display: str, size: int = -1) -> str:
+    """xxh3-128 of a file's content, read to EOF. ``size``: what the caller's lstat says, so the
+    first read asks for just that (+1): ``os.read(fd, n)`` allocates n bytes before reading, and
+    a 1 MB buffer per call costs an mmap, page faults and a munmap — as much as the rest of
+    hashing a small file. os.open/os.read: builtin open() builds a buffered file object per
+    call, three times the cost for the small files a context is made of."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            h = xxhash.xxh3_128()
-            while data := os.read(fd, CHUNK):  # to EOF: a short read is not one
+            data = os.read(fd, size + 1 if 0 <= size < CHUNK else CHUNK)
+            more = os.read(fd, SMALL) if data else b""  # a short read is not EOF: an empty one is
+            if not more:
+                return xxhash.xxh3_128_hexdigest(data)
+            h = xxhash.xxh3_128(data)
+            h.update(more)
+            while data := os.read(fd, CHUNK):
                 h.update(data)
             return h.hexdigest()
         finally:

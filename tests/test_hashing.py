@@ -76,3 +76,18 @@ def test_big_file_hash_covers_every_chunk(tmp_path: Path) -> None:
     assert hash_file(f, "big.bin") == hash_file(str(f), "big.bin") == xxhash.xxh3_128_hexdigest(data)
     (tmp_path / "empty").write_bytes(b"")
     assert hash_file(tmp_path / "empty", "empty") == xxhash.xxh3_128_hexdigest(b"")
+
+
+@pytest.mark.parametrize("real", [0, 1, 100, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, (1 << 20) - 1, 1 << 20,
+                                  (1 << 20) + 1, 3 * (1 << 20) + 7])
+def test_the_size_hint_never_changes_the_hash(tmp_path: Path, real: int) -> None:
+    """The lstat size only sizes the first read: right, too small (the file grew since) or too
+    big (it shrank), the whole file is read to EOF and hashed as one."""
+    import xxhash
+
+    f = tmp_path / "f.bin"
+    data = os.urandom(real)
+    f.write_bytes(data)
+    want = xxhash.xxh3_128_hexdigest(data)
+    for hint in {-1, 0, real, max(real - 1, 0), real + 1, real // 2, real * 2 + 5}:
+        assert hash_file(f, "f.bin", hint) == want, hint
