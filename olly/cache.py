@@ -33,6 +33,8 @@ _STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
 # ctx_dir and df_rel are the names' bytes (any file name), seq the order the last plan took them in.
 _WALKS_TABLE = ("CREATE TABLE IF NOT EXISTS walk_memo (key TEXT PRIMARY KEY, ctx_dir BLOB, df_rel BLOB, "
                 "seq INTEGER, fingerprint TEXT, entries BLOB)")
+# Remembered `inputs` globs (olly.walkmemo.inputs_fingerprint), never exported either.
+_INPUTS_TABLE = "CREATE TABLE IF NOT EXISTS inputs_memo (key TEXT PRIMARY KEY, fingerprint TEXT, rows BLOB)"
 # Clustered by path (WITHOUT ROWID): the rows of one directory are one contiguous range.
 _STAT_TABLE = ("CREATE TABLE stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, "
                "ctime_ns INTEGER, mode INTEGER, hash TEXT) WITHOUT ROWID")
@@ -273,6 +275,24 @@ class Cache:
                 [(key, raw(ctx), raw(df), seq, fp, blob) for key, (fp, blob, ctx, df, seq) in walks.items()])
         self._known_tables = None
 
+    @_guarded
+    def inputs_memo(self, key: str) -> tuple[str, bytes] | None:
+        """(fingerprint, stored rows) remembered for an `inputs` memo key, or None."""
+        if "inputs_memo" not in self._tables():
+            return None
+        row = self.db.execute("SELECT fingerprint, rows FROM inputs_memo WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    @_guarded
+    def save_inputs_memos(self, memos: dict[str, tuple[str, bytes]]) -> None:
+        if self.read_only or not memos:
+            return
+        with self.transaction():
+            self.db.execute(_INPUTS_TABLE)
+            self.db.conn.executemany("INSERT OR REPLACE INTO inputs_memo (key, fingerprint, rows) VALUES (?, ?, ?)",
+                                     [(key, fp, blob) for key, (fp, blob) in memos.items()])
+        self._known_tables = None
+
     def _tables(self) -> set[str]:
         if self._known_tables is None:
             self._known_tables = set(self.db.table_names())
@@ -443,6 +463,7 @@ def export_cache(cache_dir: Path, dest: Path) -> dict[str, int]:
         cache.db.conn.backup(out)  # sqlite's online backup: consistent even while others write
         out.execute("DELETE FROM stat")
         out.execute("DROP TABLE IF EXISTS walk_memo")
+        out.execute("DROP TABLE IF EXISTS inputs_memo")
         out.commit()
         out.execute("VACUUM")
         counts = {t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _PORTABLE}

@@ -393,21 +393,42 @@ def links_the_layer_cache_misreads(ctx: Context) -> list[str]:
     return bad
 
 
-def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str) -> list[list[Any]]:
-    """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path."""
-    found: dict[str, str] = {}
+def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str) -> tuple[list[list[Any]], bytes | None]:
+    """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path, and
+    their encoding as the key writes them when it is at hand (remembered, or just computed to be
+    remembered: olly.walkmemo), else None."""
+    started = time.time_ns()  # before the stats: the racy rule of the stat cache
+    expanded: list[tuple[str | None, list[inputs.Match]]] = []
     for pattern in patterns:
-        walked = inputs.walked_dir(pattern)
-        if walked is not None:
-            hasher.preload(walked)
         try:
-            matches = inputs.expand(root, pattern)
+            expanded.append((inputs.walked_dir(pattern), inputs.expand(root, pattern)))
         except ValueError as exc:  # the files changed since BUILD.toml was checked
             raise OllyError("config-invalid", f'images."{label}".inputs: {exc}')
+    memo = hasher.walks
+    fp = None
+    if memo is not None and patterns:
+        # One pattern's matches come sorted (inputs.expand); several are merged.
+        matched = expanded[0][1] if len(expanded) == 1 else sorted(
+            {rel: st for _, matches in expanded for rel, st in matches}.items())
+        key = walkmemo.inputs_key(patterns)
+        fp, settled = walkmemo.inputs_fingerprint(patterns, matched, started)
+        recalled = memo.recall_inputs(key, fp)
+        if recalled is not None:
+            return recalled
+        fp = fp if settled else None
+    found: dict[str, str] = {}
+    for walked, matches in expanded:
+        if walked is not None:
+            hasher.preload(walked)
         digest = hasher.hash
         for rel, st in matches:
             found[rel] = digest(rel, st)
-    return [[p, found[p]] for p in sorted(found)]
+    rows = [[p, found[p]] for p in sorted(found)]
+    if fp is None:
+        return rows, None
+    encoded = keys.encode(rows)
+    memo.remember_inputs(key, fp, rows, encoded)
+    return rows, encoded
 
 
 class TarStream:

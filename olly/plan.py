@@ -112,7 +112,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     ctx = scan(ws.root, t, hasher, analyzer)
     read = ctx.dockerfile  # keyed as read; the digests olly.lock pins its FROM lines to are `bases`
     pinned = baselock.pin_context(ws, t, ctx, lock)  # the engine gets (and COPY may see) the pinned text
-    inputs = scan_inputs(ws.root, t.inputs, hasher, t.label)
+    inputs, inputs_encoded = scan_inputs(ws.root, t.inputs, hasher, t.label)
     deps = {d: dp.key for d, dp in dep_variants.items()}
     plat = platform
     files = [e.row() for e in ctx.entries]
@@ -128,8 +128,11 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
         platform=plat, inputs=inputs, deps=deps, labels=labels, secrets=secrets, bases=pinned.bases,
         builder=builder,
     )
-    recalled = ctx.files_encoding()  # an unchanged context's rows, as remembered (olly.walkmemo)
-    key = keys.compute_key(record, {"files": recalled} if recalled is not None else None)
+    # Fields whose encoding is at hand: an unchanged context's rows, as remembered, and the
+    # `inputs` rows when remembered or just encoded to be (olly.walkmemo).
+    encoded = {name: value for name, value in (("files", ctx.files_encoding()), ("inputs", inputs_encoded))
+               if value is not None}
+    key = keys.compute_key(record, encoded or None)
     ctx.recalled = None  # its rows served this key: not kept for the whole plan
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(read),

@@ -60,6 +60,13 @@ def fingerprint(ctx_dir: str, ignore_bytes: bytes | None, specials: Iterable[str
     head = [f"{SCHEMA}.{keys.KEY_SCHEMA}", ctx_dir, "\0".join(sorted(specials)), "-" if ignore_bytes is None else ""]
     for part in ("\0".join(head).encode("utf-8", "surrogateescape"), ignore_bytes or b""):
         h.update(len(part).to_bytes(8, "little") + part)  # framed: no part can pose as the next
+    settled = _signatures(h, items, started_ns)
+    return h.hexdigest(), settled
+
+
+def _signatures(h: Any, items: Iterable[Item], started_ns: int) -> bool:
+    """Hash each item's name and stat signature into ``h``; whether all of them (but
+    directories) were older than ``started_ns`` - RACY_NS."""
     pack, isdir, line = _SIG.pack, stat.S_ISDIR, started_ns - RACY_NS
     settled = True
     for rel, st in items:
@@ -67,6 +74,24 @@ def fingerprint(ctx_dir: str, ignore_bytes: bytes | None, specials: Iterable[str
         h.update(pack(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
         if settled and (st.st_mtime_ns >= line or st.st_ctime_ns >= line) and not isdir(st.st_mode):
             settled = False
+    return settled
+
+
+# -- remembered `inputs` globs: the same, for the files an image's `inputs` match --------
+
+
+def inputs_key(patterns: list[str]) -> str:
+    """A memo per list of patterns (two images with the same `inputs` share it)."""
+    return xxhash.xxh3_128_hexdigest("\0".join(["inputs", *patterns]).encode("utf-8", "surrogateescape"))
+
+
+def inputs_fingerprint(patterns: list[str], matched: list[Item], started_ns: int) -> tuple[str, bool]:
+    """The fingerprint of what `inputs` matched (``matched``: every path, sorted, with its stat,
+    links followed: what is hashed), and whether it may be remembered (as ``fingerprint``)."""
+    h = xxhash.xxh3_128()
+    head = "\0".join([f"inputs.{SCHEMA}.{keys.KEY_SCHEMA}", *patterns]).encode("utf-8", "surrogateescape")
+    h.update(len(head).to_bytes(8, "little") + head)
+    settled = _signatures(h, matched, started_ns)
     return h.hexdigest(), settled
 
 
@@ -113,6 +138,7 @@ class Memo:
         self.new: dict[str, tuple[str, bytes, str, str | None, int]] = {}
         self.order = {key_of(*c): n for n, c in enumerate(dict.fromkeys(order or []))}
         self.helper: Any = None  # an olly.walkhelper.Helper, if one runs for this plan
+        self.new_inputs: dict[str, tuple[str, bytes]] = {}  # `inputs` memo key -> (fingerprint, stored rows)
         self.hits = 0
         self._pending = 0  # bytes in ``new``
 
@@ -158,6 +184,30 @@ class Memo:
         """Save the walks remembered so far (the plan saves the rest when it ends)."""
         self.cache.save_walks(self.new)
         self.new, self._pending = {}, 0
+        if self.new_inputs:
+            self.cache.save_inputs_memos(self.new_inputs)
+            self.new_inputs = {}
+
+    def recall_inputs(self, key: str, fp: str) -> tuple[list[list[Any]], bytes] | None:
+        """The `inputs` rows remembered under ``fp`` and their encoding as the key writes the
+        ``inputs`` field, or None."""
+        row = self.cache.inputs_memo(key)
+        if row is None or row[0] != fp:
+            return None
+        try:
+            stored = marshal.loads(row[1])
+        except (ValueError, EOFError, TypeError):
+            return None
+        if not (isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[0], list)
+                and isinstance(stored[1], bytes)):
+            return None
+        self.hits += 1
+        return stored[0], stored[1]
+
+    def remember_inputs(self, key: str, fp: str, rows: list[list[Any]], encoded: bytes) -> None:
+        """Keep `inputs` rows (and their encoding) to be saved under ``fp``."""
+        if not self.cache.read_only:
+            self.new_inputs[key] = (fp, marshal.dumps((rows, encoded)))
 
     def close(self) -> None:
         if self.helper is not None:

@@ -358,3 +358,96 @@ def test_a_helper_no_plan_claimed_ends_with_its_command(tmp_path: Path, monkeypa
     result = CliRunner().invoke(cli, ["-C", str(root), "plan", "nosuch"])
     assert result.exit_code != 0 and started and walkhelper._RUNNING == {}
     assert started[0]._proc is None  # stopped, and waited for
+
+
+# -- remembered `inputs` globs ------------------------------------------------------------
+
+PATTERNS = ["shared/**", "extra/one.txt"]
+
+
+def inputs_workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    for rel, text in {"shared/a.txt": "alpha", "shared/sub/b.txt": "beta", "extra/one.txt": "one",
+                      "elsewhere/c.txt": "gamma"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    os.symlink("../elsewhere/c.txt", root / "shared/link.txt")  # followed: its target's bytes
+    return root
+
+
+def inputs_scan(root: Path, cache: Cache, patterns: list[str] = PATTERNS) -> tuple[list, FileHasher, walkmemo.Memo]:
+    from olly.context import scan_inputs
+
+    hasher = FileHasher(root, cache.stat_view())
+    hasher.walks = memo = walkmemo.Memo(cache)
+    rows, encoded = scan_inputs(root, patterns, hasher, "app")
+    assert encoded is None or encoded == keys.encode(rows)  # the key's own bytes for `inputs`
+    cache.save_stats(list(hasher.updates.values()), hasher.forget)
+    memo.save()
+    return rows, hasher, memo
+
+
+def test_remembered_inputs_are_recalled_exactly(tmp_path: Path, later) -> None:
+    root = inputs_workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    first, hasher, memo = inputs_scan(root, cache)
+    assert [r[0] for r in first] == ["extra/one.txt", "shared/a.txt", "shared/link.txt", "shared/sub/b.txt"]
+    assert hasher.files_read == 4 and memo.hits == 0
+    again, hasher, memo = inputs_scan(root, cache)
+    assert again == first and memo.hits == 1 and hasher.files_read == 0
+    other, _, memo = inputs_scan(root, cache, ["shared/**"])  # other patterns: another memo
+    assert memo.hits == 0 and other == [r for r in first if r[0].startswith("shared/")]
+
+
+@pytest.mark.parametrize("edit", ["content", "touch", "chmod", "add", "remove", "rename", "link-target"])
+def test_any_change_to_what_inputs_match_is_a_miss(tmp_path: Path, later, edit: str) -> None:
+    root = inputs_workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    first, _, _ = inputs_scan(root, cache)
+    a = root / "shared/a.txt"
+    st = a.stat()
+    if edit == "content":  # same size, mtime put back: only the ctime tells
+        a.write_text("ALPHA")
+        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif edit == "touch":
+        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    elif edit == "chmod":
+        a.chmod(0o600)
+    elif edit == "add":
+        (root / "shared/new.txt").write_text("new")
+    elif edit == "remove":
+        a.unlink()
+    elif edit == "rename":
+        a.rename(root / "shared/z.txt")
+    elif edit == "link-target":  # the link's own stat is unchanged; what it points to is not
+        (root / "elsewhere/c.txt").write_text("GAMMA")
+    again, hasher, memo = inputs_scan(root, cache)
+    assert memo.hits == 0
+    fresh, _, _ = inputs_scan(root, Cache(root / ".cache-fresh"))
+    assert again == fresh
+    if edit in ("content", "link-target"):
+        assert again != first
+
+
+def test_racy_inputs_are_not_remembered(tmp_path: Path) -> None:
+    root = inputs_workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    inputs_scan(root, cache)  # files written just now: inside the racy window
+    assert cache.inputs_memo(walkmemo.inputs_key(PATTERNS)) is None
+    _, hasher, memo = inputs_scan(root, cache)
+    assert memo.hits == 0 and hasher.files_read == 4
+
+
+def test_remembered_inputs_stay_on_this_machine_and_unreadable_ones_are_a_miss(tmp_path: Path, later) -> None:
+    root = inputs_workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    first, _, _ = inputs_scan(root, cache)
+    key = walkmemo.inputs_key(PATTERNS)
+    fingerprint = cache.inputs_memo(key)[0]  # type: ignore[index]
+    cache.save_inputs_memos({key: (fingerprint, b"not marshal data")})
+    again, _, memo = inputs_scan(root, cache)
+    assert again == first and memo.hits == 0
+    cache.close()
+    export_cache(root / ".cache", tmp_path / "export.db")
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "export.db").execute("SELECT name FROM sqlite_master")}
+    assert "inputs_memo" not in tables and "results" in tables
