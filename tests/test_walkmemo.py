@@ -69,20 +69,29 @@ def test_a_remembered_context_is_recalled_exactly(tmp_path: Path, later) -> None
     assert "tmp/junk" not in {e.path for e in again} and {"link", "src/a.txt", "Dockerfile"} <= {e.path for e in again}
 
 
+SAME_NAME_EDITS = ("content", "touch", "chmod")
+
+
+def edit_in_place(path: Path, edit: str) -> None:
+    """Change a file without renaming it: its content (same size, mtime put back: only the ctime
+    tells), its mtime alone (by 1 ns), or its mode."""
+    st = path.stat()
+    if edit == "content":
+        path.write_text(path.read_text().upper())
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif edit == "touch":
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    else:
+        path.chmod(st.st_mode ^ 0o111)
+
+
 @pytest.mark.parametrize("edit", ["content", "touch", "chmod", "add", "remove", "rename", "relink", "ignore"])
 def test_any_change_a_hash_would_see_is_a_miss(tmp_path: Path, later, edit: str) -> None:
     root = workspace(tmp_path)
     cache = Cache(root / ".cache")
     first, _, _ = plan_scan(root, cache)
-    a = root / "app/src/a.txt"
-    st = a.stat()
-    if edit == "content":  # same size, mtime put back: only the ctime tells
-        a.write_text("ALPHA")
-        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
-    elif edit == "touch":
-        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    elif edit == "chmod":
-        a.chmod(0o755)
+    if edit in SAME_NAME_EDITS:
+        edit_in_place(root / "app/src/a.txt", edit)
     elif edit == "add":
         (root / "app/src/c.txt").write_text("gamma")
     elif edit == "remove":
@@ -405,14 +414,8 @@ def test_any_change_to_what_inputs_match_is_a_miss(tmp_path: Path, later, edit: 
     cache = Cache(root / ".cache")
     first, _, _ = inputs_scan(root, cache)
     a = root / "shared/a.txt"
-    st = a.stat()
-    if edit == "content":  # same size, mtime put back: only the ctime tells
-        a.write_text("ALPHA")
-        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
-    elif edit == "touch":
-        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    elif edit == "chmod":
-        a.chmod(0o600)
+    if edit in SAME_NAME_EDITS:
+        edit_in_place(a, edit)
     elif edit == "add":
         (root / "shared/new.txt").write_text("new")
     elif edit == "remove":
