@@ -71,15 +71,21 @@ def decode_trace(aux: Any) -> Trace:
         if number == 1 and isinstance(value, bytes):
             vertexes.append(_vertex(value))
         elif number == 3 and isinstance(value, bytes):
-            fields = dict(_fields(value))
-            logs.append(TraceOutput(_text(fields.get(1)), fields.get(4) if isinstance(fields.get(4), bytes) else b""))  # type: ignore[arg-type]
+            fields = _typed(value, {1: bytes, 4: bytes})
+            logs.append(TraceOutput(_text(fields.get(1)), fields.get(4, b"")))  # type: ignore[arg-type]
     return Trace(vertexes, logs)
 
 
 def _vertex(data: bytes) -> TraceVertex:
-    fields = dict(_fields(data))
+    fields = _typed(data, {1: bytes, 3: bytes, 4: int, 5: bytes, 6: bytes, 7: bytes})
     return TraceVertex(digest=_text(fields.get(1)), name=_text(fields.get(3)), cached=bool(fields.get(4)),
                        started=5 in fields, completed=6 in fields, error=_text(fields.get(7)))
+
+
+def _typed(data: bytes, kinds: dict[int, type]) -> dict[int, int | bytes]:
+    """The last occurrence of each wanted field of a message, if sent with its own wire type:
+    protobuf treats a known number with another wire type as an unknown field."""
+    return {number: value for number, value in _fields(data) if isinstance(value, kinds.get(number, ()))}
 
 
 def _text(value: int | bytes | None) -> str:
@@ -88,7 +94,7 @@ def _text(value: int | bytes | None) -> str:
 
 def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
     """(number, value) of each field of a message: an int for varints, bytes for
-    length-delimited fields; fixed-width ones (no field olly reads) are skipped."""
+    length-delimited fields; fixed-width fields and groups (none that olly reads) are skipped."""
     pos, end = 0, len(data)
     while pos < end:
         key, pos = _varint(data, pos)
@@ -102,12 +108,33 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
                 raise ValueError("truncated BuildKit trace message")
             yield number, data[pos:pos + size]
             pos += size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
         else:
-            raise ValueError(f"BuildKit trace: unexpected protobuf wire type {wire}")
+            pos = _skip(data, pos, number, wire)
     if pos != end:
         raise ValueError("truncated BuildKit trace message")
+
+
+def _skip(data: bytes, pos: int, number: int, wire: int) -> int:
+    """Where a field of a wire type olly does not read ends: fixed 8 (1) or 4 (5) bytes, or a
+    (deprecated) group (3) up to its end marker (4) with the same number."""
+    if wire in (1, 5):
+        return pos + (8 if wire == 1 else 4)
+    if wire != 3:
+        raise ValueError(f"BuildKit trace: unexpected protobuf wire type {wire}")
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        if key & 7 == 4:
+            if key >> 3 != number:
+                raise ValueError("BuildKit trace: mismatched protobuf group end")
+            return pos
+        if key & 7 == 0:
+            _, pos = _varint(data, pos)
+        elif key & 7 == 2:
+            size, pos = _varint(data, pos)
+            pos += size
+        else:
+            pos = _skip(data, pos, key >> 3, key & 7)
+    raise ValueError("truncated BuildKit trace message")
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

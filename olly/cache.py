@@ -33,6 +33,18 @@ _STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
 # ctx_dir and df_rel are the names' bytes (any file name), seq the order the last plan took them in.
 _WALKS_TABLE = ("CREATE TABLE IF NOT EXISTS walk_memo (key TEXT PRIMARY KEY, ctx_dir BLOB, df_rel BLOB, "
                 "seq INTEGER, fingerprint TEXT, entries BLOB)")
+# The tables of results (made by sqlite-utils: columns, primary key), written by Cache._put.
+_TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
+    "results": ({"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
+                ("target", "key")),
+    "manifests": ({"target": str, "key": str, "manifest": str}, "target"),
+    # Registry manifest digests, per push endpoint (never `docker inspect .Id`).
+    "pushes": ({"target": str, "key": str, "registry": str, "ref": str, "digest": str, "pushed_at": float},
+               ("target", "key", "registry")),
+    # Packaged charts: where the .tgz is and its sha256, per registry ("" = local).
+    "artifacts": ({"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
+                  ("target", "key", "registry")),
+}
 # Remembered `inputs` globs (olly.walkmemo.inputs_fingerprint), never exported either.
 _INPUTS_TABLE = "CREATE TABLE IF NOT EXISTS inputs_memo (key TEXT PRIMARY KEY, fingerprint TEXT, rows BLOB)"
 # Clustered by path (WITHOUT ROWID): the rows of one directory are one contiguous range.
@@ -174,29 +186,26 @@ class Cache:
     def _create_tables(self) -> None:
         self.db["meta"].insert({"key": "schema", "value": str(CACHE_SCHEMA)}, pk="key")
         self.db.execute(_STAT_TABLE)
-        self.db["results"].create(
-            {"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
-            pk=("target", "key"),
-        )
-        self.db["manifests"].create({"target": str, "key": str, "manifest": str}, pk="target")
-        # Registry manifest digests, per push endpoint (never `docker inspect .Id`).
-        self.db["pushes"].create(
-            {"target": str, "key": str, "registry": str, "ref": str, "digest": str, "pushed_at": float},
-            pk=("target", "key", "registry"),
-        )
-        # Packaged charts: where the .tgz is and its sha256, per registry ("" = local).
-        self.db["artifacts"].create(
-            {"target": str, "key": str, "registry": str, "path": str, "digest": str, "version": str},
-            pk=("target", "key", "registry"),
-        )
+        for name in _TABLES:
+            self._create(name)
+
+    def _create(self, name: str) -> None:
+        columns, pk = _TABLES[name]
+        self.db[name].create(columns, pk=pk, if_not_exists=True)
+        self._known_tables = None
 
     def _put(self, table: str, row: dict[str, Any]) -> None:
         """Write ``row`` whole, replacing the row with its primary key: each caller gives every
-        column of the table (created by ``_create_tables``). Plain SQL, not sqlite-utils'
-        upsert: importing sqlite-utils costs 0.1 s of CPU (numpy, its plugins' entry points),
-        which a build would pay on a 2-core machine while the engine builds."""
+        column of the table (``_TABLES``). Plain SQL, not sqlite-utils' upsert: importing
+        sqlite-utils costs 0.1 s of CPU (numpy, its plugins' entry points), which a build would
+        pay on a 2-core machine while the engine builds. A table a cache made by an older olly
+        lacks (``pushes`` and ``artifacts`` came later, under the same schema) is created first,
+        as the upsert did."""
         names = ", ".join(row)
-        self.db.execute(f"INSERT OR REPLACE INTO [{table}] ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        sql = f"INSERT OR REPLACE INTO [{table}] ({names}) VALUES ({', '.join('?' * len(row))})"
+        if table not in self._tables():
+            self._create(table)
+        self.db.execute(sql, list(row.values()))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

@@ -169,17 +169,22 @@ _PROXY_ARGS = (("httpProxy", "HTTP_PROXY"), ("httpsProxy", "HTTPS_PROXY"), ("ftp
                ("noProxy", "NO_PROXY"))
 
 
-def config_proxy_args() -> dict[str, str]:
-    """Build args from the docker config's ``proxies.default`` (``HTTP_PROXY`` and
-    ``http_proxy`` for ``httpProxy``, ...): what the docker CLI and docker-py give a build."""
-    proxies = _load(config_path()).get("proxies")
-    default = proxies.get("default") if isinstance(proxies, dict) else None
-    if not isinstance(default, dict):
+def config_proxy_args(endpoint: str) -> dict[str, str]:
+    """Build args from the docker config's proxies for the engine at ``endpoint`` (its own
+    entry, else ``default``): ``HTTP_PROXY`` and ``http_proxy`` for ``httpProxy``, ... — what
+    the docker CLI and docker-py give a build. A config olly cannot read gives none, as
+    docker-py gave none (a build that needs no credentials does not fail on it)."""
+    try:
+        proxies = _load(config_path()).get("proxies")
+    except OllyError:
+        return {}
+    chosen = (proxies.get(endpoint) or proxies.get("default")) if isinstance(proxies, dict) else None
+    if not isinstance(chosen, dict):
         return {}
     out: dict[str, str] = {}
     for key, name in _PROXY_ARGS:
-        if default.get(key):
-            out[name] = out[name.lower()] = str(default[key])
+        if chosen.get(key):
+            out[name] = out[name.lower()] = str(chosen[key])
     return out
 
 

@@ -467,7 +467,7 @@ class Engine:
                 # limit (docker-py would run every credential helper in the config, no timeout).
                 auth = _base_image_auth(req.dockerfile)
                 headers = {"Content-Type": "application/x-tar", **({"X-Registry-Config": _encode_auth(auth)} if auth else {})}
-                params = classic_build_params(req)
+                params = classic_build_params(req, self.endpoint)
                 if self.kind == PODMAN:
                     params.update(self._podman_build_params(req))
                 for item in self.post_stream("/build", params, req.context, headers):
@@ -500,11 +500,11 @@ class Engine:
         return image_id
 
 
-def classic_build_params(req: BuildRequest) -> dict[str, str]:
+def classic_build_params(req: BuildRequest, endpoint: str) -> dict[str, str]:
     """/build query parameters for a classic build: what ``docker build`` sends, with the
-    proxies of the user's docker config as build args (as the docker CLI and docker-py add
-    them; predefined args, outside the layer cache and the image's history)."""
-    args = {**credentials.config_proxy_args(), **req.args}
+    proxies of the user's docker config for ``endpoint`` as build args (as the docker CLI and
+    docker-py add them; predefined args, outside the layer cache and the image's history)."""
+    args = {**credentials.config_proxy_args(endpoint), **req.args}
     params = {"q": "0", "rm": "1", "forcerm": "1", "dockerfile": req.dockerfile_name, "buildargs": json.dumps(args),
               "labels": json.dumps(req.labels), "nocache": str(int(req.no_cache)), "pull": str(int(req.pull))}
     for name, value in (("target", req.target), ("platform", req.platform), ("networkmode", req.network)):

@@ -95,10 +95,7 @@ class UnixEngineHTTP:
         sock = self._connect()
         try:
             sock.settimeout(self.timeout if timeout is not None and timeout < 0 else timeout)
-            try:
-                _send_request(sock, method, url, body, headers or {})
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the engine answered before it took the whole body (an error): read that answer
+            _send_request(sock, method, url, body, headers or {})
             response = Response(sock)
         except BaseException:
             sock.close()
@@ -170,13 +167,24 @@ def _send_request(sock: socket.socket, method: str, url: str, body: bytes | Iter
     lines.append("Transfer-Encoding: chunked" if streamed else f"Content-Length: {len(body)}")  # type: ignore[arg-type]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     if not streamed:
-        sock.sendall(head + body)  # type: ignore[operator]
+        _send(sock, head + body)  # type: ignore[operator]
         return
-    sock.sendall(head)
-    for chunk in body:
-        if chunk:  # an empty chunk would end the body
-            sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-    sock.sendall(b"0\r\n\r\n")
+    if not _send(sock, head):
+        return
+    for chunk in body:  # what the body itself raises is the caller's
+        if chunk and not _send(sock, b"%x\r\n%b\r\n" % (len(chunk), chunk)):  # an empty chunk would end the body
+            return
+    _send(sock, b"0\r\n\r\n")
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data``; False if the engine closed its side: it answered before taking the whole
+    request (an error), and that answer is what the caller reads next."""
+    try:
+        sock.sendall(data)
+        return True
+    except (BrokenPipeError, ConnectionResetError):
+        return False
 
 
 class Response:

@@ -166,3 +166,15 @@ def test_the_wire_decoder_reads_what_the_protobuf_runtime_writes() -> None:
 def test_a_malformed_trace_is_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         buildkitbuild.decode_trace(base64.b64encode(raw))
+
+
+def test_fields_of_another_wire_type_and_groups_are_skipped_as_protobuf_does() -> None:
+    vertex = lambda body: base64.b64encode(bytes([0x0A, len(body)]) + body)  # noqa: E731  StatusResponse.vertexes
+    # cached (4) sent length-delimited after the real one: an unknown field, the real value stands
+    assert buildkitbuild.decode_trace(vertex(bytes.fromhex("0a0164" "2001" "220100"))).vertexes[0].cached is True
+    # digest (1) sent as a varint: unknown, the string stands
+    assert buildkitbuild.decode_trace(vertex(bytes.fromhex("0a0164" "0801"))).vertexes[0].digest == "d"
+    # a group (field 13: start 0x6b ... end 0x6c) holding a varint and a string is skipped whole
+    assert buildkitbuild.decode_trace(vertex(bytes.fromhex("0a0164" "6b" "0801" "1201" "78" "6c"))).vertexes[0].digest == "d"
+    with pytest.raises(ValueError):  # a group that never ends
+        buildkitbuild.decode_trace(vertex(bytes.fromhex("0a0164" "6b" "0801")))

@@ -24,6 +24,21 @@ def test_roundtrip(tmp_path: Path) -> None:
     c.close()
 
 
+def test_a_cache_made_before_pushes_and_packages_were_recorded_gets_their_tables(tmp_path: Path) -> None:
+    """Caches of the same schema made by an older olly lack the later tables: the first write
+    to one creates it (sqlite-utils' upsert did; olly's plain SQL write does too)."""
+    Cache(tmp_path / ".cache").close()
+    with sqlite3.connect(tmp_path / ".cache" / "olly.db") as db:
+        db.execute("DROP TABLE pushes")
+        db.execute("DROP TABLE artifacts")
+    c = Cache(tmp_path / ".cache")
+    c.record_push("apps/a", "k1", "reg", "reg/a:t", "sha256:" + "1" * 64)
+    c.record_artifact("charts/c", "k2", "", "dist/c.tgz", "sha256:" + "2" * 64, "1.0.0", {"key": "k2"})
+    assert c.push("apps/a", "k1", "reg") == "sha256:" + "1" * 64
+    assert c.artifact("charts/c", "k2", "") == {"path": "dist/c.tgz", "digest": "sha256:" + "2" * 64, "version": "1.0.0"}
+    c.close()
+
+
 def test_last_image_ids_name_each_targets_newest_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The prefetch hint (olly.imageview): per target asked for, the image of its newest build."""
     c = Cache(tmp_path / ".cache")

@@ -33,7 +33,7 @@ def test_classic_params_carry_the_docker_config_proxies(tmp_path: Path, monkeypa
     (tmp_path / "config.json").write_text(json.dumps({"proxies": {"default": {
         "httpProxy": "http://p:3128", "noProxy": "localhost", "ftpProxy": ""}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    params = classic_build_params(_request(args={"A": "1", "no_proxy": "mine"}))
+    params = classic_build_params(_request(args={"A": "1", "no_proxy": "mine"}), "unix:///var/run/docker.sock")
     assert json.loads(params["buildargs"]) == {"HTTP_PROXY": "http://p:3128", "http_proxy": "http://p:3128",
                                                "NO_PROXY": "localhost", "no_proxy": "mine", "A": "1"}
     assert {k: params[k] for k in ("dockerfile", "platform", "networkmode", "rm", "forcerm", "nocache", "pull")} == {
@@ -44,6 +44,20 @@ def test_classic_params_carry_the_docker_config_proxies(tmp_path: Path, monkeypa
 
 def test_classic_params_without_a_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
-    params = classic_build_params(_request(target="final", network=None, no_cache=True))
+    params = classic_build_params(_request(target="final", network=None, no_cache=True), "unix:///x.sock")
     assert json.loads(params["buildargs"]) == {"A": "1"}
     assert params["target"] == "final" and "networkmode" not in params and params["nocache"] == "1"
+
+
+def test_an_engine_s_own_proxies_win_and_a_broken_config_gives_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the docker CLI: ``proxies`` keyed by the engine's address beat ``default``. A config
+    olly cannot read gives no proxies, not a failed build (docker-py ignored it too)."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"proxies": {
+        "default": {"httpProxy": "http://default:1"}, "tcp://far:2376": {"httpsProxy": "http://far:2"}}}))
+    far = json.loads(classic_build_params(_request(), "tcp://far:2376")["buildargs"])
+    near = json.loads(classic_build_params(_request(), "unix:///var/run/docker.sock")["buildargs"])
+    assert far == {"HTTPS_PROXY": "http://far:2", "https_proxy": "http://far:2", "A": "1"}
+    assert near == {"HTTP_PROXY": "http://default:1", "http_proxy": "http://default:1", "A": "1"}
+    (tmp_path / "config.json").write_text("{bad")
+    assert json.loads(classic_build_params(_request(), "unix:///x.sock")["buildargs"]) == {"A": "1"}

@@ -365,3 +365,21 @@ def test_tag_and_remove_over_the_socket(fake_engine: Any) -> None:
     with pytest.raises(OllyError) as info:
         engine.tag("sha256:" + "a" * 64, "x/app", "olly-2")
     assert info.value.reason == "engine-error" and "disk on fire" in info.value.message
+
+
+def test_what_the_body_raises_is_the_caller_s_even_a_broken_pipe(tmp_path: Path) -> None:
+    """Only the engine closing its side means "it answered early"; the body's own error
+    propagates at once (no wait for an answer the engine will not send)."""
+    def respond(conn: socket.socket, seen: dict[str, Any]) -> None:
+        while conn.recv(65536):
+            pass
+
+    def body() -> Iterator[bytes]:
+        yield b"x"
+        raise BrokenPipeError("the body's own pipe")
+
+    thread, _ = _serve_once(tmp_path / "e.sock", respond)
+    with pytest.raises(BrokenPipeError, match="the body's own pipe"):
+        UnixEngineHTTP(str(tmp_path / "e.sock"), timeout=5).request("POST", "/build", None, body(), timeout=None)
+    thread.join(5)
+    assert not thread.is_alive()  # olly closed the connection
