@@ -1,6 +1,6 @@
 """BuildKit's trace messages (moby/buildkit ``api/services/control/control.proto``), declared
 with the protobuf runtime: tests encode traces with it, so olly's own wire decoder
-(olly.buildkit.decode_trace) is checked against an independent encoder, unknown fields included."""
+(olly.buildkitbuild.decode_trace) is checked against an independent encoder, unknown fields included."""
 
 from __future__ import annotations
 
