@@ -178,3 +178,28 @@ class EngineProxy:
             except OSError:
                 pass
             s.close()
+
+
+def run_output(client, ref: str, command: list[str], within_s: float = 120.0) -> bytes:
+    """Run ``command`` in a container of ``ref`` (no network) and return its stdout. Polls the
+    container's state with a deadline instead of the SDK's ``wait`` (no timeout): Podman 4.3's
+    compat ``wait`` can miss a container that already exited, and a CI run would hang on it."""
+    container = client.containers.create(ref, command, network_mode="none")
+    try:
+        container.start()
+        deadline = time.monotonic() + within_s
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead", "stopped"):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ref}: {command} still {container.status} after {within_s:.0f} s")
+            time.sleep(0.05)
+        code = container.attrs.get("State", {}).get("ExitCode")
+        out = container.logs(stdout=True, stderr=False)
+        if code:
+            raise AssertionError(f"{ref}: {command} exited {code}: {container.logs(stdout=False, stderr=True)!r}")
+        return bytes(out)
+    finally:
+        container.remove(force=True)
+

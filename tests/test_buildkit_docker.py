@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from olly import api, buildkit, progress
+from support import run_output
 
 pytestmark = pytest.mark.docker
 
@@ -58,7 +59,7 @@ def outcome(result: api.MakeResult, label: str = "app"):
 
 
 def read(client, ref: str, path: str) -> bytes:
-    return client.containers.run(ref, ["/bin/busybox", "cat", path], remove=True, network_mode="none")
+    return run_output(client, ref, ["/bin/busybox", "cat", path])
 
 
 def test_cache_mount_builds_and_is_reused_after_an_edit(ws: Path, docker_client) -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import copy_workspace
 from olly import api
 from olly.registry import OCI_INDEX, Endpoint, RegistryClient
-from support import unavailable
+from support import run_output, unavailable
 from test_publish_docker import by_label, chart_values, skopeo_raw
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.builder]
@@ -49,8 +49,7 @@ def ws(tmp_path: Path, docker_client, busybox: Path, arm64_busybox: Path, unique
 
 def arch_of(docker_client, ref: str) -> str:
     """Runs the image (under qemu for arm64) and prints the machine it believes it is on."""
-    out = docker_client.containers.run(ref, ["/bin/busybox-amd64", "cat", "/arch"], remove=True, network_mode="none")
-    return out.decode().strip()
+    return run_output(docker_client, ref, ["/bin/busybox-amd64", "cat", "/arch"]).decode().strip()
 
 
 def test_local_builds_the_native_platform_only(ws: Path) -> None:
