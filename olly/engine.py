@@ -13,7 +13,6 @@ text) this module hides the difference, so the rest of olly sees one engine.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import threading
@@ -142,6 +141,8 @@ def _loopback(reference: str) -> bool:
     name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
     if name == "localhost":
         return True
+    import ipaddress  # 1 ms to import: only pushes, pulls and Podman builds ask
+
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
