@@ -323,7 +323,7 @@ def _default_network(engine: Any) -> str | None:
 
 def build(engine: Engine, req: BuildRequest) -> str:
     """Build ``req`` with BuildKit on ``engine``; return the image id or raise BuildFailed."""
-    from olly.engine import BuildFailed, _base_image_auth, _encode_auth, engine_failure
+    from olly.engine import BuildFailed, build_headers, engine_failure
 
     req.log_path.parent.mkdir(parents=True, exist_ok=True)
     image_id: str | None = None
@@ -340,10 +340,7 @@ def build(engine: Engine, req: BuildRequest) -> str:
 
         trace = TraceLog(emit)
         try:
-            headers = {"Content-Type": "application/x-tar"}
-            auth = _base_image_auth(req.dockerfile)
-            if auth:
-                headers["X-Registry-Config"] = _encode_auth(auth)
+            headers = build_headers(req.dockerfile)
             params = build_params(req, _default_network(engine))
             for item in engine.post_stream("/build", params, req.context, headers):
                 if item.get("id") == "moby.buildkit.trace" and item.get("aux"):

@@ -265,41 +265,41 @@ class Cache:
     @_guarded
     def walk(self, key: str) -> tuple[str, bytes] | None:
         """(fingerprint, packed entries) remembered for ``key``, or None."""
-        if "walk_memo" not in self._tables():
-            return None
-        row = self.db.execute("SELECT fingerprint, entries FROM walk_memo WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
+        return self._memo("walk_memo", "entries", key)
 
     @_guarded
     def save_walks(self, walks: dict[str, tuple[str, bytes, str, str | None, int]]) -> None:
         """Remember walks (olly.walkmemo.Memo.new: fingerprint, entries, context directory,
         Dockerfile in it, planning order); a reader that cannot write does without."""
-        if self.read_only or not walks:
-            return
         raw = lambda text: None if text is None else text.encode("utf-8", "surrogateescape")  # noqa: E731
-        with self.transaction():
-            self.db.execute(_WALKS_TABLE)
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO walk_memo (key, ctx_dir, df_rel, seq, fingerprint, entries) VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, raw(ctx), raw(df), seq, fp, blob) for key, (fp, blob, ctx, df, seq) in walks.items()])
-        self._known_tables = None
+        self._save_memos(_WALKS_TABLE, "walk_memo (key, ctx_dir, df_rel, seq, fingerprint, entries)",
+                         [(key, raw(ctx), raw(df), seq, fp, blob) for key, (fp, blob, ctx, df, seq) in walks.items()])
 
     @_guarded
     def inputs_memo(self, key: str) -> tuple[str, bytes] | None:
         """(fingerprint, stored rows) remembered for an `inputs` memo key, or None."""
-        if "inputs_memo" not in self._tables():
-            return None
-        row = self.db.execute("SELECT fingerprint, rows FROM inputs_memo WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
+        return self._memo("inputs_memo", "rows", key)
 
     @_guarded
     def save_inputs_memos(self, memos: dict[str, tuple[str, bytes]]) -> None:
-        if self.read_only or not memos:
+        self._save_memos(_INPUTS_TABLE, "inputs_memo (key, fingerprint, rows)",
+                         [(key, fp, blob) for key, (fp, blob) in memos.items()])
+
+    def _memo(self, table: str, column: str, key: str) -> tuple[str, bytes] | None:
+        """(fingerprint, blob) of a memo table's row for ``key``; None without one (or the table)."""
+        if table not in self._tables():
+            return None
+        row = self.db.execute(f"SELECT fingerprint, {column} FROM {table} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def _save_memos(self, create: str, into: str, rows: list[tuple[Any, ...]]) -> None:
+        """Write memo rows (``into``: table and columns), the table made first if need be; a
+        reader that cannot write does without."""
+        if self.read_only or not rows:
             return
         with self.transaction():
-            self.db.execute(_INPUTS_TABLE)
-            self.db.conn.executemany("INSERT OR REPLACE INTO inputs_memo (key, fingerprint, rows) VALUES (?, ?, ?)",
-                                     [(key, fp, blob) for key, (fp, blob) in memos.items()])
+            self.db.execute(create)
+            self.db.conn.executemany(f"INSERT OR REPLACE INTO {into} VALUES ({', '.join('?' * len(rows[0]))})", rows)
         self._known_tables = None
 
     def _tables(self) -> set[str]:

@@ -371,8 +371,7 @@ class Engine:
                 self.api.inspect_network(name)
             return True
         except Exception as exc:
-            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-            return False if status == 404 else None
+            return False if _status_of(exc) == 404 else None
 
     def push(self, repository: str, tag: str, registry_name: str) -> str | None:
         """Push ``repository:tag`` (credentials from the user's docker config); return the
@@ -464,10 +463,7 @@ class Engine:
         # Line-buffered: `tail -f` on the log follows the build live.
         with open(req.log_path, "w", encoding="utf-8", errors="replace", buffering=1) as log:
             try:
-                # Credentials only for the FROM images' registries, resolved with olly's time
-                # limit (docker-py would run every credential helper in the config, no timeout).
-                auth = _base_image_auth(req.dockerfile)
-                headers = {"Content-Type": "application/x-tar", **({"X-Registry-Config": _encode_auth(auth)} if auth else {})}
+                headers = build_headers(req.dockerfile)
                 params = classic_build_params(req, self.endpoint)
                 if self.kind == PODMAN:
                     params.update(self._podman_build_params(req))
@@ -514,11 +510,15 @@ def classic_build_params(req: BuildRequest, endpoint: str) -> dict[str, str]:
     return params
 
 
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an engine's error answer: olly's (EngineHTTPError) or the SDK's."""
+    return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+
+
 def _podman_refusal(exc: BaseException) -> str | None:
     """Podman answers some refusals of a build context with a bare HTTP 500 (the reason is only
     in its service log): say what it most likely was instead of quoting the request URL."""
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    if status != 500 or getattr(exc, "explanation", None) not in (None, "", "HTTP 500"):  # olly's HTTP or the SDK's
+    if _status_of(exc) != 500 or getattr(exc, "explanation", None):
         return None
     return ("Podman refused the build context (HTTP 500 without a reason; its service log has it). "
             "Podman cannot unpack a context holding a symlink that leaves it (e.g. l -> ../x): "
@@ -568,6 +568,14 @@ def add_params(client: Any, path_suffix: str, extra: dict[str, str]) -> None:
         return post(url, **kwargs)
 
     client._post = _post
+
+
+def build_headers(dockerfile: bytes) -> dict[str, str]:
+    """The headers of a ``/build`` request (either builder): the context's type, and credentials
+    only for the registries of the Dockerfile's FROM images, resolved with olly's time limit
+    (docker-py would run every credential helper in the config, without one)."""
+    auth = _base_image_auth(dockerfile)
+    return {"Content-Type": "application/x-tar", **({"X-Registry-Config": _encode_auth(auth)} if auth else {})}
 
 
 def _base_image_auth(dockerfile: bytes) -> dict[str, dict[str, str]]:

@@ -32,13 +32,18 @@ from olly.later import Later
 
 
 class EngineHTTPError(Exception):
-    """The engine answered with an error status; ``explanation`` is its own message, as the
-    SDK's ``APIError.explanation`` is (so olly.engine._short words both alike)."""
+    """The engine answered with an error status; ``explanation`` is its own message ("" for a
+    bare status), as the SDK's ``APIError.explanation`` is (so olly.engine._short words both
+    alike); the exception's text is then ``HTTP <status>``."""
 
     def __init__(self, status: int, explanation: str) -> None:
-        super().__init__(f"{status}: {explanation}")
+        super().__init__(f"{status}: {explanation}" if explanation else f"HTTP {status}")
         self.status_code = status
         self.explanation = explanation
+
+
+def _error(status: int, body: bytes) -> EngineHTTPError:
+    return EngineHTTPError(status, _explanation(body))
 
 
 def socket_path(url: str) -> str | None:
@@ -68,7 +73,7 @@ class UnixEngineHTTP:
         url = path + ("?" + urlencode(params) if params else "")
         status, body = self._get(url)
         if status >= 300:  # olly's references never need a redirect (which Go's router sends for `//`)
-            raise EngineHTTPError(status, _explanation(body) or f"HTTP {status}")
+            raise _error(status, body)
         return json.loads(body)
 
     def send_get(self, path: str) -> Sent:
@@ -101,8 +106,7 @@ class UnixEngineHTTP:
             sock.close()
             raise
         if response.status >= 300:
-            body_text = response.read()
-            raise EngineHTTPError(response.status, _explanation(body_text) or f"HTTP {response.status}")
+            raise _error(response.status, response.read())
         return response
 
     def _send(self, url: str) -> socket.socket:
@@ -150,7 +154,7 @@ class Sent:
             raise RuntimeError("answer already read")
         status, body = _receive(sock)
         if status >= 300:
-            raise EngineHTTPError(status, _explanation(body) or f"HTTP {status}")
+            raise _error(status, body)
         return json.loads(body)
 
     def close(self) -> None:

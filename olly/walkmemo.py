@@ -128,6 +128,15 @@ def unpack(blob: bytes) -> Recalled:
     return Recalled(entries, rows, ends)
 
 
+def _unpack_inputs(blob: bytes) -> tuple[list[list[Any]], bytes]:
+    """What ``Memo.remember_inputs`` stored; ValueError for anything else."""
+    stored = marshal.loads(blob)
+    if not (isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[0], list)
+            and isinstance(stored[1], bytes)):
+        raise ValueError("not remembered inputs")
+    return stored[0], stored[1]
+
+
 class Memo:
     """The plan's side: remembered walks read from the cache, new ones kept until the plan
     saves them (``Cache.save_walks``), and the walk helper's fingerprints (olly.walkhelper)."""
@@ -157,11 +166,14 @@ class Memo:
         return str(answer[0])
 
     def recall(self, ctx_dir: str, df_rel: str | None, fp: str) -> Recalled | None:
-        row = self.cache.walk(key_of(ctx_dir, df_rel))
+        return self._recalled(self.cache.walk(key_of(ctx_dir, df_rel)), fp, unpack)  # type: ignore[no-any-return]
+
+    def _recalled(self, row: tuple[str, bytes] | None, fp: str, decode: Any) -> Any:
+        """``decode`` of a stored memo remembered under ``fp``, or None."""
         if row is None or row[0] != fp:
             return None
         try:
-            recalled = unpack(row[1])
+            recalled = decode(row[1])
         except (ValueError, EOFError, TypeError):
             return None  # unreadable: a miss, and the next save replaces it
         self.hits += 1
@@ -191,18 +203,7 @@ class Memo:
     def recall_inputs(self, key: str, fp: str) -> tuple[list[list[Any]], bytes] | None:
         """The `inputs` rows remembered under ``fp`` and their encoding as the key writes the
         ``inputs`` field, or None."""
-        row = self.cache.inputs_memo(key)
-        if row is None or row[0] != fp:
-            return None
-        try:
-            stored = marshal.loads(row[1])
-        except (ValueError, EOFError, TypeError):
-            return None
-        if not (isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[0], list)
-                and isinstance(stored[1], bytes)):
-            return None
-        self.hits += 1
-        return stored[0], stored[1]
+        return self._recalled(self.cache.inputs_memo(key), fp, _unpack_inputs)  # type: ignore[no-any-return]
 
     def remember_inputs(self, key: str, fp: str, rows: list[list[Any]], encoded: bytes) -> None:
         """Keep `inputs` rows (and their encoding) to be saved under ``fp``."""
