@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
@@ -73,8 +74,8 @@ def _guarded(method: F) -> F:
 
 class _Db:
     """The standard sqlite3 connection for reads, the stat cache (the hot path of a no-op run)
-    and the writes of results (``Cache._put``); sqlite-utils — imported on first use: it takes
-    0.1 s, numpy included — creates the tables of a new cache db."""
+    and the writes of results (``Cache._put``); sqlite-utils — imported on first use, without numpy
+    (``_import_sqlite_utils``) — creates the tables of a new cache db."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -88,10 +89,23 @@ class _Db:
 
     def __getitem__(self, table: str) -> Any:
         if self._utils is None:
-            import sqlite_utils
-
-            self._utils = sqlite_utils.Database(self.conn)
+            self._utils = _import_sqlite_utils().Database(self.conn)
         return self._utils[table]
+
+
+def _import_sqlite_utils() -> Any:
+    """sqlite-utils, imported without numpy and pandas: it loads them when they are installed,
+    to store their values (0.1 s here), and olly never gives it any."""
+    blocked = [name for name in ("numpy", "pandas") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        import sqlite_utils
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return sqlite_utils
 
 
 class Cache:
@@ -121,6 +135,10 @@ class Cache:
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
+            # A new db only (an existing one keeps its size): 16 KiB pages make a first plan's
+            # commit of 10^5 stat rows write a tenth of the WAL frames, and a remembered walk
+            # (tens of KB) a few pages, not a chain of overflow pages.
+            conn.execute("PRAGMA page_size = 16384")
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.OperationalError as exc:

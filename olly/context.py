@@ -175,25 +175,29 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
     the plan's walk memo (olly.walkmemo), an unchanged context is recalled instead."""
     memo = hasher.walks
     if memo is None:
-        return _sorted(_hash_walk(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher)), None
+        return hashed_entries(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher), None
     started = time.time_ns()
     items = None
     fp = memo.prefetched(ctx_dir, df_rel, ignore_bytes, specials)  # the helper walked it
     if fp is None:
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
-    recalled = memo.recall(ctx_dir, df_rel, fp)
+    recalled = memo.recall(ctx_dir, df_rel, fp, hasher)
     if recalled is not None:
         return list(map(Entry._make, recalled.entries)), recalled  # stored sorted by path
     if items is None:  # the helper's fingerprint missed: walk here, to hash and remember
         started = time.time_ns()
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
-    entries = _sorted(_hash_walk(root, ctx_dir, items, specials, hasher))
+    entries = hashed_entries(root, ctx_dir, items, specials, hasher)
     return entries, memo.remember(ctx_dir, df_rel, fp, entries) if settled else None
 
 
-def _sorted(entries: dict[str, Entry]) -> list[Entry]:
+def hashed_entries(root: Path, ctx_dir: str, items: Iterable[tuple[str, os.stat_result]], specials: set[str],
+                   hasher: FileHasher) -> list[Entry]:
+    """The entries of walked ``items`` (the specials aside), files hashed, sorted by path; also
+    what the walk helper (olly.walkhelper) computes for a plan's first walks."""
+    entries = _hash_walk(root, ctx_dir, items, specials, hasher)
     return [entries[p] for p in sorted(entries)]
 
 

@@ -46,6 +46,7 @@ class FileHasher:
         self.known = known
         self.updates: dict[str, tuple[Any, ...]] = {}  # path -> (path, size, mtime_ns, ino, ctime_ns, mode, hash)
         self.forget: list[str] = []
+        self.adopted: list[list[tuple[Any, ...]]] = []  # rows hashed by the walk helper (``adopt``)
         self.files_read = 0
         self.walks: Any = None  # a plan's olly.walkmemo.Memo: whole context walks recalled, not re-keyed
 
@@ -73,6 +74,18 @@ class FileHasher:
             self.forget.append(rel)
             self.known.pop(rel, None)
         return digest
+
+
+    def adopt(self, rows: list[tuple[Any, ...]], files_read: int) -> None:
+        """Stat-cache rows of files hashed for this plan by the walk helper (olly.walkhelper):
+        saved with the plan's own. Not added to ``known``: a lazy view keeps memory to what is
+        being planned; a file of these hashed again in this plan (an `inputs` glob) is only read again."""
+        self.adopted.append(rows)
+        self.files_read += files_read
+
+    def stat_rows(self) -> list[tuple[Any, ...]]:
+        """Every stat-cache row to save: adopted ones first, so the plan's own rows win."""
+        return [row for rows in self.adopted for row in rows] + list(self.updates.values())
 
 
 def hash_file(path: str | Path, display: str, size: int = -1) -> str:

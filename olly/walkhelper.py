@@ -18,8 +18,17 @@ core here), so a plan of remembered contexts (olly.walkmemo) has a helper walk s
   any wait for another olly: an edit made meanwhile is walked by the plan itself). A helper
   serves one command: the CLI stops any helper no plan claimed when the command ends.
 
-Answers are marshalled ``(key, fingerprint, .dockerignore bytes, in-memory files)`` tuples, each
-after its 8-byte length; the plan writes the keys to skip, one per line.
+- **First walks too.** A context with no remembered walk (every context of a first plan, with
+  no cache yet) is walked *and hashed* by the helper, from BUILD.toml's images read as a hint
+  (``_hinted``: no validation; a wrong guess only walks something no plan asks for). Its answer
+  carries the entries as ``walkmemo.pack`` stores them and the stat-cache rows of the files it
+  read, all computed by olly's own code (``olly.context._hash_walk``); the plan recalls them as
+  it would a remembered walk, and only when the walk was settled (no racy file).
+
+Answers are marshalled ``(key, began, fingerprint, .dockerignore bytes, in-memory files, first)``
+tuples, each after its 8-byte length, ``first`` None or where a first walk's result lies in a
+file the plan made for it (unlinked: nothing is left behind); big results never sit in the pipe,
+so the helper never waits for the plan to read. The plan writes the keys to skip, one per line.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import IO, Any
 MIN_DB_BYTES = 1 << 20  # below this, the remembered walks are too small for a process to pay
 BUILD_FILE = "BUILD.toml"  # as olly.config: a different answer here only forgoes the helper
 Answer = tuple[str, bytes | None, tuple[str, ...]]
+FirstWalk = tuple[bytes, list[tuple[Any, ...]], int]  # packed entries, stat-cache rows, files read
 
 _RUNNING: dict[str, Helper] = {}
 
@@ -48,7 +58,11 @@ def start(directory: str | None = None) -> None:
         if root is None:
             return
         stop(root)  # one left by an earlier command in this process: never reused
-        if os.stat(root / ".cache" / "olly.db").st_size >= MIN_DB_BYTES:
+        try:
+            worth = os.stat(root / ".cache" / "olly.db").st_size >= MIN_DB_BYTES
+        except FileNotFoundError:
+            worth = True  # no cache yet: a first plan, every context walked and hashed
+        if worth:
             _RUNNING[str(root)] = Helper(root)
     except (OSError, ValueError):
         pass
@@ -82,15 +96,20 @@ class Helper:
         import subprocess  # only a plan with a helper loads it
 
         self._answers: dict[str, Answer] = {}
+        self._firsts: dict[str, tuple[int, int]] = {}  # key -> where its first walk lies in self._file
         self._buffer = b""
         self._proc: Any = None
+        self._file = _scratch_file()
         self.since_ns = time.time_ns()  # answers from walks begun earlier are not taken
+        # Crash tests arm failpoints in olly's own process: a helper hitting one is not that crash.
+        env = {k: v for k, v in os.environ.items() if k != "OLLY_FAILPOINT"}
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, close_fds=True, bufsize=0)
+                stderr=subprocess.DEVNULL, close_fds=True, bufsize=0, env=env,
+                pass_fds=() if self._file is None else (self._file,))
             path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]  # olly, xxhash
-            job = marshal.dumps({"path": path, "root": os.fspath(root)})
+            job = marshal.dumps({"path": path, "root": os.fspath(root), "file": self._file})
             self._proc.stdin.write(len(job).to_bytes(8, "little") + job)
             # From now on the plan never blocks on the helper: a skip that does not fit in the
             # pipe (the helper is busy with one long walk) is dropped; skips only save work.
@@ -103,6 +122,21 @@ class Helper:
         self._drain()
         return self._answers.pop(key, None)
 
+    def first_walk(self, key: str) -> FirstWalk | None:
+        """The helper's first walk of ``key``, when its answer (just taken) carried one."""
+        where = self._firsts.pop(key, None)
+        if where is None or self._file is None:
+            return None
+        try:
+            data = os.pread(self._file, where[1], where[0])
+            blob, rows, files_read = marshal.loads(data)
+            if not (isinstance(blob, bytes) and isinstance(rows, list) and isinstance(files_read, int)
+                    and all(isinstance(r, tuple) and len(r) == 7 and isinstance(r[0], str) for r in rows[:1])):
+                raise ValueError("not a first walk")
+        except (OSError, ValueError, EOFError, TypeError):
+            return None  # the plan walks it itself
+        return blob, rows, files_read
+
     def skip(self, key: str) -> None:
         """The plan walks ``key`` itself: the helper need not. Never waits (see __init__): a
         line cut short by a full pipe only makes the helper walk one context for nothing."""
@@ -112,14 +146,14 @@ class Helper:
         except BlockingIOError:
             pass
         except OSError:  # it has ended: nothing to tell
-            self.close()
+            self._end()
 
     def _drain(self) -> None:
         fd = self._proc.stdout.fileno() if self._proc is not None else None
         while fd is not None and select.select([fd], [], [], 0)[0]:
             data = os.read(fd, 1 << 16)
             if not data:
-                self.close()
+                self._end()  # done (or dead): what it answered stays usable
                 break
             self._buffer += data
         while len(self._buffer) >= 8:
@@ -128,17 +162,28 @@ class Helper:
                 break
             raw, self._buffer = self._buffer[8:8 + size], self._buffer[8 + size:]
             try:
-                key, began, fp, ignore, specials = marshal.loads(raw)
+                key, began, fp, ignore, specials, first = marshal.loads(raw)
                 if not (isinstance(fp, str) and (ignore is None or isinstance(ignore, bytes))
-                        and isinstance(specials, tuple) and isinstance(began, int)):
+                        and isinstance(specials, tuple) and isinstance(began, int)
+                        and (first is None or (isinstance(first, tuple) and len(first) == 2))):
                     raise ValueError("not an answer")
                 if began >= self.since_ns:  # an older walk may have missed an edit: not taken
                     self._answers[str(key)] = (fp, ignore, specials)
+                    if first is not None:
+                        self._firsts[str(key)] = (int(first[0]), int(first[1]))
             except (ValueError, EOFError, TypeError):
-                self.close()  # nonsense: the plan walks everything itself from here
+                self._end()  # nonsense: the plan walks everything else itself
                 return
 
     def close(self) -> None:
+        """Stop the helper and drop what it found (the plan is done with it)."""
+        self._end()
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def _end(self) -> None:
+        """Stop the process; the first walks it has announced stay readable until ``close``."""
         proc, self._proc = self._proc, None
         if proc is not None:
             for stream in (proc.stdin, proc.stdout):
@@ -169,23 +214,32 @@ serve(job, sys.stdout.buffer)
 
 
 def serve(job: dict[str, Any], out: IO[bytes]) -> None:
-    """In the helper: fingerprint the remembered contexts, last planned first, skipping those
-    the plan walks itself; one answer each (none for a context it cannot fingerprint)."""
+    """In the helper: fingerprint the remembered contexts, last planned first, then walk and hash
+    the ones BUILD.toml names that have no remembered walk (into ``job["file"]``), skipping those
+    the plan walks itself; one answer each (none for a context it leaves to the plan)."""
     import sqlite3
 
-    from olly.walkmemo import fingerprint_context
+    from olly.walkmemo import fingerprint_context, key_of
 
     root = Path(job["root"])
     try:
         uri = (root / ".cache" / "olly.db").resolve().as_uri() + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=1)
-        rows = conn.execute("SELECT key, ctx_dir, df_rel FROM walk_memo ORDER BY seq DESC").fetchall()
-        conn.close()
+        try:
+            rows = conn.execute("SELECT key, ctx_dir, df_rel FROM walk_memo ORDER BY seq DESC").fetchall()
+        finally:
+            conn.close()
     except sqlite3.Error:
-        return  # nothing remembered (yet): nothing to do
+        rows = []  # nothing remembered (yet)
+    todo = [(key, bytes(c).decode("utf-8", "surrogateescape"), None if d is None else bytes(d).decode("utf-8", "surrogateescape"), False)
+            for key, c, d in rows]
+    file = job.get("file")
+    if isinstance(file, int):
+        remembered = {key for key, *_ in rows}
+        todo += [(key, c, d, True) for c, d in reversed(_hinted(root)) if (key := key_of(c, d)) not in remembered]
     skip: set[bytes] = set()
-    pending = b""
-    for key, ctx_dir, df_rel in rows:
+    pending, offset = b"", 0
+    for key, ctx, df, first in todo:
         while select.select([0], [], [], 0)[0]:
             data = os.read(0, 1 << 16)
             if not data:
@@ -194,14 +248,73 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
             skip.update(keys)
         if key.encode() in skip:
             continue
-        ctx = bytes(ctx_dir).decode("utf-8", "surrogateescape")
-        df = None if df_rel is None else bytes(df_rel).decode("utf-8", "surrogateescape")
         began = time.time_ns()
         try:
-            answer = fingerprint_context(root, ctx, df)
+            answer, result = first_walk(root, ctx, df) if first else (fingerprint_context(root, ctx, df), None)
         except Exception:  # the plan walks it and reports what is wrong
             continue
-        if answer is not None:
-            data = marshal.dumps((key, began, *answer))
-            out.write(len(data).to_bytes(8, "little") + data)
-            out.flush()
+        if answer is None:
+            continue
+        where = None
+        if result is not None:
+            data = marshal.dumps(result)
+            _write_at(file, data, offset)
+            where, offset = (offset, len(data)), offset + len(data)
+        data = marshal.dumps((key, began, *answer, where))
+        out.write(len(data).to_bytes(8, "little") + data)
+        out.flush()
+
+
+def first_walk(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[Answer | None, FirstWalk | None]:
+    """In the helper: the plan's own walk and hashing of a context (olly.context), its answer,
+    and the entries and stat-cache rows the plan takes instead; nothing for an unsettled walk
+    (a file changed within RACY_NS: the plan walks it, and remembers nothing)."""
+    from olly.context import hashed_entries
+    from olly.hashing import FileHasher
+    from olly.walkmemo import pack, walk_context
+
+    walked = walk_context(root, ctx_dir, df_rel)
+    if walked is None or not walked.settled:
+        return None, None
+    hasher = FileHasher(root, {})
+    entries = hashed_entries(root, ctx_dir, walked.items, set(walked.specials), hasher)
+    blob, _ = pack(entries)
+    return (walked.fp, walked.ignore, walked.specials), (blob, list(hasher.updates.values()), hasher.files_read)
+
+
+def _hinted(root: Path) -> list[tuple[str, str | None]]:
+    """The (context, Dockerfile in it) of each image BUILD.toml names, as olly.config resolves
+    them for a valid file; a hint only: nothing is validated, a wrong one is never asked for."""
+    import posixpath
+    import tomllib
+
+    try:
+        with open(root / BUILD_FILE, "rb") as f:
+            images = tomllib.load(f).get("images")
+    except (OSError, ValueError):
+        return []
+    out: dict[tuple[str, str | None], None] = {}
+    for label, image in images.items() if isinstance(images, dict) else ():
+        if isinstance(image, dict) and isinstance(ctx := image.get("context") or label, str) and ctx:
+            ctx = posixpath.normpath(ctx)
+            df = image.get("dockerfile") or posixpath.join(ctx, "Dockerfile")
+            if isinstance(df, str) and df:
+                df = posixpath.normpath(df)
+                out[(ctx, df if ctx == "." else df[len(ctx) + 1:] if df.startswith(ctx + "/") else None)] = None
+    return list(out)
+
+
+def _scratch_file() -> int | None:
+    """An unlinked file for first walks (gone with its last descriptor, whatever happens), or
+    None where the system has no O_TMPFILE: the helper then only fingerprints."""
+    try:
+        return os.open(os.environ.get("TMPDIR") or "/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):
+        return None
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -150,6 +150,7 @@ class Memo:
         self.new_inputs: dict[str, tuple[str, bytes]] = {}  # `inputs` memo key -> (fingerprint, stored rows)
         self.hits = 0
         self._pending = 0  # bytes in ``new``
+        self._firsts: dict[str, tuple[str, bytes, list[Any], int]] = {}  # the helper's first walks, taken
 
     def prefetched(self, ctx_dir: str, df_rel: str | None, ignore_bytes: bytes | None, specials: Iterable[str]) -> str | None:
         """The helper's fingerprint of this context, if it is there and is of the very walk the
@@ -163,10 +164,27 @@ class Memo:
             return None
         if answer[1] != ignore_bytes or answer[2] != tuple(sorted(specials)):
             return None
+        first = self.helper.first_walk(key)
+        if first is not None:
+            self._firsts[key] = (str(answer[0]), *first)
         return str(answer[0])
 
-    def recall(self, ctx_dir: str, df_rel: str | None, fp: str) -> Recalled | None:
-        return self._recalled(self.cache.walk(key_of(ctx_dir, df_rel)), fp, unpack)  # type: ignore[no-any-return]
+    def recall(self, ctx_dir: str, df_rel: str | None, fp: str, hasher: Any = None) -> Recalled | None:
+        """The walk remembered under ``fp``, or the helper's first walk of it (kept to be saved,
+        its stat-cache rows given to ``hasher``, an olly.hashing.FileHasher); None: a miss."""
+        key = key_of(ctx_dir, df_rel)
+        first = self._firsts.pop(key, None)
+        if first is not None and first[0] == fp:
+            try:
+                recalled = unpack(first[1])
+            except (ValueError, EOFError, TypeError):
+                recalled = None
+            if recalled is not None:
+                self._keep(key, fp, first[1], ctx_dir, df_rel)
+                if hasher is not None:
+                    hasher.adopt(first[2], first[3])
+                return recalled
+        return self._recalled(self.cache.walk(key), fp, unpack)  # type: ignore[no-any-return]
 
     def _recalled(self, row: tuple[str, bytes] | None, fp: str, decode: Any) -> Any:
         """``decode`` of a stored memo remembered under ``fp``, or None."""
@@ -184,13 +202,17 @@ class Memo:
         for a cache that cannot be written: nothing is kept)."""
         if self.cache.read_only:
             return None
-        key = key_of(ctx_dir, df_rel)
         blob, rows = pack(entries)
+        self._keep(key_of(ctx_dir, df_rel), fp, blob, ctx_dir, df_rel)
+        return rows
+
+    def _keep(self, key: str, fp: str, blob: bytes, ctx_dir: str, df_rel: str | None) -> None:
+        if self.cache.read_only:
+            return
         self.new[key] = (fp, blob, ctx_dir, df_rel, self.order.get(key, len(self.order)))
         self._pending += len(blob)
         if self._pending > FLUSH_BYTES:  # saved as they come, not all held until the plan ends
             self.save()
-        return rows
 
     def save(self) -> None:
         """Save the walks remembered so far (the plan saves the rest when it ends)."""
@@ -222,9 +244,19 @@ def key_of(ctx_dir: str, df_rel: str | None) -> str:
     return xxhash.xxh3_128_hexdigest(f"{ctx_dir}\0{df_rel or ''}".encode("utf-8", "surrogateescape"))
 
 
-def fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[str, bytes | None, tuple[str, ...]] | None:
-    """What the walk helper (olly.walkhelper) answers for a context: its fingerprint, and the
-    .dockerignore bytes and in-memory files it assumed; None if it leaves that to the plan."""
+class Walked(NamedTuple):
+    """A context walked as the plan walks it (olly.context.scan, for a plain .dockerignore)."""
+
+    ignore: bytes | None  # the .dockerignore as read
+    specials: tuple[str, ...]  # what is sent from memory instead: .dockerignore, the Dockerfile
+    items: list[Item]
+    fp: str
+    settled: bool
+
+
+def walk_context(root: Path, ctx_dir: str, df_rel: str | None) -> Walked | None:
+    """Walk a context outside the plan (olly.walkhelper); None if its .dockerignore is not a
+    regular file: the plan's own rules (symlinks, errors) decide those."""
     base = root / ctx_dir
     shown = "" if ctx_dir == "." else ctx_dir + "/"
     try:
@@ -238,5 +270,13 @@ def fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[s
     ignore = DockerIgnore.parse((ignore_bytes or b"").decode("utf-8", "surrogateescape"), source=display)
     specials = tuple(sorted(({".dockerignore"} if ignore_bytes is not None else set()) | ({df_rel} if df_rel else set())))
     started = time.time_ns()
-    fp, _ = fingerprint(ctx_dir, ignore_bytes, specials, walk(root, ctx_dir, ignore, shown), started)
-    return fp, ignore_bytes, specials
+    items = walk(root, ctx_dir, ignore, shown)
+    fp, settled = fingerprint(ctx_dir, ignore_bytes, specials, items, started)
+    return Walked(ignore_bytes, specials, items, fp, settled)
+
+
+def fingerprint_context(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[str, bytes | None, tuple[str, ...]] | None:
+    """What the walk helper (olly.walkhelper) answers for a context: its fingerprint, and the
+    .dockerignore bytes and in-memory files it assumed; None if it leaves that to the plan."""
+    walked = walk_context(root, ctx_dir, df_rel)
+    return None if walked is None else (walked.fp, walked.ignore, walked.specials)

@@ -242,3 +242,30 @@ def test_old_stat_table_is_clustered_on_write(tmp_path: Path) -> None:
     sql = c.db.execute("SELECT sql FROM sqlite_master WHERE name = 'stat'").fetchone()[0]
     assert "WITHOUT ROWID" in sql.upper() and c.load_stats() == {"a/b": (1, 2, 3, 4, 5, "h")}
     c.close()
+
+
+def test_a_new_cache_has_16k_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    Cache(tmp_path / "new").close()
+    assert sqlite3.connect(tmp_path / "new" / "olly.db").execute("PRAGMA page_size").fetchone()[0] == 16384
+    (tmp_path / "old").mkdir()
+    old = sqlite3.connect(tmp_path / "old" / "olly.db")
+    old.execute("PRAGMA page_size = 4096")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    with pytest.raises(OllyError):  # not an olly cache, but opening it changed nothing
+        Cache(tmp_path / "old")
+    assert sqlite3.connect(tmp_path / "old" / "olly.db").execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+def test_creating_a_cache_imports_no_numpy(tmp_path: Path) -> None:
+    """sqlite-utils loads numpy and pandas when installed (0.1 s); olly stores none of their
+    values, so a new cache is made without them, and they stay importable afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from olly.cache import Cache; Cache(Path(sys.argv[1])).close(); "
+            "print('sqlite_utils' in sys.modules, 'numpy' in sys.modules, 'pandas' in sys.modules, "
+            "sys.modules.get('numpy', 0) is None)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False", "False"]
+    assert (tmp_path / "c" / "olly.db").exists()
