@@ -352,6 +352,19 @@ class Cache:
             )
             self.db.conn.executemany("DELETE FROM stat WHERE path = ?", [(_path_in(p),) for p in forget])
 
+    @_guarded
+    def forget_walks(self, paths: list[str]) -> None:
+        """Drop the remembered walks of the contexts holding ``paths`` (workspace-relative files
+        whose content was not what their signatures promised, e.g. edited during a build): a
+        remembered walk holds its files' signatures as the stat cache holds its rows."""
+        if self.read_only or not paths or "walk_memo" not in self._tables():
+            return
+        covers = lambda ctx, path: ctx == "." or path.startswith(ctx + "/")  # noqa: E731
+        doomed = [(key,) for key, raw in self.db.execute("SELECT key, ctx_dir FROM walk_memo")
+                  if any(covers(bytes(raw).decode("utf-8", "surrogateescape"), p) for p in paths)]
+        with self.transaction():
+            self.db.conn.executemany("DELETE FROM walk_memo WHERE key = ?", doomed)
+
     def _cluster_stats(self) -> None:
         """Caches made before the stat table was WITHOUT ROWID get it now (in the caller's
         transaction): a directory's rows are then contiguous, and StatView reads a context's

@@ -189,8 +189,17 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
         started = time.time_ns()
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
-    entries = hashed_entries(root, ctx_dir, items, specials, hasher)
-    return entries, memo.remember(ctx_dir, df_rel, fp, entries) if settled else None
+    # What did not change since the walk stored before is not read again: its files' stat
+    # signatures are kept with it (the stat cache holds no rows for a remembered context).
+    hasher.previous = memo.previous(ctx_dir, df_rel)
+    try:
+        entries = hashed_entries(root, ctx_dir, items, specials, hasher)
+    finally:
+        hasher.previous = None
+    rows = memo.remember(ctx_dir, df_rel, fp, entries, items) if settled else None
+    if rows is not None:  # remembered with their signatures: no stat rows of their own
+        hasher.held(ctx_dir, entries)
+    return entries, rows
 
 
 def hashed_entries(root: Path, ctx_dir: str, items: Iterable[tuple[str, os.stat_result]], specials: set[str],

@@ -46,7 +46,9 @@ class FileHasher:
         self.known = known
         self.updates: dict[str, tuple[Any, ...]] = {}  # path -> (path, size, mtime_ns, ino, ctime_ns, mode, hash)
         self.forget: list[str] = []
-        self.adopted: list[list[tuple[Any, ...]]] = []  # rows hashed by the walk helper (``adopt``)
+        # After a remembered walk missed: its files' rows (olly.walkmemo.signatures), newer than
+        # any the stat cache may still hold for them.
+        self.previous: dict[str, tuple[Any, ...]] | None = None
         self.files_read = 0
         self.walks: Any = None  # a plan's olly.walkmemo.Memo: whole context walks recalled, not re-keyed
 
@@ -58,7 +60,7 @@ class FileHasher:
 
     def hash(self, rel: str, st: os.stat_result) -> str:
         """Content hash of workspace-relative file ``rel`` whose lstat is ``st``."""
-        cached = self.known.get(rel)
+        cached = self.previous.get(rel) or self.known.get(rel) if self.previous else self.known.get(rel)
         if (cached is not None and cached[1] == st.st_mtime_ns and cached[3] == st.st_ctime_ns
                 and cached[0] == st.st_size and cached[2] == st.st_ino and cached[4] == st.st_mode):
             return str(cached[5])
@@ -75,17 +77,13 @@ class FileHasher:
             self.known.pop(rel, None)
         return digest
 
-
-    def adopt(self, rows: list[tuple[Any, ...]], files_read: int) -> None:
-        """Stat-cache rows of files hashed for this plan by the walk helper (olly.walkhelper):
-        saved with the plan's own. Not added to ``known``: a lazy view keeps memory to what is
-        being planned; a file of these hashed again in this plan (an `inputs` glob) is only read again."""
-        self.adopted.append(rows)
-        self.files_read += files_read
-
-    def stat_rows(self) -> list[tuple[Any, ...]]:
-        """Every stat-cache row to save: adopted ones first, so the plan's own rows win."""
-        return [row for rows in self.adopted for row in rows] + list(self.updates.values())
+    def held(self, ctx_dir: str, entries: list[Any]) -> None:
+        """``entries`` (olly.context.Entry) of ``ctx_dir`` were remembered with their files'
+        signatures (olly.walkmemo): their stat rows need not be saved as well."""
+        prefix, pop = "" if ctx_dir == "." else ctx_dir + "/", self.updates.pop
+        for e in entries:
+            if e.type == "f":
+                pop(prefix + e.path, None)
 
 
 def hash_file(path: str | Path, display: str, size: int = -1) -> str:

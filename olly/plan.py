@@ -253,7 +253,7 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
         views.close()  # prefetched inspects nobody asked for
         memo.close()  # the walk helper, if any
     _check_chart_names(plans)
-    cache.save_stats(hasher.stat_rows(), hasher.forget)
+    cache.save_stats(list(hasher.updates.values()), hasher.forget)
     memo.save()
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)

@@ -191,8 +191,9 @@ class Scheduler:
             self._record_chart(tp, work, o, registry)
         if o.status != "failed" and o.digest and self.ctx.registry is not None:
             self.cache.record_push(tp.label, o.key, registry, o.ref, o.digest)  # a multi-platform image: its index
-        if o.changed:  # whatever the stat cache said about these files is no longer to be trusted
+        if o.changed:  # whatever the stat cache (or a remembered walk) said of these files is not to be trusted
             self.cache.save_stats([], o.changed)
+            self.cache.forget_walks(o.changed)
         if o.status == "failed" and self.stopped_by is None:
             self.stopped_by = tp.label
         self._set(o)

@@ -21,9 +21,9 @@ core here), so a plan of remembered contexts (olly.walkmemo) has a helper walk s
 - **First walks too.** A context with no remembered walk (every context of a first plan, with
   no cache yet) is walked *and hashed* by the helper, from BUILD.toml's images read as a hint
   (``_hinted``: no validation; a wrong guess only walks something no plan asks for). Its answer
-  carries the entries as ``walkmemo.pack`` stores them and the stat-cache rows of the files it
-  read, all computed by olly's own code (``olly.context._hash_walk``); the plan recalls them as
-  it would a remembered walk, and only when the walk was settled (no racy file).
+  carries the walk as ``walkmemo.pack`` stores it (entries, key rows, the files' signatures),
+  computed by olly's own code (``olly.context.hashed_entries``); the plan recalls it as it would
+  a remembered walk, and only when the walk was settled (no racy file).
 
 Answers are marshalled ``(key, began, fingerprint, .dockerignore bytes, in-memory files, first)``
 tuples, each after its 8-byte length, ``first`` None or where a first walk's result lies in a
@@ -44,7 +44,7 @@ from typing import IO, Any
 MIN_DB_BYTES = 1 << 20  # below this, the remembered walks are too small for a process to pay
 BUILD_FILE = "BUILD.toml"  # as olly.config: a different answer here only forgoes the helper
 Answer = tuple[str, bytes | None, tuple[str, ...]]
-FirstWalk = tuple[bytes, list[tuple[Any, ...]], int]  # packed entries, stat-cache rows, files read
+FirstWalk = tuple[bytes, int]  # the walk as olly.walkmemo.pack stores it, and how many files were read
 
 _RUNNING: dict[str, Helper] = {}
 
@@ -129,13 +129,12 @@ class Helper:
             return None
         try:
             data = os.pread(self._file, where[1], where[0])
-            blob, rows, files_read = marshal.loads(data)
-            if not (isinstance(blob, bytes) and isinstance(rows, list) and isinstance(files_read, int)
-                    and all(isinstance(r, tuple) and len(r) == 7 and isinstance(r[0], str) for r in rows[:1])):
+            blob, files_read = marshal.loads(data)
+            if not (isinstance(blob, bytes) and isinstance(files_read, int)):
                 raise ValueError("not a first walk")
         except (OSError, ValueError, EOFError, TypeError):
             return None  # the plan walks it itself
-        return blob, rows, files_read
+        return blob, files_read
 
     def skip(self, key: str) -> None:
         """The plan walks ``key`` itself: the helper need not. Never waits (see __init__): a
@@ -267,8 +266,8 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
 
 def first_walk(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[Answer | None, FirstWalk | None]:
     """In the helper: the plan's own walk and hashing of a context (olly.context), its answer,
-    and the entries and stat-cache rows the plan takes instead; nothing for an unsettled walk
-    (a file changed within RACY_NS: the plan walks it, and remembers nothing)."""
+    and the walk as the plan would remember it (entries, key rows, the files' signatures);
+    nothing for an unsettled walk (a file changed within RACY_NS: the plan walks it)."""
     from olly.context import hashed_entries
     from olly.hashing import FileHasher
     from olly.walkmemo import pack, walk_context
@@ -278,8 +277,8 @@ def first_walk(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[Answer | N
         return None, None
     hasher = FileHasher(root, {})
     entries = hashed_entries(root, ctx_dir, walked.items, set(walked.specials), hasher)
-    blob, _ = pack(entries)
-    return (walked.fp, walked.ignore, walked.specials), (blob, list(hasher.updates.values()), hasher.files_read)
+    blob, _ = pack(entries, walked.items)
+    return (walked.fp, walked.ignore, walked.specials), (blob, hasher.files_read)
 
 
 def _hinted(root: Path) -> list[tuple[str, str | None]]:

@@ -34,7 +34,7 @@ from olly import keys
 from olly.dockerignore import DockerIgnore
 from olly.hashing import RACY_NS  # the stat cache's rule, applied to whole contexts
 
-SCHEMA = 4  # of the fingerprint and the stored entries: a change makes every memo a miss
+SCHEMA = 5  # of the fingerprint and the stored entries: a change makes every memo a miss
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
 FLUSH_BYTES = 4 << 20  # remembered walks held before they are written: memory stays flat
 _SIG = struct.Struct("<IQqqQQ")  # mode, size, mtime_ns, ctime_ns, inode, device
@@ -98,34 +98,57 @@ def inputs_fingerprint(patterns: list[str], matched: list[Item], started_ns: int
 class Recalled(NamedTuple):
     """A remembered walk: its entries (olly.context.Entry tuples, sorted by path) and their
     ``files`` rows as the key encodes them (olly.keys.encode_rows: concatenated, and where
-    each ends), so the next key of the context splices them instead of encoding them again."""
+    each ends), so the next key of the context splices them instead of encoding them again;
+    and its files' stat signatures, marshalled (``signatures``: read only after a miss)."""
 
     entries: list[tuple[Any, ...]]
     rows: bytes
     ends: array
+    sigs: bytes = b""
 
 
-def pack(entries: list[Any]) -> tuple[bytes, Recalled]:
-    """Entries (``data`` None: none is held in memory) and their key rows, as stored (marshal
-    is the fastest to load), and as recalled: the plan's key splices the rows it just encoded."""
+def pack(entries: list[Any], items: Iterable[Item] = ()) -> tuple[bytes, Recalled]:
+    """Entries (``data`` None: none is held in memory), their key rows and the stat signatures
+    of the files among them (from the walk's ``items``), as stored (marshal is the fastest to
+    load), and as recalled: the plan's key splices the rows it just encoded."""
     rows, ends = keys.encode_rows([e.row() for e in entries])
     packed = array("Q", ends)
-    return marshal.dumps(([tuple(e) for e in entries], rows, packed.tobytes())), Recalled(entries, rows, packed)
+    st = dict(items)
+    sigs = marshal.dumps([(s.st_mtime_ns, s.st_ino, s.st_ctime_ns, s.st_mode) if e.type == "f" and (s := st.get(e.path))
+                          else None for e in entries])
+    return (marshal.dumps(([tuple(e) for e in entries], rows, packed.tobytes(), sigs)),
+            Recalled(entries, rows, packed, sigs))
+
+
+def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
+    """The remembered files as stat-cache rows (olly.hashing.FileHasher.known: workspace path ->
+    size, mtime_ns, inode, ctime_ns, mode, hash): what a re-walk after a miss need not read
+    again. A remembered walk is stored under the stat cache's own rule (every file older than
+    the walk's start minus RACY_NS), so its signatures are as good as the stat cache's rows;
+    the stat cache keeps no rows of its own for these files."""
+    try:
+        sigs = marshal.loads(recalled.sigs)
+    except (ValueError, EOFError, TypeError):
+        return {}
+    if not isinstance(sigs, list) or len(sigs) != len(recalled.entries):
+        return {}
+    return {prefix + e[0]: (e[3], sig[0], sig[1], sig[2], sig[3], e[4]) for e, sig in zip(recalled.entries, sigs)
+            if isinstance(sig, tuple) and len(sig) == 4}
 
 
 def unpack(blob: bytes) -> Recalled:
     """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss)."""
     stored = marshal.loads(blob)
-    if not (isinstance(stored, tuple) and len(stored) == 3 and isinstance(stored[0], list)
-            and isinstance(stored[1], bytes) and isinstance(stored[2], bytes)):
+    if not (isinstance(stored, tuple) and len(stored) == 4 and isinstance(stored[0], list)
+            and isinstance(stored[1], bytes) and isinstance(stored[2], bytes) and isinstance(stored[3], bytes)):
         raise ValueError("not a remembered walk")
-    entries, rows, raw = stored
+    entries, rows, raw, sigs = stored
     ends = array("Q")
     ends.frombytes(raw)
     if len(ends) != len(entries) or (entries and not (isinstance(entries[0], tuple) and len(entries[0]) == 7)) \
             or (ends and ends[-1] != len(rows)):
         raise ValueError("not a remembered walk")
-    return Recalled(entries, rows, ends)
+    return Recalled(entries, rows, ends, sigs)
 
 
 def _unpack_inputs(blob: bytes) -> tuple[list[list[Any]], bytes]:
@@ -150,7 +173,8 @@ class Memo:
         self.new_inputs: dict[str, tuple[str, bytes]] = {}  # `inputs` memo key -> (fingerprint, stored rows)
         self.hits = 0
         self._pending = 0  # bytes in ``new``
-        self._firsts: dict[str, tuple[str, bytes, list[Any], int]] = {}  # the helper's first walks, taken
+        self._firsts: dict[str, tuple[str, bytes, int]] = {}  # the helper's first walks taken: fp, entries, files read
+        self._missed: dict[str, bytes] = {}  # the stored walk of a context whose fingerprint missed
 
     def prefetched(self, ctx_dir: str, df_rel: str | None, ignore_bytes: bytes | None, specials: Iterable[str]) -> str | None:
         """The helper's fingerprint of this context, if it is there and is of the very walk the
@@ -171,7 +195,7 @@ class Memo:
 
     def recall(self, ctx_dir: str, df_rel: str | None, fp: str, hasher: Any = None) -> Recalled | None:
         """The walk remembered under ``fp``, or the helper's first walk of it (kept to be saved,
-        its stat-cache rows given to ``hasher``, an olly.hashing.FileHasher); None: a miss."""
+        the files it read counted by ``hasher``, an olly.hashing.FileHasher); None: a miss."""
         key = key_of(ctx_dir, df_rel)
         first = self._firsts.pop(key, None)
         if first is not None and first[0] == fp:
@@ -182,9 +206,21 @@ class Memo:
             if recalled is not None:
                 self._keep(key, fp, first[1], ctx_dir, df_rel)
                 if hasher is not None:
-                    hasher.adopt(first[2], first[3])
+                    hasher.files_read += first[2]
                 return recalled
-        return self._recalled(self.cache.walk(key), fp, unpack)  # type: ignore[no-any-return]
+        row = self.cache.walk(key)
+        if row is not None and row[0] != fp:
+            self._missed[key] = row[1]  # its signatures spare the re-walk what did not change
+        return self._recalled(row, fp, unpack)  # type: ignore[no-any-return]
+
+    def previous(self, ctx_dir: str, df_rel: str | None) -> dict[str, tuple[Any, ...]]:
+        """After a miss: the files of the walk stored before, as stat-cache rows (``signatures``)."""
+        blob = self._missed.pop(key_of(ctx_dir, df_rel), None)
+        try:
+            recalled = unpack(blob) if blob is not None else None
+        except (ValueError, EOFError, TypeError):
+            recalled = None
+        return {} if recalled is None else signatures(recalled, "" if ctx_dir == "." else ctx_dir + "/")
 
     def _recalled(self, row: tuple[str, bytes] | None, fp: str, decode: Any) -> Any:
         """``decode`` of a stored memo remembered under ``fp``, or None."""
@@ -197,12 +233,14 @@ class Memo:
         self.hits += 1
         return recalled
 
-    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any]) -> Recalled | None:
-        """Keep ``entries`` to be saved under ``fp``; their rows as the key encodes them (None
-        for a cache that cannot be written: nothing is kept)."""
+    def remember(self, ctx_dir: str, df_rel: str | None, fp: str, entries: list[Any],
+                 items: Iterable[Item] = ()) -> Recalled | None:
+        """Keep ``entries`` (and the signatures of their files, from the walk's ``items``) to be
+        saved under ``fp``; their rows as the key encodes them (None for a cache that cannot be
+        written: nothing is kept)."""
         if self.cache.read_only:
             return None
-        blob, rows = pack(entries)
+        blob, rows = pack(entries, items)
         self._keep(key_of(ctx_dir, df_rel), fp, blob, ctx_dir, df_rel)
         return rows
 

@@ -874,7 +874,7 @@ def test_unreadable_chart_file_hint(unprivileged: list[str], open_dir: Path) -> 
 
 @pytest.fixture(scope="module")
 def many_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A workspace with 2000 files whose stat rows olly caches (so the db must grow), and its key."""
+    """A workspace with 2000 files whose walk olly remembers (so the db must grow), and its key."""
     import time
 
     ws = workspace(tmp_path_factory.mktemp("diskfull"), IMAGE_A)
@@ -885,7 +885,8 @@ def many_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     assert proc.returncode == 0, proc.stderr
     key = json.loads(proc.stdout)["targets"][0]["key"]
     conn = sqlite3.connect(ws / ".cache" / "olly.db")
-    assert conn.execute("SELECT COUNT(*) FROM stat").fetchone()[0] >= 2000  # the db does grow with the files
+    # The db does grow with the files: the walk, with every file's digest and signature.
+    assert conn.execute("SELECT SUM(LENGTH(entries)) FROM walk_memo").fetchone()[0] >= 2000 * 50
     conn.close()
     return ws, key
 
@@ -929,9 +930,10 @@ def test_disk_full_many_limits(many_files: tuple[Path, str]) -> None:
             if fresh:
                 shutil.rmtree(ws / ".cache", ignore_errors=True)
             else:
-                # An existing cache that must grow: forget the stat rows so plan writes them again.
+                # An existing cache that must grow: forget the walk so plan writes it again.
                 conn = sqlite3.connect(ws / ".cache" / "olly.db")
                 conn.execute("DELETE FROM stat")
+                conn.execute("DELETE FROM walk_memo")
                 conn.commit()
                 conn.execute("VACUUM")
                 conn.close()

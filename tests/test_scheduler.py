@@ -97,7 +97,12 @@ def test_keep_going_continues_independent_targets(ws: Path) -> None:
     assert st == {"base": "failed", "app": "skipped", "solo": "built"}
 
 
-def test_edit_during_build_is_not_recorded(ws: Path) -> None:
+def test_edit_during_build_is_not_recorded(ws: Path, monkeypatch) -> None:
+    from olly.cache import Cache
+
+    forgotten: list[list[str]] = []
+    real_forget = Cache.forget_walks
+    monkeypatch.setattr(Cache, "forget_walks", lambda self, paths: forgotten.append(paths) or real_forget(self, paths))
     eng = FakeEngine()
     target = ws / "solo" / "data.txt"
 
@@ -108,6 +113,7 @@ def test_edit_during_build_is_not_recorded(ws: Path) -> None:
     result = make(ws, eng, "solo")
     assert result.outcomes[0].status == "failed"
     assert "changed during the build" in result.outcomes[0].reason
+    assert forgotten == [["solo/data.txt"]]  # neither its stat row nor a remembered walk vouches for it
     eng.during_build = None
     again = make(ws, eng, "solo")
     assert again.outcomes[0].status == "built"

@@ -1,6 +1,6 @@
 """The walk helper's first walks (olly.walkhelper): on a plan with nothing remembered, the
 helper walks and hashes contexts, and what the plan takes from it is exactly what its own
-walk and hashing give: the same entries, the same key bytes, the same stat-cache rows."""
+walk and hashing give: the same entries, the same key bytes, the same remembered walk."""
 
 from __future__ import annotations
 
@@ -92,9 +92,21 @@ def finished(helper: walkhelper.Helper, deadline_s: float = 30.0) -> walkhelper.
 
 
 def own_scan(root: Path, ctx: str) -> tuple[list, dict]:
-    """The plan's own walk and hashing of ``ctx``, nothing remembered, no helper."""
+    """The plan's own walk and hashing of ``ctx``, nothing remembered, no helper: its entries
+    and the stat-cache rows its hashing made."""
     hasher = FileHasher(root, {})
     return scan(root, target(ctx), hasher).entries, hasher.updates
+
+
+def own_memo(root: Path, ctx: str, df: str | None) -> bytes:
+    """The walk the plan itself remembers for ``ctx`` (a fresh cache, no helper)."""
+    cache = Cache(root / ".cache-own")
+    hasher = FileHasher(root, cache.stat_view())
+    hasher.walks = memo = walkmemo.Memo(cache)
+    scan(root, target(ctx), hasher)
+    cache.close()
+    shutil.rmtree(root / ".cache-own")
+    return memo.new[walkmemo.key_of(ctx, df)][1]
 
 
 def test_the_helper_hints_its_first_walks_from_build_toml(tmp_path: Path) -> None:
@@ -124,9 +136,11 @@ def test_a_first_plan_takes_exactly_what_its_own_walk_gives(ws: Path) -> None:
             entries, rows = own_scan(ws, ctx)
             assert planned.entries == entries
             assert planned.files_encoding() == keys.encode([e.row() for e in entries])  # the key's very bytes
-            assert sorted(hasher.stat_rows()) == sorted(rows.values()) and rows  # saved as its own would be
-            assert hasher.files_read == len(rows) and not hasher.updates  # read by the helper, counted here
-            assert memo.hits == 0 and walkmemo.key_of(ctx, df) in memo.new  # remembered for the next plan
+            assert hasher.files_read == len(rows) and rows and not hasher.updates  # read by the helper, counted here
+            key = walkmemo.key_of(ctx, df)
+            assert memo.hits == 0 and memo.new[key][1] == own_memo(ws, ctx, df)  # remembered as its own walk would be
+            prefix = ctx + "/"
+            assert walkmemo.signatures(walkmemo.unpack(memo.new[key][1]), prefix) == {p: r[1:] for p, r in rows.items()}
     finally:
         memo.close()
     cache.save_walks(memo.new)
@@ -146,7 +160,7 @@ def test_a_first_walk_not_of_the_plans_walk_is_not_taken(ws: Path) -> None:
         assert memo._firsts == {}  # another .dockerignore: the plan walks and hashes for itself
         hasher = FileHasher(ws, cache.stat_view())
         hasher.walks = memo
-        assert memo.recall("app", "Dockerfile", "not the fingerprint", hasher) is None and not hasher.adopted
+        assert memo.recall("app", "Dockerfile", "not the fingerprint", hasher) is None and hasher.files_read == 0
     finally:
         memo.close()
         cache.close()
@@ -177,7 +191,7 @@ def test_first_walks_are_read_after_the_helper_ended_and_dropped_on_close(ws: Pa
     key = walkmemo.key_of("c0", "Dockerfile")
     assert helper.answer(key) is not None
     first = helper.first_walk(key)
-    assert first is not None and isinstance(first[0], bytes) and first[2] == 30
+    assert first is not None and isinstance(first[0], bytes) and first[1] == 30
     helper.close()
     assert helper.first_walk(walkmemo.key_of("c1", None)) is None  # closed: nothing left to read
 
@@ -202,8 +216,10 @@ def test_a_first_plan_with_the_helper_plans_what_one_without_it_plans(ws: Path, 
     helped = runner.invoke(cli, ["-C", str(ws), "plan", "--json"])
     assert helped.exit_code == 0, helped.output
     assert started and started[0]._firsts == {}  # every first walk taken by the plan
+    remembered = "SELECT key, ctx_dir, df_rel, fingerprint, entries FROM walk_memo ORDER BY key"
     cache = Cache(ws / ".cache")
-    stats = sorted(cache.db.execute("SELECT * FROM stat").fetchall())
+    walks = cache.db.execute(remembered).fetchall()
+    assert len(walks) == len(CONTEXTS) and cache.db.execute("SELECT COUNT(*) FROM stat").fetchone()[0] == 0
     cache.close()
     shutil.rmtree(ws / ".cache")
     monkeypatch.setattr(walkhelper, "start", lambda directory=None: None)
@@ -211,5 +227,5 @@ def test_a_first_plan_with_the_helper_plans_what_one_without_it_plans(ws: Path, 
     assert alone.exit_code == 0, alone.output
     assert json.loads(helped.output) == json.loads(alone.output)
     cache = Cache(ws / ".cache")
-    assert sorted(cache.db.execute("SELECT * FROM stat").fetchall()) == stats and len(stats) == 4 * 30  # every context file
+    assert cache.db.execute(remembered).fetchall() == walks  # byte for byte
     cache.close()

@@ -107,6 +107,41 @@ def test_any_change_a_hash_would_see_is_a_miss(tmp_path: Path, later, edit: str)
     assert memo.hits == 0 and (again != first or edit == "touch")  # a touch changes no entry, but is seen
     fresh = scan(root, target(), FileHasher(root, {}))  # no stat cache, no memo: the truth
     assert again == fresh.entries
+    # Only what changed is read: the stored walk's signatures vouch for the rest.
+    assert hasher.files_read == {"remove": 0, "relink": 0, "ignore": 0}.get(edit, 1)
+
+
+def test_a_remembered_walk_holds_its_files_signatures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stat cache keeps no rows for a remembered context: after a miss, the stored walk's
+    signatures spare the files that did not change, even past a racy re-walk (not remembered:
+    the walk stored before stays) and ahead of an older stat row of the same file."""
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 60 * 10**9)
+    root = workspace(tmp_path)
+    cache = Cache(root / ".cache")
+    first, hasher, _ = plan_scan(root, cache)
+    assert hasher.files_read == 2 and cache.load_stats() == {}
+    cache.save_stats([("app/src/b.txt", 1, 2, 3, 4, 5, "0" * 32)], [])  # left by an older olly: not b.txt now
+    monkeypatch.setattr(time, "time_ns", real)  # plan right after the edit: a.txt is racy
+    (root / "app/src/a.txt").write_text("ALPHA, longer")
+    racy, hasher, memo = plan_scan(root, cache)
+    assert hasher.files_read == 1 and memo.new == {}  # a.txt read, b.txt vouched for; nothing remembered
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 60 * 10**9)
+    settled, hasher, memo = plan_scan(root, cache)
+    assert hasher.files_read == 1 and len(memo.new) == 1  # the walk stored first still vouches for b.txt
+    assert racy == settled == scan(root, target(), FileHasher(root, {})).entries != first
+    again, hasher, memo = plan_scan(root, cache)
+    assert again == settled and memo.hits == 1 and hasher.files_read == 0
+
+
+def test_walks_holding_a_file_that_lied_are_forgotten(tmp_path: Path, later) -> None:
+    """A file whose content was not what its signature promised (edited under a build) drops
+    the remembered walks of the contexts holding it; others stay."""
+    root, cache = remembered_workspace(tmp_path)
+    cache.forget_walks(["elsewhere/x.txt", "c1"])  # a path outside every context; a context's own name
+    assert cache.walk_keys() == {walkmemo.key_of(c, d) for c, d in [("app", "Dockerfile"), ("c0", None), ("c1", None), ("c2", None)]}
+    cache.forget_walks(["c1/f.txt", "app/src/a.txt"])
+    assert cache.walk_keys() == {walkmemo.key_of("c0", None), walkmemo.key_of("c2", None)}
 
 
 def test_a_racy_walk_is_not_remembered(tmp_path: Path) -> None:
