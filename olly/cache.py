@@ -355,8 +355,9 @@ class Cache:
     @_guarded
     def forget_walks(self, paths: list[str]) -> None:
         """Drop the remembered walks of the contexts holding ``paths`` (workspace-relative files
-        whose content was not what their signatures promised, e.g. edited during a build): a
-        remembered walk holds its files' signatures as the stat cache holds its rows."""
+        whose content was not what their signatures promised, e.g. edited during a build), and
+        every remembered `inputs` glob: they hold their files' signatures as the stat cache
+        holds its rows."""
         if self.read_only or not paths or "walk_memo" not in self._tables():
             return
         covers = lambda ctx, path: ctx == "." or path.startswith(ctx + "/")  # noqa: E731
@@ -364,6 +365,8 @@ class Cache:
                   if any(covers(bytes(raw).decode("utf-8", "surrogateescape"), p) for p in paths)]
         with self.transaction():
             self.db.conn.executemany("DELETE FROM walk_memo WHERE key = ?", doomed)
+            if "inputs_memo" in self._tables():  # which globs matched them is not kept: all go
+                self.db.execute("DELETE FROM inputs_memo")
 
     def _cluster_stats(self) -> None:
         """Caches made before the stat table was WITHOUT ROWID get it now (in the caller's

@@ -220,14 +220,18 @@ def _hash_walk(root: Path, ctx_dir: str, items: Iterable[tuple[str, os.stat_resu
     prefix = "" if skip_own else ctx_dir + "/"
     hasher.preload(ctx_dir)
     digest, is_reg = hasher.hash, stat.S_ISREG
-    for rel, st in items:
-        if rel in specials or (skip_own and in_own_dir(rel)):
-            continue  # specials are added from the bytes read above
-        mode = st.st_mode
-        if is_reg(mode):  # inlined _entry: most entries are regular files
-            entries[rel] = Entry(rel, "f", bool(mode & 0o111), st.st_size, digest(prefix + rel, st))
-        else:
-            entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
+    hasher.walking = True  # its files' rows may be held by a remembered walk (FileHasher.held)
+    try:
+        for rel, st in items:
+            if rel in specials or (skip_own and in_own_dir(rel)):
+                continue  # specials are added from the bytes read above
+            mode = st.st_mode
+            if is_reg(mode):  # inlined _entry: most entries are regular files
+                entries[rel] = Entry(rel, "f", bool(mode & 0o111), st.st_size, digest(prefix + rel, st))
+            else:
+                entries[rel] = _entry(root, ctx_dir, rel, st, hasher)
+    finally:
+        hasher.walking = False
     return entries
 
 

@@ -49,6 +49,11 @@ class FileHasher:
         # After a remembered walk missed: its files' rows (olly.walkmemo.signatures), newer than
         # any the stat cache may still hold for them.
         self.previous: dict[str, tuple[Any, ...]] | None = None
+        # Rows of remembered contexts are not saved (``held``) unless something else in this
+        # plan hashes the same files (an `inputs` glob, a scan by reach, a chart): it needs them.
+        self.walking = False  # set while a context walk hashes: its files may be held
+        self.claimed: set[str] = set()  # files hashed for something else
+        self.held_rows: dict[str, tuple[Any, ...]] = {}
         self.files_read = 0
         self.walks: Any = None  # a plan's olly.walkmemo.Memo: whole context walks recalled, not re-keyed
 
@@ -60,7 +65,15 @@ class FileHasher:
 
     def hash(self, rel: str, st: os.stat_result) -> str:
         """Content hash of workspace-relative file ``rel`` whose lstat is ``st``."""
-        cached = self.previous.get(rel) or self.known.get(rel) if self.previous else self.known.get(rel)
+        if not self.walking:
+            self.claimed.add(rel)
+            if self.held_rows and rel in self.held_rows:
+                self.updates[rel] = self.held_rows.pop(rel)
+        if self.previous:  # after a miss, the stored walk's row: it may match where a stat row does not
+            prev = self.previous.get(rel)
+            if prev is not None and _signature(st) == prev[:5]:
+                return str(prev[5])
+        cached = self.known.get(rel)
         if (cached is not None and cached[1] == st.st_mtime_ns and cached[3] == st.st_ctime_ns
                 and cached[0] == st.st_size and cached[2] == st.st_ino and cached[4] == st.st_mode):
             return str(cached[5])
@@ -79,11 +92,14 @@ class FileHasher:
 
     def held(self, ctx_dir: str, entries: list[Any]) -> None:
         """``entries`` (olly.context.Entry) of ``ctx_dir`` were remembered with their files'
-        signatures (olly.walkmemo): their stat rows need not be saved as well."""
-        prefix, pop = "" if ctx_dir == "." else ctx_dir + "/", self.updates.pop
+        signatures (olly.walkmemo): their stat rows need not be saved as well, unless something
+        else hashed them (``claimed``); one hashing them later takes its row back (``hash``)."""
+        prefix, pop, claimed = "" if ctx_dir == "." else ctx_dir + "/", self.updates.pop, self.claimed
         for e in entries:
-            if e.type == "f":
-                pop(prefix + e.path, None)
+            if e.type == "f" and (path := prefix + e.path) not in claimed:
+                row = pop(path, None)
+                if row is not None:
+                    self.held_rows[path] = row
 
 
 def hash_file(path: str | Path, display: str, size: int = -1) -> str:

@@ -78,7 +78,7 @@ def fresh_from_now(root: Path) -> None:
     workspace lock now, perhaps after waiting for it: files may have changed meanwhile)."""
     helper = _RUNNING.get(str(root.resolve()))
     if helper is not None:
-        helper.since_ns = time.time_ns()
+        helper.since_ns = time.monotonic_ns()
 
 
 def stop(root: Path | None = None) -> None:
@@ -100,7 +100,9 @@ class Helper:
         self._buffer = b""
         self._proc: Any = None
         self._file = _scratch_file()
-        self.since_ns = time.time_ns()  # answers from walks begun earlier are not taken
+        # Answers from walks begun earlier are not taken. The monotonic clock (system-wide,
+        # so the helper's readings compare) cannot step back as the wall clock can.
+        self.since_ns = time.monotonic_ns()
         # Crash tests arm failpoints in olly's own process: a helper hitting one is not that crash.
         env = {k: v for k, v in os.environ.items() if k != "OLLY_FAILPOINT"}
         try:
@@ -221,21 +223,12 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
     from olly.walkmemo import fingerprint_context, key_of
 
     root = Path(job["root"])
-    try:
-        uri = (root / ".cache" / "olly.db").resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=1)
-        try:
-            rows = conn.execute("SELECT key, ctx_dir, df_rel FROM walk_memo ORDER BY seq DESC").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        rows = []  # nothing remembered (yet)
+    rows, fresh = _remembered(root)
     todo = [(key, bytes(c).decode("utf-8", "surrogateescape"), None if d is None else bytes(d).decode("utf-8", "surrogateescape"), False)
             for key, c, d in rows]
     file = job.get("file")
-    if isinstance(file, int):
-        remembered = {key for key, *_ in rows}
-        todo += [(key, c, d, True) for c, d in reversed(_hinted(root)) if (key := key_of(c, d)) not in remembered]
+    if isinstance(file, int) and fresh:
+        todo += [(key_of(c, d), c, d, True) for c, d in reversed(_hinted(root))]
     skip: set[bytes] = set()
     pending, offset = b"", 0
     for key, ctx, df, first in todo:
@@ -247,7 +240,7 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
             skip.update(keys)
         if key.encode() in skip:
             continue
-        began = time.time_ns()
+        began = time.monotonic_ns()
         try:
             answer, result = first_walk(root, ctx, df) if first else (fingerprint_context(root, ctx, df), None)
         except Exception:  # the plan walks it and reports what is wrong
@@ -262,6 +255,30 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
         data = marshal.dumps((key, began, *answer, where))
         out.write(len(data).to_bytes(8, "little") + data)
         out.flush()
+
+
+def _remembered(root: Path) -> tuple[list[tuple[Any, ...]], bool]:
+    """The remembered contexts (last planned first), and whether the cache is fresh: no db, or
+    one holding no walk and no stat row (a first plan, or a cache imported for CI). Only then
+    are contexts walked first: later, a context without a remembered walk is mostly one the plan
+    scans by what its Dockerfile reaches (never remembered), or one it is not asked to plan."""
+    import sqlite3
+
+    db = root / ".cache" / "olly.db"
+    if not db.exists():
+        return [], True
+    try:
+        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=1)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            rows = conn.execute("SELECT key, ctx_dir, df_rel FROM walk_memo ORDER BY seq DESC").fetchall() \
+                if "walk_memo" in tables else []
+            stats = "stat" in tables and conn.execute("SELECT 1 FROM stat LIMIT 1").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return [], False  # unreadable here (a read-only cache, say): the plan does it all
+    return rows, not rows and not stats
 
 
 def first_walk(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[Answer | None, FirstWalk | None]:
@@ -287,17 +304,22 @@ def _hinted(root: Path) -> list[tuple[str, str | None]]:
     import posixpath
     import tomllib
 
+    from olly.walkmemo import OWN_DIRS
+
     try:
         with open(root / BUILD_FILE, "rb") as f:
             images = tomllib.load(f).get("images")
     except (OSError, ValueError):
         return []
     out: dict[tuple[str, str | None], None] = {}
+    real_root = os.path.realpath(root)
     for label, image in images.items() if isinstance(images, dict) else ():
         if isinstance(image, dict) and isinstance(ctx := image.get("context") or label, str) and ctx:
             ctx = posixpath.normpath(ctx)
             df = image.get("dockerfile") or posixpath.join(ctx, "Dockerfile")
-            if isinstance(df, str) and df:
+            inside = os.path.commonpath([real_root, os.path.realpath(os.path.join(real_root, ctx))]) == real_root
+            # What olly.config refuses is not walked: outside the workspace, or olly's own dirs.
+            if isinstance(df, str) and df and inside and not (ctx + "/").startswith(("/", "../", *OWN_DIRS)):
                 df = posixpath.normpath(df)
                 out[(ctx, df if ctx == "." else df[len(ctx) + 1:] if df.startswith(ctx + "/") else None)] = None
     return list(out)

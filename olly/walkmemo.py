@@ -197,6 +197,12 @@ class Memo:
         """The walk remembered under ``fp``, or the helper's first walk of it (kept to be saved,
         the files it read counted by ``hasher``, an olly.hashing.FileHasher); None: a miss."""
         key = key_of(ctx_dir, df_rel)
+        kept = self.new.get(key)  # walked already in this plan (another platform, another target)
+        if kept is not None and kept[0] == fp:
+            try:
+                return unpack(kept[1])
+            except (ValueError, EOFError, TypeError):
+                pass
         first = self._firsts.pop(key, None)
         if first is not None and first[0] == fp:
             try:

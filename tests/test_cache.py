@@ -252,7 +252,7 @@ def test_a_new_cache_has_16k_pages_and_an_old_one_keeps_its_own(tmp_path: Path) 
     old.execute("PRAGMA page_size = 4096")
     old.execute("CREATE TABLE t (x)")
     old.close()
-    with pytest.raises(OllyError):  # not an olly cache, but opening it changed nothing
+    with pytest.raises(OllyError):  # not an olly cache: refused, its pages kept
         Cache(tmp_path / "old")
     assert sqlite3.connect(tmp_path / "old" / "olly.db").execute("PRAGMA page_size").fetchone()[0] == 4096
 

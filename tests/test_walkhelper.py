@@ -120,6 +120,11 @@ def test_the_helper_hints_its_first_walks_from_build_toml(tmp_path: Path) -> Non
         assert walkhelper._hinted(tmp_path) == []  # unreadable or no images: nothing to walk first
     (tmp_path / "BUILD.toml").unlink()
     assert walkhelper._hinted(tmp_path) == []
+    os.symlink("/etc", tmp_path / "out")
+    escaping = ["..", "/etc", "out", "a/../..", ".cache/x", "dist", "dist/y"]
+    (tmp_path / "BUILD.toml").write_text("".join(f'[images.i{n}]\nrepository = "x/{n}"\ncontext = "{c}"\n'
+                                                 for n, c in enumerate([*escaping, "distro"])))
+    assert walkhelper._hinted(tmp_path) == [("distro", "Dockerfile")]  # what olly.config refuses is not walked
 
 
 def test_a_first_plan_takes_exactly_what_its_own_walk_gives(ws: Path) -> None:
@@ -167,8 +172,11 @@ def test_a_first_walk_not_of_the_plans_walk_is_not_taken(ws: Path) -> None:
 
 
 def test_an_unsettled_context_is_left_to_the_plan(tmp_path: Path) -> None:
-    """Files written just now are racy: the helper hands over no entries or stat rows for them."""
+    """A racy file (here one mtime an hour ahead: racy however late the helper walks) keeps the
+    helper from handing over its context; the others are handed over."""
     root = write_workspace(tmp_path / "ws")
+    for ctx in CONTEXTS:
+        os.utime(root / ctx / "src/d1/f1.txt", ns=(time.time_ns(), time.time_ns() + 3600 * 10**9))
     helper = finished(walkhelper.Helper(root))
     try:
         assert helper._firsts == {} and helper._answers == {}
@@ -194,6 +202,39 @@ def test_first_walks_are_read_after_the_helper_ended_and_dropped_on_close(ws: Pa
     assert first is not None and isinstance(first[0], bytes) and first[1] == 30
     helper.close()
     assert helper.first_walk(walkmemo.key_of("c1", None)) is None  # closed: nothing left to read
+
+
+def test_contexts_are_walked_first_only_in_a_fresh_cache(ws: Path) -> None:
+    """Once the cache holds a walk or a stat row, a context without a remembered walk is mostly
+    one the plan scans by reach (never remembered) or was not asked to plan: the helper leaves it."""
+    cache = Cache(ws / ".cache")  # a db with no walk and no stat row yet: fresh
+    cache.close()
+    assert len(finished(walkhelper.Helper(ws))._firsts) == len(CONTEXTS)
+    cache = Cache(ws / ".cache")
+    cache.save_stats([("elsewhere/x", 1, 2, 3, 4, 5, "0" * 32)], [])
+    cache.close()
+    helper = finished(walkhelper.Helper(ws))
+    assert helper._firsts == {} and helper._answers == {}
+    (ws / ".cache" / "olly.db").write_bytes(b"not a database")  # unreadable: the plan does it all
+    assert finished(walkhelper.Helper(ws))._firsts == {}
+
+
+def test_one_walk_serves_every_scan_of_its_key(ws: Path) -> None:
+    """A second scan of the same context and Dockerfile in one plan (another platform, another
+    image) takes the walk the first one took, the helper's too: nothing is read twice."""
+    helper = finished(walkhelper.Helper(ws))
+    cache = Cache(ws / ".cache")
+    memo = walkmemo.Memo(cache)
+    memo.helper = helper
+    hasher = FileHasher(ws, cache.stat_view())
+    hasher.walks = memo
+    try:
+        first = scan(ws, target("c0"), hasher)
+        second = scan(ws, target("c0"), hasher)
+        assert first.entries == second.entries and hasher.files_read == 30
+    finally:
+        memo.close()
+        cache.close()
 
 
 def test_the_cli_starts_a_helper_for_a_first_plan(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,14 +134,44 @@ def test_a_remembered_walk_holds_its_files_signatures(tmp_path: Path, monkeypatc
     assert again == settled and memo.hits == 1 and hasher.files_read == 0
 
 
+def test_files_an_inputs_glob_shares_with_a_remembered_context_keep_their_rows(tmp_path: Path, later) -> None:
+    """An `inputs` glob hashing files of a remembered context needs their stat rows, before or
+    after the context's walk in the plan: an edit then reads only the edited file."""
+    from olly.context import scan_inputs
+
+    root = workspace(tmp_path)
+    cache = Cache(root / ".cache")
+
+    def plan(order: str) -> FileHasher:
+        hasher = FileHasher(root, cache.stat_view())
+        hasher.walks = memo = walkmemo.Memo(cache)
+        for step in order:
+            if step == "c":
+                scan(root, target(), hasher)
+            else:
+                scan_inputs(root, ["app/src/**"], hasher, "other")
+        cache.save_stats(list(hasher.updates.values()), hasher.forget)
+        memo.save()
+        return hasher
+
+    for n, order in enumerate(["ci", "ic"]):
+        assert plan(order).files_read == (2 if n == 0 else 0)
+        (root / f"app/src/{'ab'[n]}.txt").write_text("edited " * (n + 1))
+        assert plan(order).files_read == 1, order  # the edited file only, for the walk and the glob
+
+
 def test_walks_holding_a_file_that_lied_are_forgotten(tmp_path: Path, later) -> None:
     """A file whose content was not what its signature promised (edited under a build) drops
     the remembered walks of the contexts holding it; others stay."""
     root, cache = remembered_workspace(tmp_path)
     cache.forget_walks(["elsewhere/x.txt", "c1"])  # a path outside every context; a context's own name
     assert cache.walk_keys() == {walkmemo.key_of(c, d) for c, d in [("app", "Dockerfile"), ("c0", None), ("c1", None), ("c2", None)]}
+    memo = walkmemo.Memo(cache)
+    memo.remember_inputs("glob", "fp", [], b"")
+    memo.save()
     cache.forget_walks(["c1/f.txt", "app/src/a.txt"])
     assert cache.walk_keys() == {walkmemo.key_of("c0", None), walkmemo.key_of("c2", None)}
+    assert cache.inputs_memo("glob") is None  # which files an `inputs` glob matched is not kept: all go
 
 
 def test_a_racy_walk_is_not_remembered(tmp_path: Path) -> None:
@@ -361,7 +391,7 @@ def test_answers_from_walks_begun_too_early_are_not_taken(tmp_path: Path) -> Non
     the workspace lock meanwhile): its answer is dropped, and the plan walks for itself."""
     root, _ = remembered_workspace(tmp_path)
     helper = walkhelper.Helper(root)
-    helper.since_ns = time.time_ns() + 3600 * 10**9  # every walk it makes begins before this
+    helper.since_ns = time.monotonic_ns() + 3600 * 10**9  # every walk it makes begins before this
     try:
         assert answers(helper, 1) == {} and helper._proc is None  # it answered all 4, then ended
         fresh = walkhelper.Helper(root)
