@@ -281,6 +281,19 @@ class Cache:
         return {row[0] for row in self.db.execute("SELECT key FROM walk_memo")}
 
     @_guarded
+    def prune_memos(self, walks: set[str], inputs: set[str]) -> None:
+        """Drop remembered walks and `inputs` globs whose keys are not in ``walks`` / ``inputs``:
+        a plan of every target knows all the memos the workspace still has a use for."""
+        if self.read_only:
+            return
+        stale = [(table, [(key,) for (key,) in self.db.execute(f"SELECT key FROM {table}") if key not in keep])
+                 for table, keep in (("walk_memo", walks), ("inputs_memo", inputs)) if table in self._tables()]
+        if any(keys for _, keys in stale):  # read first: a plan with nothing to drop writes nothing
+            with self.transaction():
+                for table, keys in stale:
+                    self.db.conn.executemany(f"DELETE FROM {table} WHERE key = ?", keys)
+
+    @_guarded
     def walk(self, key: str) -> tuple[str, bytes] | None:
         """(fingerprint, packed entries) remembered for ``key``, or None."""
         return self._memo("walk_memo", "entries", key)

@@ -255,6 +255,10 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
     _check_chart_names(plans)
     cache.save_stats(list(hasher.updates.values()), hasher.forget)
     memo.save()
+    if set(labels) == set(ws.targets):  # every target planned: the memos of removed ones can go
+        images = [t for t in ws.targets.values() if isinstance(t, ImageTarget)]
+        cache.prune_memos({walkmemo.key_of(*c) for c in contexts},
+                          {walkmemo.inputs_key(list(t.inputs)) for t in images if t.inputs})
     return Plan([plans[label] for label in labels], engine_checked=engine is not None,
                 files_read=hasher.files_read, registry=registry)
 

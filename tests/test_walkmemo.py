@@ -160,6 +160,38 @@ def test_files_an_inputs_glob_shares_with_a_remembered_context_keep_their_rows(t
         assert plan(order).files_read == 1, order  # the edited file only, for the walk and the glob
 
 
+def test_a_plan_of_every_target_drops_the_memos_of_removed_ones(tmp_path: Path, later) -> None:
+    """Remembered walks and `inputs` globs of images gone from BUILD.toml are dropped by the next
+    plan of every target, not by a plan of some; a plan with nothing to drop writes nothing."""
+    from olly import api
+    from tests.conftest import copy_workspace
+
+    root = copy_workspace("busy", tmp_path / "ws")
+    build = root / "BUILD.toml"
+    build.write_text(build.read_text().replace('args = { GREETING = "hello" }', 'args = { GREETING = "hello" }\ninputs = ["app/**"]'))
+    (root / "solo/Dockerfile").write_text("FROM scratch\nCOPY . /solo/\n")  # walked whole: remembered
+    api.plan(root, [], check_engine=False)
+    cache = Cache(root / ".cache")
+    solo, glob = walkmemo.key_of("solo", "Dockerfile"), walkmemo.inputs_key(["app/**"])
+    walks = cache.walk_keys()
+    assert solo in walks and len(walks) == 2 and cache.inputs_memo(glob) is not None
+    cache.close()
+    build.write_text(build.read_text().split("[images.solo]")[0])  # solo is gone
+    api.plan(root, ["base"], check_engine=False)  # some targets: nothing is dropped
+    cache = Cache(root / ".cache")
+    assert cache.walk_keys() == walks
+    cache.close()
+    api.plan(root, [], check_engine=False)
+    cache = Cache(root / ".cache")
+    assert cache.walk_keys() == walks - {solo} and cache.inputs_memo(glob) is None
+    cache.close()
+    db = root / ".cache" / "olly.db"
+    wal = db.with_name("olly.db-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    api.plan(root, [], check_engine=False)
+    assert (wal.stat().st_size if wal.exists() else 0) == size  # a no-op plan writes nothing
+
+
 def test_walks_holding_a_file_that_lied_are_forgotten(tmp_path: Path, later) -> None:
     """A file whose content was not what its signature promised (edited under a build) drops
     the remembered walks of the contexts holding it; others stay."""
