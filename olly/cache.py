@@ -283,15 +283,26 @@ class Cache:
     @_guarded
     def prune_memos(self, walks: set[str], inputs: set[str]) -> None:
         """Drop remembered walks and `inputs` globs whose keys are not in ``walks`` / ``inputs``:
-        a plan of every target knows all the memos the workspace still has a use for."""
+        a plan of every target knows all the memos the workspace still has a use for. A dropped
+        walk's signatures become stat rows (the stat cache holds none of its own for those
+        files): an image put back (another branch) is not read again whole."""
         if self.read_only:
             return
         stale = [(table, [(key,) for (key,) in self.db.execute(f"SELECT key FROM {table}") if key not in keep])
                  for table, keep in (("walk_memo", walks), ("inputs_memo", inputs)) if table in self._tables()]
-        if any(keys for _, keys in stale):  # read first: a plan with nothing to drop writes nothing
-            with self.transaction():
-                for table, keys in stale:
-                    self.db.conn.executemany(f"DELETE FROM {table} WHERE key = ?", keys)
+        if not any(keys for _, keys in stale):  # read first: a plan with nothing to drop writes nothing
+            return
+        from olly import walkmemo
+
+        rows: list[tuple[Any, ...]] = []
+        with self.transaction():
+            for table, keys in stale:
+                if table == "walk_memo":
+                    for (key,) in keys:
+                        found = self.db.execute("SELECT ctx_dir, entries FROM walk_memo WHERE key = ?", (key,)).fetchone()
+                        rows += [] if found is None else walkmemo.stat_rows(bytes(found[0]).decode("utf-8", "surrogateescape"), bytes(found[1]))
+                self.db.conn.executemany(f"DELETE FROM {table} WHERE key = ?", keys)
+        self.save_stats(rows, [])
 
     @_guarded
     def walk(self, key: str) -> tuple[str, bytes] | None:
@@ -371,14 +382,16 @@ class Cache:
         whose content was not what their signatures promised, e.g. edited during a build), and
         every remembered `inputs` glob: they hold their files' signatures as the stat cache
         holds its rows."""
-        if self.read_only or not paths or "walk_memo" not in self._tables():
+        if self.read_only or not paths:
             return
         covers = lambda ctx, path: ctx == "." or path.startswith(ctx + "/")  # noqa: E731
-        doomed = [(key,) for key, raw in self.db.execute("SELECT key, ctx_dir FROM walk_memo")
-                  if any(covers(bytes(raw).decode("utf-8", "surrogateescape"), p) for p in paths)]
         with self.transaction():
-            self.db.conn.executemany("DELETE FROM walk_memo WHERE key = ?", doomed)
-            if "inputs_memo" in self._tables():  # which globs matched them is not kept: all go
+            tables = set(self.db.table_names())  # as of now: another olly may have made one since
+            if "walk_memo" in tables:
+                doomed = [(key,) for key, raw in self.db.execute("SELECT key, ctx_dir FROM walk_memo")
+                          if any(covers(bytes(raw).decode("utf-8", "surrogateescape"), p) for p in paths)]
+                self.db.conn.executemany("DELETE FROM walk_memo WHERE key = ?", doomed)
+            if "inputs_memo" in tables:  # which globs matched them is not kept: all go
                 self.db.execute("DELETE FROM inputs_memo")
 
     def _cluster_stats(self) -> None:

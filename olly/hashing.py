@@ -65,15 +65,16 @@ class FileHasher:
 
     def hash(self, rel: str, st: os.stat_result) -> str:
         """Content hash of workspace-relative file ``rel`` whose lstat is ``st``."""
+        restored = None
         if not self.walking:
             self.claimed.add(rel)
             if self.held_rows and rel in self.held_rows:
-                self.updates[rel] = self.held_rows.pop(rel)
+                self.updates[rel] = restored = self.held_rows.pop(rel)
         if self.previous:  # after a miss, the stored walk's row: it may match where a stat row does not
             prev = self.previous.get(rel)
             if prev is not None and _signature(st) == prev[:5]:
                 return str(prev[5])
-        cached = self.known.get(rel)
+        cached = restored[1:] if restored is not None else self.known.get(rel)  # a lazy view may have let it go
         if (cached is not None and cached[1] == st.st_mtime_ns and cached[3] == st.st_ctime_ns
                 and cached[0] == st.st_size and cached[2] == st.st_ino and cached[4] == st.st_mode):
             return str(cached[5])

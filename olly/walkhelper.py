@@ -265,9 +265,9 @@ def _remembered(root: Path) -> tuple[list[tuple[Any, ...]], bool]:
     import sqlite3
 
     db = root / ".cache" / "olly.db"
-    if not db.exists():
-        return [], True
     try:
+        if not os.path.lexists(db):
+            return [], True
         conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=1)
         try:
             tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -276,7 +276,7 @@ def _remembered(root: Path) -> tuple[list[tuple[Any, ...]], bool]:
             stats = "stat" in tables and conn.execute("SELECT 1 FROM stat LIMIT 1").fetchone() is not None
         finally:
             conn.close()
-    except sqlite3.Error:
+    except (sqlite3.Error, OSError, ValueError):
         return [], False  # unreadable here (a read-only cache, say): the plan does it all
     return rows, not rows and not stats
 
@@ -301,16 +301,21 @@ def first_walk(root: Path, ctx_dir: str, df_rel: str | None) -> tuple[Answer | N
 def _hinted(root: Path) -> list[tuple[str, str | None]]:
     """The (context, Dockerfile in it) of each image BUILD.toml names, as olly.config resolves
     them for a valid file; a hint only: nothing is validated, a wrong one is never asked for."""
-    import posixpath
     import tomllib
-
-    from olly.walkmemo import OWN_DIRS
 
     try:
         with open(root / BUILD_FILE, "rb") as f:
             images = tomllib.load(f).get("images")
-    except (OSError, ValueError):
+        return _contexts(root, images)
+    except (OSError, ValueError):  # unreadable, or a path realpath refuses (a NUL)
         return []
+
+
+def _contexts(root: Path, images: Any) -> list[tuple[str, str | None]]:
+    import posixpath
+
+    from olly.walkmemo import OWN_DIRS
+
     out: dict[tuple[str, str | None], None] = {}
     real_root = os.path.realpath(root)
     for label, image in images.items() if isinstance(images, dict) else ():

@@ -136,6 +136,15 @@ def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
             if isinstance(sig, tuple) and len(sig) == 4}
 
 
+def stat_rows(ctx_dir: str, blob: bytes) -> list[tuple[Any, ...]]:
+    """A stored walk's ``signatures`` as stat-cache rows (path first), [] if it is unreadable."""
+    try:
+        recalled = unpack(blob)
+    except (ValueError, EOFError, TypeError):
+        return []
+    return [(path, *row) for path, row in signatures(recalled, "" if ctx_dir == "." else ctx_dir + "/").items()]
+
+
 def unpack(blob: bytes) -> Recalled:
     """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss)."""
     stored = marshal.loads(blob)

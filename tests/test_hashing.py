@@ -91,3 +91,22 @@ def test_the_size_hint_never_changes_the_hash(tmp_path: Path, real: int) -> None
     want = xxhash.xxh3_128_hexdigest(data)
     for hint in {-1, 0, real, max(real - 1, 0), real + 1, real // 2, real * 2 + 5}:
         assert hash_file(f, "f.bin", hint) == want, hint
+
+
+def test_a_held_row_serves_whoever_hashes_the_file_next(tmp_path: Path, later) -> None:
+    """A row held back for a remembered walk (FileHasher.held) goes back to the stat rows to
+    save when something else hashes the file, and serves that hash even if the lazy view of
+    the stat cache has let the file's row go: no second read."""
+    f = tmp_path / "ctx" / "a.txt"
+    f.parent.mkdir()
+    f.write_text("one")
+    known: dict = {}
+    h = FileHasher(tmp_path, known)
+    h.walking = True
+    digest = h.hash("ctx/a.txt", f.lstat())
+    h.walking = False
+    h.held("ctx", [type("E", (), {"type": "f", "path": "a.txt"})()])
+    assert h.updates == {} and "ctx/a.txt" in h.held_rows
+    known.clear()  # as a lazy view does past its memory budget
+    assert h.hash("ctx/a.txt", f.lstat()) == digest and h.files_read == 1
+    assert h.updates["ctx/a.txt"][-1] == digest and h.held_rows == {}
