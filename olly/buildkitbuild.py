@@ -289,11 +289,16 @@ def session_refusal(dockerfile: bytes, display: str) -> str | None:
 # -- the build ------------------------------------------------------------------------
 
 
-def build_params(req: BuildRequest, network: str | None = None) -> dict[str, str]:
+def build_params(req: BuildRequest, network: str | None = None, endpoint: str | None = None) -> dict[str, str]:
     """/build query parameters for a BuildKit build; the same values the classic build gets
-    (``network``: the one to send when ``req.network`` is unset, see ``_default_network``)."""
+    (``network``: the one to send when ``req.network`` is unset, see ``_default_network``),
+    the docker config's proxies for ``endpoint`` among the build args, as `docker build` with
+    buildx gives them (predefined args: outside the layer cache, and never keyed by olly)."""
+    from olly import credentials  # the docker config: read for a build only
+
+    args = {**credentials.config_proxy_args(endpoint), **req.args} if endpoint is not None else req.args
     params = {"version": "2", "dockerfile": req.dockerfile_name, "rm": "1", "forcerm": "1",
-              "buildargs": json.dumps(req.args), "labels": json.dumps(req.labels)}
+              "buildargs": json.dumps(args), "labels": json.dumps(req.labels)}
     if req.target:
         params["target"] = req.target
     if req.platform:
@@ -341,7 +346,7 @@ def build(engine: Engine, req: BuildRequest) -> str:
         trace = TraceLog(emit)
         try:
             headers = build_headers(req.dockerfile)
-            params = build_params(req, _default_network(engine))
+            params = build_params(req, _default_network(engine), str(getattr(engine, "endpoint", "")))
             for item in engine.post_stream("/build", params, req.context, headers):
                 if item.get("id") == "moby.buildkit.trace" and item.get("aux"):
                     trace.feed(decode_trace(item["aux"]))

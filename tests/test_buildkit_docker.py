@@ -160,6 +160,29 @@ def test_builder_choice_changes_the_key(ws: Path, docker_client) -> None:
     assert again.status == "cached" and again.key == kit.key
 
 
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_the_docker_config_proxies_reach_run_steps(ws: Path, docker_client, tmp_path: Path, unique_prefix: str,
+                                                   monkeypatch: pytest.MonkeyPatch, builder: str) -> None:
+    """As `docker build` (CLI and buildx): the docker config's proxies are build args of RUN
+    steps, whichever builder; olly keeps them out of the key, as Docker keeps them out of its
+    layer cache (so the RUN line is unique to this test: no cached layer without them)."""
+    (ws / "app" / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\n'
+        f'RUN ["/bin/busybox", "sh", "-c", "echo {unique_prefix} $http_proxy > /proxy"]\n')
+    build = ws / "BUILD.toml"
+    build.write_text(build.read_text().replace('target = "final"\n', ""))
+    monkeypatch.setenv(buildkit.ENV, builder)  # the plans below key for this builder
+    before = api.plan(ws, [], check_engine=False).targets[0].key
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text('{"proxies": {"default": {"httpProxy": "http://proxy.invalid:3128"}}}')
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    assert api.plan(ws, [], check_engine=False).targets[0].key == before  # not keyed
+    o = outcome(api.make(ws, [], builder=builder))
+    assert o.status == "built", (o.reason, o.tail)
+    assert read(docker_client, o.ref, "/proxy") == f"{unique_prefix} http://proxy.invalid:3128\n".encode()
+
+
 def test_classic_builder_still_builds(ws: Path, docker_client) -> None:
     df = ws / "app" / "Dockerfile"
     lines = [line for line in df.read_text().splitlines() if "--mount" not in line]

@@ -61,3 +61,17 @@ def test_an_engine_s_own_proxies_win_and_a_broken_config_gives_none(tmp_path: Pa
     assert near == {"HTTP_PROXY": "http://default:1", "http_proxy": "http://default:1", "A": "1"}
     (tmp_path / "config.json").write_text("{bad")
     assert json.loads(classic_build_params(_request(), "unix:///x.sock")["buildargs"]) == {"A": "1"}
+
+
+def test_buildkit_params_carry_the_docker_config_proxies_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker build` through buildx forwards them as well: the same build args as classic."""
+    from olly.buildkitbuild import build_params
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"proxies": {
+        "default": {"httpProxy": "http://default:1"}, "tcp://far:2376": {"httpsProxy": "http://far:2"}}}))
+    for endpoint in ("unix:///var/run/docker.sock", "tcp://far:2376"):
+        assert json.loads(build_params(_request(args={"A": "1", "http_proxy": "mine"}), None, endpoint)["buildargs"]) == \
+            json.loads(classic_build_params(_request(args={"A": "1", "http_proxy": "mine"}), endpoint)["buildargs"])
+    assert json.loads(build_params(_request(), None, "unix:///x.sock")["buildargs"])["HTTP_PROXY"] == "http://default:1"
+    assert json.loads(build_params(_request())["buildargs"]) == {"A": "1"}  # no engine named: none
