@@ -294,9 +294,9 @@ def build_params(req: BuildRequest, network: str | None = None, endpoint: str | 
     (``network``: the one to send when ``req.network`` is unset, see ``_default_network``),
     the docker config's proxies for ``endpoint`` among the build args, as `docker build` with
     buildx gives them (predefined args: outside the layer cache, and never keyed by olly)."""
-    from olly import credentials  # the docker config: read for a build only
+    from olly.engine import build_args
 
-    args = {**credentials.config_proxy_args(endpoint), **req.args} if endpoint is not None else req.args
+    args = build_args(req, endpoint) if endpoint is not None else req.args
     params = {"version": "2", "dockerfile": req.dockerfile_name, "rm": "1", "forcerm": "1",
               "buildargs": json.dumps(args), "labels": json.dumps(req.labels)}
     if req.target:

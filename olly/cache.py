@@ -300,7 +300,7 @@ class Cache:
                 if table == "walk_memo":
                     for (key,) in keys:
                         found = self.db.execute("SELECT ctx_dir, entries FROM walk_memo WHERE key = ?", (key,)).fetchone()
-                        rows += [] if found is None else walkmemo.stat_rows(bytes(found[0]).decode("utf-8", "surrogateescape"), bytes(found[1]))
+                        rows += [] if found is None else walkmemo.stat_rows(_path_out(found[0]), bytes(found[1]))
                 self.db.conn.executemany(f"DELETE FROM {table} WHERE key = ?", keys)
         self.save_stats(rows, [])
 
@@ -389,7 +389,7 @@ class Cache:
             tables = set(self.db.table_names())  # as of now: another olly may have made one since
             if "walk_memo" in tables:
                 doomed = [(key,) for key, raw in self.db.execute("SELECT key, ctx_dir FROM walk_memo")
-                          if any(covers(bytes(raw).decode("utf-8", "surrogateescape"), p) for p in paths)]
+                          if any(covers(_path_out(bytes(raw)), p) for p in paths)]
                 self.db.conn.executemany("DELETE FROM walk_memo WHERE key = ?", doomed)
             if "inputs_memo" in tables:  # which globs matched them is not kept: all go
                 self.db.execute("DELETE FROM inputs_memo")

@@ -497,13 +497,19 @@ class Engine:
         return image_id
 
 
+def build_args(req: BuildRequest, endpoint: str) -> dict[str, str]:
+    """The build args a /build request sends, either builder: the target's own, over the docker
+    config's proxies for ``endpoint`` (``HTTP_PROXY``, ...), as `docker build` adds them."""
+    return {**credentials.config_proxy_args(endpoint), **req.args}
+
+
 def classic_build_params(req: BuildRequest, endpoint: str) -> dict[str, str]:
     """/build query parameters for a classic build: what ``docker build`` sends, with the
     proxies of the user's docker config for ``endpoint`` as build args (as the docker CLI and
     docker-py add them; predefined args, outside the layer cache and the image's history)."""
-    args = {**credentials.config_proxy_args(endpoint), **req.args}
-    params = {"q": "0", "rm": "1", "forcerm": "1", "dockerfile": req.dockerfile_name, "buildargs": json.dumps(args),
-              "labels": json.dumps(req.labels), "nocache": str(int(req.no_cache)), "pull": str(int(req.pull))}
+    params = {"q": "0", "rm": "1", "forcerm": "1", "dockerfile": req.dockerfile_name,
+              "buildargs": json.dumps(build_args(req, endpoint)), "labels": json.dumps(req.labels),
+              "nocache": str(int(req.no_cache)), "pull": str(int(req.pull))}
     for name, value in (("target", req.target), ("platform", req.platform), ("networkmode", req.network)):
         if value:
             params[name] = value

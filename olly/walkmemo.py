@@ -136,13 +136,23 @@ def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
             if isinstance(sig, tuple) and len(sig) == 4}
 
 
+def stored_signatures(ctx_dir: str, blob: bytes | None) -> dict[str, tuple[Any, ...]]:
+    """The ``signatures`` of a stored walk of ``ctx_dir``; {} if there is none or it is unreadable."""
+    recalled = _unpacked(blob)
+    return {} if recalled is None else signatures(recalled, "" if ctx_dir == "." else ctx_dir + "/")
+
+
 def stat_rows(ctx_dir: str, blob: bytes) -> list[tuple[Any, ...]]:
     """A stored walk's ``signatures`` as stat-cache rows (path first), [] if it is unreadable."""
+    return [(path, *row) for path, row in stored_signatures(ctx_dir, blob).items()]
+
+
+def _unpacked(blob: bytes | None) -> Recalled | None:
+    """``unpack``, None for no blob or an unreadable one (a miss: the next save replaces it)."""
     try:
-        recalled = unpack(blob)
+        return None if blob is None else unpack(blob)
     except (ValueError, EOFError, TypeError):
-        return []
-    return [(path, *row) for path, row in signatures(recalled, "" if ctx_dir == "." else ctx_dir + "/").items()]
+        return None
 
 
 def unpack(blob: bytes) -> Recalled:
@@ -207,17 +217,12 @@ class Memo:
         the files it read counted by ``hasher``, an olly.hashing.FileHasher); None: a miss."""
         key = key_of(ctx_dir, df_rel)
         kept = self.new.get(key)  # walked already in this plan (another platform, another target)
-        if kept is not None and kept[0] == fp:
-            try:
-                return unpack(kept[1])
-            except (ValueError, EOFError, TypeError):
-                pass
+        recalled = _unpacked(kept[1]) if kept is not None and kept[0] == fp else None
+        if recalled is not None:
+            return recalled
         first = self._firsts.pop(key, None)
         if first is not None and first[0] == fp:
-            try:
-                recalled = unpack(first[1])
-            except (ValueError, EOFError, TypeError):
-                recalled = None
+            recalled = _unpacked(first[1])
             if recalled is not None:
                 self._keep(key, fp, first[1], ctx_dir, df_rel)
                 if hasher is not None:
@@ -230,12 +235,7 @@ class Memo:
 
     def previous(self, ctx_dir: str, df_rel: str | None) -> dict[str, tuple[Any, ...]]:
         """After a miss: the files of the walk stored before, as stat-cache rows (``signatures``)."""
-        blob = self._missed.pop(key_of(ctx_dir, df_rel), None)
-        try:
-            recalled = unpack(blob) if blob is not None else None
-        except (ValueError, EOFError, TypeError):
-            recalled = None
-        return {} if recalled is None else signatures(recalled, "" if ctx_dir == "." else ctx_dir + "/")
+        return stored_signatures(ctx_dir, self._missed.pop(key_of(ctx_dir, df_rel), None))
 
     def _recalled(self, row: tuple[str, bytes] | None, fp: str, decode: Any) -> Any:
         """``decode`` of a stored memo remembered under ``fp``, or None."""
