@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from olly import baselock, buildkit, walkhelper
+from olly import baselock, buildkit, walkhelper, watchsync
 from olly.cache import Cache, export_cache, import_cache, workspace_lock, writable_dir
 from olly.config import BUILD_FILE, ChartTarget, ImageTarget, Target, Workspace, find_workspace, load_workspace, resolve_engines
 from olly.engine import Engine
@@ -158,6 +158,7 @@ def make(root: Path, patterns: list[str], *, jobs: int | None = None, keep_going
         # What a build decides must be seen under the lock (after any wait for another olly):
         # a walk the helper began before now does not count.
         walkhelper.fresh_from_now(ws.root)
+        watchsync.forget(ws.root)  # the plan syncs with the watcher now (then its helper answers restart)
         # Before any build: a build that cannot write its log would fail half-way, as a bug.
         writable_dir(ws.cache_dir / "logs")
         cache = Cache(ws.cache_dir)

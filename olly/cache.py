@@ -34,6 +34,9 @@ _STAT_COLS = "path, size, mtime_ns, ino, ctime_ns, mode, hash"
 # ctx_dir and df_rel are the names' bytes (any file name), seq the order the last plan took them in.
 _WALKS_TABLE = ("CREATE TABLE IF NOT EXISTS walk_memo (key TEXT PRIMARY KEY, ctx_dir BLOB, df_rel BLOB, "
                 "seq INTEGER, fingerprint TEXT, entries BLOB)")
+# Which remembered walk a watcher sync vouched for (olly.watchsync): the mark holds only for
+# the walk_memo row of the same key and fingerprint.
+_MARKS_TABLE = "CREATE TABLE IF NOT EXISTS walk_marks (key TEXT PRIMARY KEY, fingerprint TEXT, mark TEXT)"
 # The tables of results (made by sqlite-utils: columns, primary key), written by Cache._put.
 _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
     "results": ({"target": str, "key": str, "image_id": str, "tag": str, "built_at": float, "duration_s": float},
@@ -318,6 +321,21 @@ class Cache:
                          [(key, raw(ctx), raw(df), seq, fp, blob) for key, (fp, blob, ctx, df, seq) in walks.items()])
 
     @_guarded
+    def walk_marks(self) -> dict[str, tuple[str, str]]:
+        """Memo key -> (fingerprint, mark) of the remembered walks a plan marked when it
+        verified them (olly.walkmemo.Memo.unchanged): only marks of the very walk remembered now."""
+        if not {"walk_memo", "walk_marks"} <= self._tables():
+            return {}
+        return {key: (fp, mark) for key, fp, mark in self.db.execute(
+            "SELECT m.key, m.fingerprint, m.mark FROM walk_marks m JOIN walk_memo w "
+            "ON w.key = m.key AND w.fingerprint = m.fingerprint")}
+
+    @_guarded
+    def save_walk_marks(self, marks: list[tuple[str, str, str]]) -> None:
+        """Mark walks (memo key, fingerprint, mark); a reader that cannot write does without."""
+        self._save_memos(_MARKS_TABLE, "walk_marks (key, fingerprint, mark)", marks)
+
+    @_guarded
     def inputs_memo(self, key: str) -> tuple[str, bytes] | None:
         """(fingerprint, stored rows) remembered for an `inputs` memo key, or None."""
         return self._memo("inputs_memo", "rows", key)
@@ -532,6 +550,7 @@ def export_cache(cache_dir: Path, dest: Path) -> dict[str, int]:
         cache.db.conn.backup(out)  # sqlite's online backup: consistent even while others write
         out.execute("DELETE FROM stat")
         out.execute("DROP TABLE IF EXISTS walk_memo")
+        out.execute("DROP TABLE IF EXISTS walk_marks")
         out.execute("DROP TABLE IF EXISTS inputs_memo")
         out.commit()
         out.execute("VACUUM")

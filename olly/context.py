@@ -58,9 +58,20 @@ class Entry(NamedTuple):
 
 
 @dataclass
+class Recall:
+    """A context recalled (olly.walkmemo) and not yet made into Entry objects: its walked rows,
+    and the in-memory entries inserted among them (``at``: their places in ``entries``,
+    ascending). ``rows``/``ends``: the key's encoding of the walked rows, until the key is made."""
+
+    walk: walkmemo.Recalled
+    at: list[int]
+    inserted: list[Entry]
+    rows: bytes | None
+
+
+@dataclass
 class Context:
     dir: str  # workspace-relative context directory
-    entries: list[Entry]  # what COPY sees, sorted by path
     extras: list[Entry] = field(default_factory=list)  # sent, then removed by the daemon
     dockerfile_name: str = "Dockerfile"  # the Dockerfile's name inside the tar
     dockerfile: bytes = b""
@@ -68,32 +79,113 @@ class Context:
     carried: list[Entry] = field(default_factory=list)  # sent, not keyed: nothing the target copies
     via: dict[str, list[int]] | None = None  # keyed entry -> the Dockerfile lines reaching it; None: whole context
     reach: Reach | None = None  # what the Dockerfile reaches (None: not analysed)
-    # A recalled walk (olly.walkmemo): its entries as recalled, their rows as the key encodes
-    # them, and where the in-memory entries were inserted among them in ``entries``.
+    # A walked context remembered by this plan: its entries as walked, their rows as the key
+    # encodes them, and where the in-memory entries were inserted among them in ``entries``.
     recalled: tuple[list[Entry], bytes, Any, list[int]] | None = None
+    # A recalled one: ``entries`` are made from it only when asked for (a plan that builds
+    # nothing sends nothing, so it needs only the rows).
+    lazy: Recall | None = None
+    _entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """What COPY sees, sorted by path."""
+        if self.lazy is not None:
+            self._made()
+        return self._entries
+
+    @entries.setter
+    def entries(self, value: list[Entry]) -> None:
+        self.lazy, self._entries = None, value
+
+    def _made(self) -> None:
+        lazy, self.lazy = self.lazy, None
+        assert lazy is not None
+        walked = [Entry(p, t, x, size, d) for (p, t, x, d), size in zip(_files(self.dir, lazy), lazy.walk.sizes)]
+        self._entries = _spliced(walked, lazy.at, lazy.inserted)
+        if lazy.rows is not None:
+            self.recalled = (walked, lazy.rows, lazy.walk.ends, lazy.at)
+
+    def file_rows(self) -> list[list[Any]]:
+        """``[e.row() for e in self.entries]`` (the manifest's ``files``), without making the
+        entries of a recalled context."""
+        lazy = self.lazy
+        if lazy is None:
+            return [e.row() for e in self._entries]
+        return _spliced(_files(self.dir, lazy), lazy.at, [e.row() for e in lazy.inserted])
+
+    def keyed(self) -> None:
+        """The key is made: a recalled context's encoded rows are not kept for the whole plan."""
+        self.recalled = None
+        if self.lazy is not None:
+            self.lazy.rows = None
 
     def files_encoding(self) -> bytes | None:
         """``keys.encode([e.row() for e in self.entries])``, from a recalled walk's remembered
         rows (only the in-memory entries encoded afresh); None without one, or if the entries
         are not exactly those recalled plus the inserted ones (then the key encodes them all)."""
+        lazy = self.lazy
+        if lazy is not None:
+            if lazy.rows is None:
+                return None
+            return _splice_rows(lazy.rows, lazy.walk.ends, lazy.at, lazy.inserted, len(lazy.walk) + len(lazy.at))
         if self.recalled is None:
             return None
         walked, rows, ends, inserted = self.recalled
-        entries = self.entries
+        entries = self._entries
         if len(entries) != len(walked) + len(inserted):
             return None
-        parts, w, prev = [], 0, 0
+        prev = w = 0
         for pos in [*inserted, len(entries)]:
             n = pos - prev
-            if n:
-                if not all(map(operator.is_, entries[prev:pos], walked[w:w + n])):
-                    return None
-                parts.append(rows[ends[w - 1] if w else 0:ends[w + n - 1]])
-                w += n
-            if pos < len(entries):
-                parts.append(keys.encode_rows([entries[pos].row()])[0])
-            prev = pos + 1
-        return keys.list_encoding(len(entries), b"".join(parts))
+            if n and not all(map(operator.is_, entries[prev:pos], walked[w:w + n])):
+                return None
+            w, prev = w + n, pos + 1
+        return _splice_rows(rows, ends, inserted, [entries[pos] for pos in inserted], len(entries))
+
+    def holding(self, path: str) -> list[Entry]:
+        """The list of entries that holds ``path`` if any does (for replacing it in place),
+        without making a recalled context's entries when ``path`` is one of its inserted ones."""
+        if self.lazy is not None and not self.lazy.walk.find(path)[1]:
+            return self.lazy.inserted
+        return self.entries
+
+
+def _files(ctx_dir: str, lazy: Recall) -> list[list[Any]]:
+    """The recalled walk's rows, decoded now; its key was made from their encoding, so rows
+    that do not decode are a damaged cache, not a miss."""
+    try:
+        return lazy.walk.files
+    except (ValueError, EOFError, TypeError):
+        raise OllyError("cache-corrupt", f"the remembered walk of context {ctx_dir} is unreadable; "
+                        "delete .cache/olly.db to start afresh") from None
+
+
+def _spliced(walked: list[Any], at: list[int], inserted: list[Any]) -> list[Any]:
+    """``walked`` with ``inserted[k]`` placed at ``at[k]`` (ascending places in the result)."""
+    out: list[Any] = []
+    w = 0
+    for k, pos in enumerate(at):
+        out += walked[w:pos - k]
+        out.append(inserted[k])
+        w = pos - k
+    out += walked[w:]
+    return out
+
+
+def _splice_rows(rows: bytes, ends: Any, at: list[int], inserted: list[Entry], total: int) -> bytes:
+    """The key's encoding of ``total`` rows: the walked ones from their remembered encoding
+    (``rows``, split at ``ends``), ``inserted`` encoded afresh at their places ``at``."""
+    parts, w, prev = [], 0, 0
+    for k, pos in enumerate([*at, total]):
+        n = pos - prev
+        if n:
+            parts.append(rows[ends[w - 1] if w else 0:ends[w + n - 1]])
+            w += n
+        if pos < total:
+            parts.append(keys.encode_rows([inserted[k].row()])[0])
+        prev = pos + 1
+    return keys.list_encoding(total, b"".join(parts))
 
 
 Analyzer = Callable[[bytes], Reach]  # the Dockerfile's bytes -> its sources (olly.reach.analyze)
@@ -120,7 +212,7 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
     specials = {IGNORE_FILE} if ignore_bytes is not None else set()
     if df_rel is not None:
         specials.add(df_rel)
-    ctx = Context(dir=ctx_dir, entries=[], dockerfile=dockerfile, dockerignore=ignore_bytes)
+    ctx = Context(dir=ctx_dir, dockerfile=dockerfile, dockerignore=ignore_bytes)
     visible: dict[str, Entry] = {}  # the specials COPY sees, and the parents an excluded Dockerfile leaves
     if df_rel is None:
         if ignore_link is not None:
@@ -146,10 +238,26 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
             except Unreadable as exc:
                 ctx.reach.whole = str(exc)
     walked, recalled = _walk_context(root, ctx_dir, ignore, shown, specials, hasher, ignore_bytes, df_rel)
+    if walked is None:  # recalled: no Entry objects unless the context is sent
+        assert recalled is not None
+        at, extra = _places(recalled, visible)
+        ctx.lazy = Recall(recalled, at, extra, recalled.rows)
+        return ctx
     ctx.entries, inserted = _merge(visible, walked)
     if recalled is not None:
         ctx.recalled = (walked, recalled.rows, recalled.ends, inserted)
     return ctx
+
+
+def _places(walked: walkmemo.Recalled, visible: dict[str, Entry]) -> tuple[list[int], list[Entry]]:
+    """Where ``_merge`` would insert the in-memory entries among a recalled walk's, and them."""
+    at, extra = [], []
+    for path in sorted(visible):
+        i, there = walked.find(path)
+        if not there:
+            at.append(i + len(at))
+            extra.append(visible[path])
+    return at, extra
 
 
 def _merge(visible: dict[str, Entry], walked: list[Entry]) -> tuple[list[Entry], list[int]]:
@@ -170,12 +278,16 @@ def _merge(visible: dict[str, Entry], walked: list[Entry]) -> tuple[list[Entry],
 
 def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],
                   hasher: FileHasher, ignore_bytes: bytes | None = None,
-                  df_rel: str | None = None) -> tuple[list[Entry], walkmemo.Recalled | None]:
+                  df_rel: str | None = None) -> tuple[list[Entry] | None, walkmemo.Recalled | None]:
     """Every entry COPY sees (the specials aside), files hashed: the hot loop of a plan. With
-    the plan's walk memo (olly.walkmemo), an unchanged context is recalled instead."""
+    the plan's walk memo (olly.walkmemo), an unchanged context is recalled instead (None, and
+    the recalled walk)."""
     memo = hasher.walks
     if memo is None:
         return hashed_entries(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher), None
+    recalled = memo.unchanged(ctx_dir, df_rel)  # the watcher saw nothing change in it
+    if recalled is not None:
+        return None, recalled
     started = time.time_ns()
     items = None
     fp = memo.prefetched(ctx_dir, df_rel, ignore_bytes, specials)  # the helper walked it
@@ -184,7 +296,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
         fp, settled = walkmemo.fingerprint(ctx_dir, ignore_bytes, specials, items, started)
     recalled = memo.recall(ctx_dir, df_rel, fp, hasher)
     if recalled is not None:
-        return list(map(Entry._make, recalled.entries)), recalled  # stored sorted by path
+        return None, recalled  # stored sorted by path
     if items is None:  # the helper's fingerprint missed: walk here, to hash and remember
         started = time.time_ns()
         items = walkmemo.walk(root, ctx_dir, ignore, shown)
@@ -364,7 +476,7 @@ def send_dockerfile(ctx: Context, data: bytes) -> None:
     A symlinked Dockerfile is then sent as a regular file: the daemon would follow a link
     to the unpinned original."""
     ctx.dockerfile = data
-    for entries in (ctx.entries, ctx.extras, ctx.carried):
+    for entries in (ctx.holding(ctx.dockerfile_name), ctx.extras, ctx.carried):
         for n, e in enumerate(entries):
             if e.path == ctx.dockerfile_name:
                 entries[n] = Entry(e.path, "f", e.type == "f" and e.executable, len(data), hash_bytes(data), data,

@@ -29,6 +29,7 @@ _ENVIRONMENT_REASONS = {
     "registry-denied",
     "registry-error",
     "git-error",
+    "watch-failed",
 }
 
 

@@ -87,6 +87,13 @@ def encode_rows(rows: list[list[Any]]) -> tuple[bytes, list[int]]:
     return bytes(out), ends
 
 
+def row_head(rows: bytes, start: int) -> str:
+    """The first item of the row ``encode_rows`` wrote at ``start`` of ``rows``, a string (a
+    ``files`` row's path): "L", its count, "S", the string's length, its bytes."""
+    end = start + 18 + int.from_bytes(rows[start + 10:start + 18], "big")
+    return rows[start + 18:end].decode("utf-8", "surrogateescape")
+
+
 def list_encoding(count: int, items: bytes) -> bytes:
     """The encoding of a list of ``count`` items whose encodings are ``items``, concatenated."""
     return b"L" + _u64(count) + items

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import platform as _platform
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from olly import baselock, buildkit, keys, reach, scrub, walkhelper, walkmemo
+from olly import baselock, buildkit, keys, reach, scrub, walkhelper, walkmemo, watchsync
 from olly.cache import Cache
 from olly.config import ChartTarget, ImageTarget, Registry, Workspace, config_error, dep_arg_name
 from olly.context import Context, context_dockerfile, scan, scan_inputs
@@ -66,6 +66,8 @@ class TargetPlan:
     variants: list[TargetPlan] = field(default_factory=list)  # a multi-platform image: one per platform
     history: str = ""  # where its last input manifest is kept: the label, or label@platform for a variant
     notes: list[str] = field(default_factory=list)  # warnings added to the reasons, e.g. an unlocked base image
+    # The manifest's ``files`` when read, if not yet in it (a recalled context: compute_inputs).
+    files_later: Callable[[], list[list[Any]]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -74,6 +76,10 @@ class TargetPlan:
     @property
     def platforms(self) -> list[str]:
         return [v.platform for v in self.variants] if self.variants else [self.platform]
+
+    def recorded(self, name: str, default: Any = None) -> Any:
+        """A manifest field other than ``files``, read without decoding a recalled context's rows."""
+        return self._manifest.get(name, default)
 
     def for_platform(self, platform: str) -> TargetPlan:
         """The plan that builds ``platform``: a variant, or this single-platform plan itself
@@ -84,6 +90,22 @@ class TargetPlan:
             if v.platform == platform:
                 return v
         raise KeyError(platform)
+
+
+def _manifest(tp: TargetPlan) -> dict[str, Any]:
+    later = tp.files_later
+    if later is not None:
+        tp.files_later = None
+        tp._manifest["files"] = later()
+    return tp._manifest
+
+
+def _set_manifest(tp: TargetPlan, value: dict[str, Any]) -> None:
+    tp._manifest = value
+
+
+# The dataclass's __init__ assigns ``manifest`` through this property: its ``files`` come late.
+TargetPlan.manifest = property(_manifest, _set_manifest)  # type: ignore[assignment]
 
 
 @dataclass
@@ -115,7 +137,10 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     inputs, inputs_encoded = scan_inputs(ws.root, t.inputs, hasher, t.label)
     deps = {d: dp.key for d, dp in dep_variants.items()}
     plat = platform
-    files = [e.row() for e in ctx.entries]
+    # A recalled context's rows are decoded into the manifest only if it is read (a plan of
+    # unchanged targets never reads them); the key splices their encoding (ctx.files_encoding).
+    later = ctx.file_rows if ctx.lazy is not None and ctx.via is None else None
+    files = [] if later is not None else ctx.file_rows()
     labels = image_labels(ws, t)
     secret_values = _secret_values(ws, t)
     secrets = sorted(secret_values)  # names only: a secret's value is never keyed or stored
@@ -132,8 +157,10 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     # `inputs` rows when remembered or just encoded to be (olly.walkmemo).
     encoded = {name: value for name, value in (("files", ctx.files_encoding()), ("inputs", inputs_encoded))
                if value is not None}
+    if later is not None and "files" not in encoded:
+        raise AssertionError("a recalled context without its rows' encoding")  # the key would miss its files
     key = keys.compute_key(record, encoded or None)
-    ctx.recalled = None  # its rows served this key: not kept for the whole plan
+    ctx.keyed()  # its rows served this key: not kept for the whole plan
     manifest = {
         "schema": keys.KEY_SCHEMA, "key": key, "files": files, "dockerfile": hash_bytes(read),
         "dockerignore": None if ctx.dockerignore is None else hash_bytes(ctx.dockerignore),
@@ -147,7 +174,7 @@ def compute_inputs(ws: Workspace, t: ImageTarget, hasher: FileHasher, dep_plans:
     return TargetPlan(
         label=t.label, kind="image", action="build", key=key, repository=t.repository,
         tag=keys.content_tag(key), manifest=manifest, context=ctx, args=args, target=t, platform=plat,
-        notes=pinned.notes + ([choice.note] if choice.note else []),
+        notes=pinned.notes + ([choice.note] if choice.note else []), files_later=later,
     )
 
 
@@ -216,6 +243,11 @@ def make_plan(ws: Workspace, graph: Graph, labels: list[str], cache: Cache, engi
             decide(tp, view)
         pending.clear()
 
+    # What the workspace's watcher saw change (olly.watchsync), synced before any walk; one
+    # synced only now comes after the walk helper started: the helper's walks before it are not taken.
+    memo.sync = watchsync.take(ws.root)
+    if memo.sync is not None and memo.sync.late:
+        walkhelper.fresh_from_now(ws.root)
     try:
         memo.helper = walkhelper.claim(ws.root)  # started by the CLI, if the cache holds walks worth it
         for label in labels:

@@ -25,7 +25,7 @@ def plan_lines(plan: Plan) -> list[str]:
     lines = [plan_line(tp, width) for tp in plan.targets]
     n = sum(tp.action in ("build", "package") for tp in plan.targets)
     # Without an engine, auto keys with what the last run saw of it; never seen: BuildKit, said here.
-    assumed = any(buildkit.ASSUMED in v.manifest.get("builder_reason", "") for tp in plan.targets
+    assumed = any(buildkit.ASSUMED in v.recorded("builder_reason", "") for tp in plan.targets
                   for v in tp.variants or [tp])
     lines.append(f"{n} of {len(plan.targets)} target(s) would build" + ("" if plan.engine_checked else (
         " (engine not reachable: images not verified" + ("; keys assume it builds with BuildKit)" if assumed else ")"))))
@@ -50,8 +50,8 @@ def _platforms(tp: TargetPlan) -> list[dict[str, Any]] | None:
     if tp.kind != "image":
         return None
     return [{"platform": v.platform, "action": v.action, "reasons": v.reasons, "key": v.key, "ref": v.ref,
-             "registry_digest": v.remote_digest, "builder": v.manifest.get("builder"),
-             "builder_reason": v.manifest.get("builder_reason")} for v in (tp.variants or [tp])]
+             "registry_digest": v.remote_digest, "builder": v.recorded("builder"),
+             "builder_reason": v.recorded("builder_reason")} for v in (tp.variants or [tp])]
 
 
 def _deps(tp: TargetPlan) -> list[str]:

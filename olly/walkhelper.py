@@ -49,9 +49,11 @@ FirstWalk = tuple[bytes, int]  # the walk as olly.walkmemo.pack stores it, and h
 _RUNNING: dict[str, Helper] = {}
 
 
-def start(directory: str | None = None) -> None:
+def start(directory: str | None = None, watched: bool = False) -> None:
     """Start the helper for the workspace around ``directory`` (default: the current one) if
-    its cache may hold walks worth it. For the CLI: nothing here may fail a command."""
+    its cache may hold walks worth it: not if a watcher answered (``watched``: the plan takes
+    the walks it vouches for, and walks the few others itself). For the CLI: nothing here
+    may fail a command."""
     try:
         here = Path(directory or os.getcwd()).resolve()
         root = next((d for d in (here, *here.parents) if (d / BUILD_FILE).is_file()), None)
@@ -59,7 +61,7 @@ def start(directory: str | None = None) -> None:
             return
         stop(root)  # one left by an earlier command in this process: never reused
         try:
-            worth = os.stat(root / ".cache" / "olly.db").st_size >= MIN_DB_BYTES
+            worth = not watched and os.stat(root / ".cache" / "olly.db").st_size >= MIN_DB_BYTES
         except FileNotFoundError:
             worth = True  # no cache yet: a first plan, every context walked and hashed
         if worth:

@@ -19,6 +19,7 @@ helper's fingerprint only for the very walk it would make itself.
 
 from __future__ import annotations
 
+import bisect
 import marshal
 import os
 from array import array
@@ -34,8 +35,9 @@ from olly import keys
 from olly.dockerignore import DockerIgnore
 from olly.hashing import RACY_NS  # the stat cache's rule, applied to whole contexts
 
-SCHEMA = 5  # of the fingerprint and the stored entries: a change makes every memo a miss
+SCHEMA = 6  # of the fingerprint and the stored entries: a change makes every memo a miss
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
+MARK = f"{SCHEMA}.{keys.KEY_SCHEMA}"  # a mark names the format its walk was remembered in
 FLUSH_BYTES = 4 << 20  # remembered walks held before they are written: memory stays flat
 _SIG = struct.Struct("<IQqqQQ")  # mode, size, mtime_ns, ctime_ns, inode, device
 
@@ -95,29 +97,58 @@ def inputs_fingerprint(patterns: list[str], matched: list[Item], started_ns: int
     return h.hexdigest(), settled
 
 
-class Recalled(NamedTuple):
-    """A remembered walk: its entries (olly.context.Entry tuples, sorted by path) and their
-    ``files`` rows as the key encodes them (olly.keys.encode_rows: concatenated, and where
-    each ends), so the next key of the context splices them instead of encoding them again;
-    and its files' stat signatures, marshalled (``signatures``: read only after a miss)."""
+class Recalled:
+    """A remembered walk: its entries (olly.context.Entry, sorted by path) as their key rows
+    (``files``: [path, type, executable, digest], what a plan's manifest lists, decoded only
+    when asked for) and sizes, so that a plan makes Entry objects only if it sends the context;
+    the same rows as the key encodes them (olly.keys.encode_rows: concatenated, and where each
+    ends), so the next key of the context splices them instead of encoding them again, and
+    finds a path among them (``find``) without decoding the rest; and its files' stat
+    signatures, marshalled (``signatures``: read only after a miss)."""
 
-    entries: list[tuple[Any, ...]]
-    rows: bytes
-    ends: array
-    sigs: bytes = b""
+    __slots__ = ("_files", "_blob", "sizes", "rows", "ends", "sigs")
+
+    def __init__(self, files: list[list[Any]] | None, sizes: array, rows: bytes, ends: array, sigs: bytes = b"",
+                 blob: bytes = b"") -> None:
+        self._files, self._blob = files, blob
+        self.sizes, self.rows, self.ends, self.sigs = sizes, rows, ends, sigs
+
+    @property
+    def files(self) -> list[list[Any]]:
+        if self._files is None:
+            files = marshal.loads(self._blob)
+            if not isinstance(files, list) or len(files) != len(self.ends) \
+                    or (files and not (isinstance(files[0], list) and len(files[0]) == 4)):
+                raise ValueError("not a remembered walk")
+            self._files, self._blob = files, b""
+        return self._files
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def path(self, i: int) -> str:
+        """The path of entry ``i``, read from its encoded row."""
+        return keys.row_head(self.rows, self.ends[i - 1] if i else 0)
+
+    def find(self, path: str) -> tuple[int, bool]:
+        """Where ``path`` is or would go among the entries, and whether it is there."""
+        i = bisect.bisect_left(range(len(self.ends)), path, key=self.path)
+        return i, i < len(self.ends) and self.path(i) == path
 
 
 def pack(entries: list[Any], items: Iterable[Item] = ()) -> tuple[bytes, Recalled]:
-    """Entries (``data`` None: none is held in memory), their key rows and the stat signatures
-    of the files among them (from the walk's ``items``), as stored (marshal is the fastest to
-    load), and as recalled: the plan's key splices the rows it just encoded."""
-    rows, ends = keys.encode_rows([e.row() for e in entries])
-    packed = array("Q", ends)
+    """Walked entries (``data`` None and ``keyed``: as a walk makes them), their key rows and
+    the stat signatures of the files among them (from the walk's ``items``), as stored
+    (marshal is the fastest to load; the rows for a manifest in a blob of their own, loaded
+    only if asked for), and as recalled: the plan's key splices the rows it just encoded."""
+    files = [e.row() for e in entries]
+    rows, ends = keys.encode_rows(files)
+    packed, sizes = array("Q", ends), array("Q", [e.size for e in entries])
     st = dict(items)
     sigs = marshal.dumps([(s.st_mtime_ns, s.st_ino, s.st_ctime_ns, s.st_mode) if e.type == "f" and (s := st.get(e.path))
                           else None for e in entries])
-    return (marshal.dumps(([tuple(e) for e in entries], rows, packed.tobytes(), sigs)),
-            Recalled(entries, rows, packed, sigs))
+    return (marshal.dumps((marshal.dumps(files), sizes.tobytes(), rows, packed.tobytes(), sigs)),
+            Recalled(files, sizes, rows, packed, sigs))
 
 
 def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
@@ -127,13 +158,13 @@ def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
     the walk's start minus RACY_NS), so its signatures are as good as the stat cache's rows;
     the stat cache keeps no rows of its own for these files."""
     try:
-        sigs = marshal.loads(recalled.sigs)
+        sigs, files = marshal.loads(recalled.sigs), recalled.files
     except (ValueError, EOFError, TypeError):
         return {}
-    if not isinstance(sigs, list) or len(sigs) != len(recalled.entries):
+    if not isinstance(sigs, list) or len(sigs) != len(recalled):
         return {}
-    return {prefix + e[0]: (e[3], sig[0], sig[1], sig[2], sig[3], e[4]) for e, sig in zip(recalled.entries, sigs)
-            if isinstance(sig, tuple) and len(sig) == 4}
+    return {prefix + row[0]: (size, sig[0], sig[1], sig[2], sig[3], row[3])
+            for row, size, sig in zip(files, recalled.sizes, sigs) if isinstance(sig, tuple) and len(sig) == 4}
 
 
 def stored_signatures(ctx_dir: str, blob: bytes | None) -> dict[str, tuple[Any, ...]]:
@@ -156,18 +187,18 @@ def _unpacked(blob: bytes | None) -> Recalled | None:
 
 
 def unpack(blob: bytes) -> Recalled:
-    """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss)."""
+    """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss).
+    The manifest's rows are checked when first decoded (``Recalled.files``)."""
     stored = marshal.loads(blob)
-    if not (isinstance(stored, tuple) and len(stored) == 4 and isinstance(stored[0], list)
-            and isinstance(stored[1], bytes) and isinstance(stored[2], bytes) and isinstance(stored[3], bytes)):
+    if not (isinstance(stored, tuple) and len(stored) == 5 and all(isinstance(part, bytes) for part in stored)):
         raise ValueError("not a remembered walk")
-    entries, rows, raw, sigs = stored
-    ends = array("Q")
-    ends.frombytes(raw)
-    if len(ends) != len(entries) or (entries and not (isinstance(entries[0], tuple) and len(entries[0]) == 7)) \
-            or (ends and ends[-1] != len(rows)):
+    files, raw_sizes, rows, raw_ends, sigs = stored
+    ends, sizes = array("Q"), array("Q")
+    ends.frombytes(raw_ends)
+    sizes.frombytes(raw_sizes)
+    if len(sizes) != len(ends) or (ends and ends[-1] != len(rows)):
         raise ValueError("not a remembered walk")
-    return Recalled(entries, rows, ends, sigs)
+    return Recalled(None, sizes, rows, ends, sigs, files)
 
 
 def _unpack_inputs(blob: bytes) -> tuple[list[list[Any]], bytes]:
@@ -194,6 +225,12 @@ class Memo:
         self._pending = 0  # bytes in ``new``
         self._firsts: dict[str, tuple[str, bytes, int]] = {}  # the helper's first walks taken: fp, entries, files read
         self._missed: dict[str, bytes] = {}  # the stored walk of a context whose fingerprint missed
+        # The watcher's answer (olly.watchsync.Sync, None: no watcher), the marks of the walks
+        # remembered (read once), and the walks this plan verified: marked with its token.
+        self.sync: Any = None
+        self.vouched = 0
+        self._marks: dict[str, tuple[str, str]] | None = None
+        self._verified: dict[str, str] = {}
 
     def prefetched(self, ctx_dir: str, df_rel: str | None, ignore_bytes: bytes | None, specials: Iterable[str]) -> str | None:
         """The helper's fingerprint of this context, if it is there and is of the very walk the
@@ -212,6 +249,30 @@ class Memo:
             self._firsts[key] = (str(answer[0]), *first)
         return str(answer[0])
 
+    def unchanged(self, ctx_dir: str, df_rel: str | None) -> Recalled | None:
+        """The remembered walk of a context the watcher vouches for, taken without walking it:
+        the walk was verified by a plan that synced with this watcher (its mark), and nothing
+        in the context or above it changed since. None: walk it (and fingerprint) as usual."""
+        if self.sync is None:
+            return None
+        if self._marks is None:
+            self._marks = self.cache.walk_marks()
+        key = key_of(ctx_dir, df_rel)
+        found = self._marks.get(key)
+        if found is None:
+            return None
+        fp, mark = found
+        version, _, token = mark.partition("/")
+        if version != MARK or not self.sync.clean(ctx_dir, token):
+            return None
+        recalled = self._recalled(self.cache.walk(key), fp, unpack)
+        if recalled is not None:
+            self.vouched += 1
+            self._verified[key] = fp
+            if self.helper is not None:
+                self.helper.skip(key)  # no use walking it
+        return recalled  # type: ignore[no-any-return]
+
     def recall(self, ctx_dir: str, df_rel: str | None, fp: str, hasher: Any = None) -> Recalled | None:
         """The walk remembered under ``fp``, or the helper's first walk of it (kept to be saved,
         the files it read counted by ``hasher``, an olly.hashing.FileHasher); None: a miss."""
@@ -219,6 +280,7 @@ class Memo:
         kept = self.new.get(key)  # walked already in this plan (another platform, another target)
         recalled = _unpacked(kept[1]) if kept is not None and kept[0] == fp else None
         if recalled is not None:
+            self._verified[key] = fp
             return recalled
         first = self._firsts.pop(key, None)
         if first is not None and first[0] == fp:
@@ -231,7 +293,10 @@ class Memo:
         row = self.cache.walk(key)
         if row is not None and row[0] != fp:
             self._missed[key] = row[1]  # its signatures spare the re-walk what did not change
-        return self._recalled(row, fp, unpack)  # type: ignore[no-any-return]
+        recalled = self._recalled(row, fp, unpack)
+        if recalled is not None:
+            self._verified[key] = fp
+        return recalled  # type: ignore[no-any-return]
 
     def previous(self, ctx_dir: str, df_rel: str | None) -> dict[str, tuple[Any, ...]]:
         """After a miss: the files of the walk stored before, as stat-cache rows (``signatures``)."""
@@ -263,6 +328,7 @@ class Memo:
         if self.cache.read_only:
             return
         self.new[key] = (fp, blob, ctx_dir, df_rel, self.order.get(key, len(self.order)))
+        self._verified[key] = fp
         self._pending += len(blob)
         if self._pending > FLUSH_BYTES:  # saved as they come, not all held until the plan ends
             self.save()
@@ -271,6 +337,10 @@ class Memo:
         """Save the walks remembered so far (the plan saves the rest when it ends)."""
         self.cache.save_walks(self.new)
         self.new, self._pending = {}, 0
+        if self.sync is not None and self._verified:  # each walk verified after the sync: exact as of its token
+            mark = f"{MARK}/{self.sync.token}"
+            self.cache.save_walk_marks([(key, fp, mark) for key, fp in self._verified.items()])
+        self._verified = {}
         if self.new_inputs:
             self.cache.save_inputs_memos(self.new_inputs)
             self.new_inputs = {}

@@ -269,7 +269,7 @@ def test_a_first_plan_with_the_helper_plans_what_one_without_it_plans(ws: Path, 
     assert len(walks) == len(CONTEXTS) and cache.db.execute("SELECT COUNT(*) FROM stat").fetchone()[0] == 0
     cache.close()
     shutil.rmtree(ws / ".cache")
-    monkeypatch.setattr(walkhelper, "start", lambda directory=None: None)
+    monkeypatch.setattr(walkhelper, "start", lambda directory=None, watched=False: None)
     alone = runner.invoke(cli, ["-C", str(ws), "plan", "--json"])
     assert alone.exit_code == 0, alone.output
     assert json.loads(helped.output) == json.loads(alone.output)

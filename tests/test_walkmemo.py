@@ -14,7 +14,7 @@ import pytest
 from olly import keys, walkhelper, walkmemo
 from olly.cache import Cache, export_cache
 from olly.config import ImageTarget
-from olly.context import scan, send_dockerfile
+from olly.context import Entry, _merge, _places, _spliced, scan, send_dockerfile
 from olly.dockerignore import DockerIgnore
 from olly.hashing import FileHasher
 
@@ -372,15 +372,32 @@ def test_remembered_rows_give_the_key_the_very_bytes_it_would_encode(tmp_path: P
     hasher = FileHasher(root, cache.stat_view())
     hasher.walks = walkmemo.Memo(cache)
     ctx = scan(root, target(), hasher)
-    assert ctx.recalled is not None and ctx.recalled[3]  # the Dockerfile and .dockerignore, inserted
-    truth = lambda: keys.encode([e.row() for e in ctx.entries])  # noqa: E731
-    assert ctx.files_encoding() == truth()
+    assert ctx.lazy is not None and ctx.lazy.at  # recalled, the Dockerfile and .dockerignore inserted
+    assert ctx.files_encoding() == keys.encode(ctx.file_rows())
     send_dockerfile(ctx, b"FROM scratch@sha256:" + b"0" * 64 + b"\nCOPY . /app/\n")  # olly.baselock pins it
-    assert ctx.files_encoding() == truth()
+    assert ctx.lazy is not None  # replaced among the inserted entries: no Entry objects made
+    pinned = ctx.files_encoding()
+    assert pinned == keys.encode(ctx.file_rows())
+    truth = lambda: keys.encode([e.row() for e in ctx.entries])  # noqa: E731
+    assert pinned == truth() and ctx.lazy is None  # made now, and the same
+    assert ctx.recalled is not None and ctx.files_encoding() == truth()
     ctx.entries[-1] = ctx.entries[-1]._replace(digest="0" * 32)  # not what was recalled: refused
     assert ctx.files_encoding() is None
     ctx.entries.pop()
     assert ctx.files_encoding() is None
+
+
+def test_in_memory_entries_land_where_a_walk_puts_them() -> None:
+    """A recalled context places its in-memory entries (Dockerfile, .dockerignore) among the
+    remembered rows exactly where merging them into walked entries does: first, between,
+    last, and not at all where a walked entry already has the path."""
+    walked = [Entry(p, "f", False, 1, "d" + p) for p in ("b", "d/x", "f", "m")]
+    for names in ([], ["a"], ["a", "c", "z"], ["f", "g"], ["0", "b", "e", "n", "o"]):
+        visible = {n: Entry(n, "f", False, 2, "mem", b"x") for n in names}
+        merged, inserted = _merge(visible, walked)
+        at, extra = _places(walkmemo.pack(walked)[1], visible)
+        assert (at, extra) == (inserted, [merged[i] for i in inserted])
+        assert _spliced(walked, at, extra) == merged
 
 
 def test_a_fifo_dockerignore_does_not_stall_the_helper(tmp_path: Path) -> None:

@@ -75,11 +75,15 @@ def _stop_helpers() -> None:
 def _prefetch_engine(directory: str | None = None) -> None:
     """Ask the engine what it is now, on a thread: it answers while olly's modules load; and
     start the walk helper (olly.walkhelper) for the workspace, if its cache holds walks."""
-    from olly import walkhelper
+    from olly import walkhelper, watchsync
     from olly.enginehttp import prefetch_version
 
     prefetch_version()
-    walkhelper.start(directory)
+    watched = watchsync.early(directory)  # before the helper starts: every walk of this command comes after it
+    walkhelper.start(directory, watched=watched is not None and len(watched.changes) < WATCHED_CHANGES)
+
+
+WATCHED_CHANGES = 1000  # changed paths a watcher may report for a plan to go without the walk helper
 
 
 class _State:
@@ -551,6 +555,60 @@ def cache_import(ctx: click.Context, file: Path) -> None:
         counts = api.cache_import(ctx.obj.root(), file, say=lambda m: _echo(f"olly: {m}", err=True))
         _echo(f"imported {counts['results']} build result(s), {counts['pushes']} push record(s), "
                    f"{counts['artifacts']} package record(s)")
+
+    _run(ctx, run)
+
+
+@cli.group(short_help="A watcher that spares a plan the walk of unchanged contexts (Linux).")
+def watch() -> None:
+    """A process that watches the workspace (inotify) so that a plan takes the remembered walk
+    of every context where nothing changed, without a single stat of its files."""
+
+
+@watch.command("start", short_help="Start the workspace's watcher (if none runs).")
+@click.option("--idle", type=click.FloatRange(min=1), default=8.0, show_default=True, metavar="HOURS",
+              help="End after this many hours without a command asking it.")
+@click.pass_context
+def watch_start(ctx: click.Context, idle: float) -> None:
+    def run() -> None:
+        from olly import watchsync
+
+        found = watchsync.start(ctx.obj.root(), idle * 3600)
+        verb = "already watching" if found["already"] else "watching"
+        _echo(f"olly: {verb} {found['root']} ({found['watches']} directories), pid {found['pid']}", err=True)
+
+    _run(ctx, run)
+
+
+@watch.command("stop", short_help="Stop the workspace's watcher.")
+@click.pass_context
+def watch_stop(ctx: click.Context) -> None:
+    def run() -> None:
+        from olly import watchsync
+
+        found = watchsync.stop(ctx.obj.root())
+        _echo("olly: no watcher runs for this workspace" if found is None else f"olly: stopped the watcher (pid {found['pid']})",
+              err=True)
+
+    _run(ctx, run)
+
+
+@watch.command("status", short_help="Whether a watcher runs, and what it sees.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+@click.pass_context
+def watch_status(ctx: click.Context, as_json: bool) -> None:
+    def run() -> None:
+        from olly import watchsync
+
+        found = watchsync.status(ctx.obj.root())
+        if as_json:
+            _emit_json({"schema": JSON_SCHEMA, "running": found is not None, **(found or {})})
+        elif found is None:
+            _echo("no watcher runs for this workspace (olly watch start)")
+        else:
+            state = f"not vouching for anything: {found['blind']}" if found["blind"] else "vouching"
+            _echo(f"watching {found['root']}: pid {found['pid']}, {found['watches']} directories, "
+                  f"{found['changes']} changed paths recorded, epoch {found['epoch']}; {state}")
 
     _run(ctx, run)
 

@@ -1,0 +1,310 @@
+"""The workspace watcher (``olly watch start``): a process that outlives commands and tells
+a plan which paths changed since a point it names, so that an unchanged context costs no
+``lstat`` of its files at all.
+
+How it knows (Linux inotify, as watchman does):
+
+- **Every directory of the workspace is watched** (not olly's own ``.cache/`` and ``dist/``
+  at the root: never inputs), symlinks not followed. Every event (a file written, created,
+  deleted, moved, its mode or times changed) records the path with the next sequence number.
+  A directory created or moved in is watched at once, and its path recorded, so a context
+  holding it is changed whatever was written in it before its watch was added.
+- **A sync point, not a clock.** A plan's ``sync`` has the watcher create a cookie file in
+  ``.cache/watch/`` and answer only once the cookie's own event has been read: every change
+  completed before the plan asked was queued before the cookie, so it is in the answer.
+- **An epoch it can lose.** The answer names the watcher's *epoch* (random per start). An
+  overflowed event queue, an unmounted directory, or a directory it could not watch (the
+  kernel's ``max_user_watches``) starts a new epoch or blinds it: what was said under the old
+  one is no longer vouched for, and a plan walks as if no watcher ran.
+
+It answers one JSON line per connection on ``.cache/watch/sock``: ``sync``, ``status`` or
+``stop``. It ends on ``stop``, when its socket or directory is removed, when the workspace
+root is deleted or moved, or after ``--idle`` seconds with no request. Standard library only:
+the CLI talks to it before olly's modules load (olly.watchsync).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+PROTOCOL = 1
+DIR = os.path.join(".cache", "watch")  # under the workspace root: socket, lock, log, cookies
+OWN = (".cache", "dist")  # olly's own directories at the root: not watched (never inputs)
+MAX_CHANGES = 20_000  # paths remembered; past it the oldest half is dropped (and ``floor`` rises)
+SYNC_TIMEOUT = 5.0  # seconds for a cookie to come back before a sync is refused
+
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x2000, 0x4000, 0x8000
+IN_ONLYDIR, IN_DONT_FOLLOW, IN_ISDIR = 0x01000000, 0x02000000, 0x40000000
+MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+        | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of NUL-padded name)
+
+
+class Gone(Exception):
+    """The watcher must end: ``str`` says why (logged)."""
+
+
+class Inotify:
+    """The kernel's inotify through libc (ctypes: no compiled dependency)."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1: " + os.strerror(ctypes.get_errno()))
+
+    def add(self, path: str, mask: int) -> int:
+        wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        self.libc.inotify_rm_watch(self.fd, wd)  # may fail for a watch already gone: nothing to do
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """Queued events as (wd, mask, name); [] if none."""
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        out, pos = [], 0
+        while pos < len(data):
+            wd, mask, _, size = _EVENT.unpack_from(data, pos)
+            pos += _EVENT.size
+            out.append((wd, mask, os.fsdecode(data[pos:pos + size].rstrip(b"\0"))))
+            pos += size
+        return out
+
+
+class Watcher:
+    """The watched tree and what changed in it, by sequence number."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.ino = Inotify()
+        self.wds: dict[int, str] = {}  # watch -> workspace-relative directory ("" for the root)
+        self.epoch = os.urandom(8).hex()
+        self.seq = 0
+        self.floor = 0  # marks below this are not vouched for (their changes were dropped)
+        self.changes: dict[str, int] = {}
+        self.blind = ""  # why nothing is vouched for any more ("" while it sees everything)
+        self.pending: set[str] = set()  # cookies created, not yet seen
+        self.cookie_wd = self.ino.add(os.path.join(root, DIR), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
+                                      | IN_MOVE_SELF | IN_ONLYDIR)
+        self.root_wd = -1
+        self.add_tree("")
+
+    def add_tree(self, rel: str) -> None:
+        """Watch ``rel`` and every directory under it (not following symlinks)."""
+        stack = [rel]
+        while stack:
+            d = stack.pop()
+            full = os.path.join(self.root, d) if d else self.root
+            try:
+                wd = self.ino.add(full, MASK)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # gone already: its parent's event recorded it
+                self.blinded(f"cannot watch {d or '.'}: {exc.strerror}"
+                             + (" (raise fs.inotify.max_user_watches)" if exc.errno == errno.ENOSPC else ""))
+                return
+            self.wds[wd] = d
+            if d == "":
+                self.root_wd = wd
+            try:
+                with os.scandir(full) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False) and not (d == "" and e.name in OWN):
+                            stack.append(f"{d}/{e.name}" if d else e.name)
+            except OSError:
+                continue  # unreadable or gone: the watch (if any) reports what happens to it
+
+    def drop_tree(self, rel: str) -> None:
+        """Stop watching ``rel`` and what is under it (moved away: its watches would report
+        under the old path)."""
+        prefix = rel + "/"
+        for wd, d in list(self.wds.items()):
+            if d == rel or d.startswith(prefix):
+                del self.wds[wd]
+                self.ino.remove(wd)
+
+    def blinded(self, why: str) -> None:
+        self.blind = self.blind or why
+        log(f"no longer vouching for anything: {why}")
+
+    def new_epoch(self, why: str) -> None:
+        self.epoch, self.changes, self.floor = os.urandom(8).hex(), {}, self.seq
+        log(f"new epoch {self.epoch}: {why}")
+
+    def record(self, rel: str) -> None:
+        self.seq += 1
+        self.changes[rel] = self.seq
+        if len(self.changes) > MAX_CHANGES:  # keep the newest half: older marks lose their vouching
+            kept = sorted(self.changes.items(), key=lambda kv: kv[1])[len(self.changes) // 2:]
+            self.floor = kept[0][1] - 1
+            self.changes = dict(kept)
+
+    def handle(self, wd: int, mask: int, name: str) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self.new_epoch("the kernel's event queue overflowed")
+            return
+        if wd == self.cookie_wd:
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                raise Gone(f"{DIR} was removed")
+            if mask & (IN_DELETE | IN_MOVED_FROM) and name in ("sock", "lock"):
+                raise Gone(f"its {name} file was removed")  # e.g. rm -rf .cache (the socket pins the directory)
+            self.pending.discard(name)
+            return
+        base = self.wds.get(wd)
+        if base is None:
+            return  # a watch already dropped
+        if mask & IN_UNMOUNT:
+            self.new_epoch(f"{base or '.'} was unmounted")
+        if wd == self.root_wd and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+            raise Gone("the workspace root was deleted or moved")
+        if mask & IN_IGNORED:
+            self.wds.pop(wd, None)
+        if base == "" and name in OWN:
+            return
+        rel = f"{base}/{name}" if base and name else name or base
+        self.record(rel)
+        if mask & IN_ISDIR and mask & IN_MOVED_FROM:
+            self.drop_tree(rel)
+        if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+            self.add_tree(rel)
+
+    def pump(self, timeout: float) -> None:
+        """Handle the events that arrive within ``timeout`` seconds (0: those queued now)."""
+        ready, _, _ = select.select([self.ino.fd], [], [], timeout)
+        if ready:
+            for event in self.ino.read():
+                self.handle(*event)
+
+    def sync(self) -> dict[str, Any]:
+        """Every change completed before now, recorded: a cookie's event comes after them."""
+        if self.blind:
+            return {"error": self.blind}
+        name = f"cookie-{os.getpid()}-{self.seq}-{time.monotonic_ns()}"
+        path = os.path.join(self.root, DIR, name)
+        self.pending.add(name)
+        with open(path, "wb"):
+            pass
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        try:
+            while name in self.pending and time.monotonic() < deadline:
+                self.pump(max(0.0, deadline - time.monotonic()))
+        finally:
+            os.unlink(path)
+        if name in self.pending:
+            self.pending.discard(name)
+            return {"error": "its cookie did not come back in time"}
+        if self.blind:
+            return {"error": self.blind}
+        return {"protocol": PROTOCOL, "root": self.root, "epoch": self.epoch, "seq": self.seq,
+                "floor": self.floor, "changes": self.changes}
+
+    def status(self) -> dict[str, Any]:
+        return {"protocol": PROTOCOL, "root": self.root, "pid": os.getpid(), "watches": len(self.wds),
+                "epoch": self.epoch, "seq": self.seq, "changes": len(self.changes), "blind": self.blind}
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}", flush=True)
+
+
+def serve(root: str, idle: float) -> str:
+    """Watch ``root`` and answer on its socket until something ends it; why it ended."""
+    home = os.path.join(root, DIR)
+    lock = os.open(os.path.join(home, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "another watcher runs for this workspace"
+    sock_path = os.path.join(home, "sock")
+    if os.path.lexists(sock_path):
+        os.unlink(sock_path)  # a dead watcher's (we hold the lock)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    watcher = Watcher(root)
+    server.listen(16)
+    ours = os.stat(sock_path).st_ino
+    log(f"watching {root}: {len(watcher.wds)} directories, epoch {watcher.epoch}")
+    last = checked = time.monotonic()
+    try:
+        while True:
+            ready, _, _ = select.select([watcher.ino.fd, server], [], [], 10.0)
+            if watcher.ino.fd in ready:
+                watcher.pump(0)
+            if server in ready:
+                last = time.monotonic()
+                if answer(server, watcher):
+                    return "stopped"
+            now = time.monotonic()
+            if now - last > idle:
+                return f"idle for {idle:.0f} s"
+            if now - checked > 10:
+                checked = now
+                try:
+                    if os.stat(sock_path).st_ino != ours:
+                        return "its socket was replaced"
+                except FileNotFoundError:
+                    return "its socket was removed"
+    except Gone as exc:
+        return str(exc)
+    finally:
+        server.close()
+        try:
+            if os.stat(sock_path).st_ino == ours:
+                os.unlink(sock_path)
+        except OSError:
+            pass
+
+
+def answer(server: socket.socket, watcher: Watcher) -> bool:
+    """Answer one client; True if it asked the watcher to stop."""
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(2.0)  # a client that never writes does not stall the watcher
+        try:
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 4096:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            op = json.loads(data or b"{}").get("op")
+            reply = (watcher.sync() if op == "sync" else watcher.status() if op in ("status", "stop")
+                     else {"error": f"unknown request {op!r}"})
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return op == "stop"
+
+
+def main(argv: list[str]) -> int:
+    root, idle = os.path.realpath(argv[0]), float(argv[1])
+    try:
+        why = serve(root, idle)
+    except OSError as exc:
+        why = f"failed: {exc}"
+    log(f"exiting: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
