@@ -641,27 +641,42 @@ class Bench:
                     f"(+{s.ignored:,} ignored), warm stat cache, vs `turbo run build --dry=json` and `git status`")
         root, facts = self.big(case)
         self.need_turbo()
-        plan = Measure("olly plan", [self.olly("plan")], root, self.env)
+        # Without the watcher (OLLY_WATCH=0: it runs meanwhile for the other measure, idle), and
+        # with it: `olly watch start` first; each measure's warm-up run marks the walks it verifies.
+        unwatched = {**self.env, "OLLY_WATCH": "0"}
+        plan = Measure("olly plan", [self.olly("plan")], root, unwatched)
+        watched = Measure("olly plan, olly watch running", [self.olly("plan")], root, self.env)
         if self.turbo:
             turbo = Measure("turbo run build --dry=json", [[*self.turbo, "run", "build", "--dry=json"]], root, self.env)
         else:
             turbo = Measure("turbo run build --dry=json", [], root, self.env, unavailable=self.turbo_why)
         git = Measure("git status", [["git", "status"]], root, self.env)
-        measures = [plan, turbo, git]
+        measures = [plan, watched, turbo, git]
         no_engine = None
         if self.engine:
-            no_engine = Measure("olly plan, no engine", [self.olly("plan")], root, self.no_engine_env())
+            no_engine = Measure("olly plan, no engine", [self.olly("plan")], root, {**self.no_engine_env(), "OLLY_WATCH": "0"})
             measures.append(no_engine)
-        self.runner.run(measures)
+        rc, _, err = self.check(self.olly("watch", "start"), root)
+        if rc != 0:
+            watched.error = f"olly watch start failed: {err.strip()[-200:]}"
+            measures.remove(watched)
+        try:
+            self.runner.run(measures)
+        finally:
+            self.check(self.olly("watch", "stop"), root)
         self._check_same_files(case, root, facts)
         case.rows = [
             Row("olly plan vs turbo --dry=json", plan, turbo, [relative(plan, turbo, 0.5, "≤ 0.5× peer")]),
+            Row("same, olly watch running", watched, turbo, [relative(watched, turbo, 0.5, "≤ 0.5× peer")]),
             Row("olly plan", plan, None, [absolute(plan, 0.5)]),
+            Row("olly plan, olly watch running", watched, None, [absolute(watched, 0.5)]),
             Row("olly plan peak RSS", plan, turbo, [rss_target(plan, 100)], rss_row=True),
             Row("olly plan vs git status (info)", plan, git),
         ]
         if no_engine:
             case.rows.append(Row("olly plan without an engine (info)", no_engine, turbo))
+        case.notes.append("`olly plan` runs with OLLY_WATCH=0 (no watcher consulted); the watched one after "
+                          "`olly watch start` (inotify), taking every context's walk on the watcher's word")
         case.notes.append("nothing in this tree is built (by either tool): both plan every target as to-do; "
                           "with an engine, olly asks it about each target's content tag, as it would if they were built")
         if not self.engine:

@@ -285,7 +285,7 @@ def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, sp
     memo = hasher.walks
     if memo is None:
         return hashed_entries(root, ctx_dir, ignore.walk(root / ctx_dir, shown=shown), specials, hasher), None
-    recalled = memo.unchanged(ctx_dir, df_rel)  # the watcher saw nothing change in it
+    recalled = memo.unchanged(root, ctx_dir, df_rel)  # the watcher saw nothing change in it
     if recalled is not None:
         return None, recalled
     started = time.time_ns()

@@ -35,7 +35,7 @@ from olly import keys
 from olly.dockerignore import DockerIgnore
 from olly.hashing import RACY_NS  # the stat cache's rule, applied to whole contexts
 
-SCHEMA = 6  # of the fingerprint and the stored entries: a change makes every memo a miss
+SCHEMA = 7  # of the fingerprint and the stored entries: a change makes every memo a miss
 OWN_DIRS = (".cache/", "dist/")  # as olly.config.in_own_dir, for a context at the workspace root
 MARK = f"{SCHEMA}.{keys.KEY_SCHEMA}"  # a mark names the format its walk was remembered in
 FLUSH_BYTES = 4 << 20  # remembered walks held before they are written: memory stays flat
@@ -106,12 +106,15 @@ class Recalled:
     finds a path among them (``find``) without decoding the rest; and its files' stat
     signatures, marshalled (``signatures``: read only after a miss)."""
 
-    __slots__ = ("_files", "_blob", "sizes", "rows", "ends", "sigs")
+    __slots__ = ("_files", "_blob", "sizes", "rows", "ends", "sigs", "linked")
 
     def __init__(self, files: list[list[Any]] | None, sizes: array, rows: bytes, ends: array, sigs: bytes = b"",
-                 blob: bytes = b"") -> None:
+                 blob: bytes = b"", linked: bool = False) -> None:
         self._files, self._blob = files, blob
         self.sizes, self.rows, self.ends, self.sigs = sizes, rows, ends, sigs
+        # A file of the walk had another name (a hard link): written through a name outside the
+        # context, no watcher sees the change, so the watcher cannot vouch for this walk.
+        self.linked = linked
 
     @property
     def files(self) -> list[list[Any]]:
@@ -147,8 +150,9 @@ def pack(entries: list[Any], items: Iterable[Item] = ()) -> tuple[bytes, Recalle
     st = dict(items)
     sigs = marshal.dumps([(s.st_mtime_ns, s.st_ino, s.st_ctime_ns, s.st_mode) if e.type == "f" and (s := st.get(e.path))
                           else None for e in entries])
-    return (marshal.dumps((marshal.dumps(files), sizes.tobytes(), rows, packed.tobytes(), sigs)),
-            Recalled(files, sizes, rows, packed, sigs))
+    linked = any(s.st_nlink > 1 and stat.S_ISREG(s.st_mode) for s in st.values())
+    return (marshal.dumps((marshal.dumps(files), sizes.tobytes(), rows, packed.tobytes(), sigs, linked)),
+            Recalled(files, sizes, rows, packed, sigs, linked=linked))
 
 
 def signatures(recalled: Recalled, prefix: str) -> dict[str, tuple[Any, ...]]:
@@ -190,15 +194,16 @@ def unpack(blob: bytes) -> Recalled:
     """What ``pack`` stored; ValueError for anything else (e.g. written by another olly: a miss).
     The manifest's rows are checked when first decoded (``Recalled.files``)."""
     stored = marshal.loads(blob)
-    if not (isinstance(stored, tuple) and len(stored) == 5 and all(isinstance(part, bytes) for part in stored)):
+    if not (isinstance(stored, tuple) and len(stored) == 6 and all(isinstance(part, bytes) for part in stored[:5])
+            and isinstance(stored[5], bool)):
         raise ValueError("not a remembered walk")
-    files, raw_sizes, rows, raw_ends, sigs = stored
+    files, raw_sizes, rows, raw_ends, sigs, linked = stored
     ends, sizes = array("Q"), array("Q")
     ends.frombytes(raw_ends)
     sizes.frombytes(raw_sizes)
     if len(sizes) != len(ends) or (ends and ends[-1] != len(rows)):
         raise ValueError("not a remembered walk")
-    return Recalled(None, sizes, rows, ends, sigs, files)
+    return Recalled(None, sizes, rows, ends, sigs, files, linked)
 
 
 def _unpack_inputs(blob: bytes) -> tuple[list[list[Any]], bytes]:
@@ -249,11 +254,13 @@ class Memo:
             self._firsts[key] = (str(answer[0]), *first)
         return str(answer[0])
 
-    def unchanged(self, ctx_dir: str, df_rel: str | None) -> Recalled | None:
+    def unchanged(self, root: Path, ctx_dir: str, df_rel: str | None) -> Recalled | None:
         """The remembered walk of a context the watcher vouches for, taken without walking it:
         the walk was verified by a plan that synced with this watcher (its mark), and nothing
-        in the context or above it changed since. None: walk it (and fingerprint) as usual."""
-        if self.sync is None:
+        in the context or above it changed since. None: walk it (and fingerprint) as usual,
+        also for a context reached through a symlink (the watcher records changes under the
+        directories' own paths)."""
+        if self.sync is None or os.path.realpath(root / ctx_dir) != os.path.normpath(os.path.join(self.sync.root, ctx_dir)):
             return None
         if self._marks is None:
             self._marks = self.cache.walk_marks()
@@ -266,6 +273,9 @@ class Memo:
         if version != MARK or not self.sync.clean(ctx_dir, token):
             return None
         recalled = self._recalled(self.cache.walk(key), fp, unpack)
+        if recalled is not None and recalled.linked:
+            self.hits -= 1  # not taken after all: walked (and fingerprinted) as usual
+            return None
         if recalled is not None:
             self.vouched += 1
             self._verified[key] = fp

@@ -13,9 +13,13 @@ How it knows (Linux inotify, as watchman does):
   ``.cache/watch/`` and answer only once the cookie's own event has been read: every change
   completed before the plan asked was queued before the cookie, so it is in the answer.
 - **An epoch it can lose.** The answer names the watcher's *epoch* (random per start). An
-  overflowed event queue, an unmounted directory, or a directory it could not watch (the
-  kernel's ``max_user_watches``) starts a new epoch or blinds it: what was said under the old
-  one is no longer vouched for, and a plan walks as if no watcher ran.
+  overflowed event queue, an unmounted directory or any change of the mount table (a file
+  system mounted over a watched directory hides it) starts a new epoch, with the whole tree
+  watched afresh: what was said under the old one is no longer vouched for. A directory it
+  cannot watch (the kernel's ``max_user_watches``), or one it already watches under another
+  path (a bind mount), ends it. A plan without a watcher walks as if none had run.
+- **Moves settle after each batch of events.** Every watch under a directory created or moved
+  (in, out, or two swapped by RENAME_EXCHANGE) is dropped, then what is there now is watched.
 
 It answers one JSON line per connection on ``.cache/watch/sock``: ``sync``, ``status`` or
 ``stop``. It ends on ``stop``, when its socket or directory is removed, when the workspace
@@ -41,7 +45,7 @@ PROTOCOL = 1
 DIR = os.path.join(".cache", "watch")  # under the workspace root: socket, lock, log, cookies
 OWN = (".cache", "dist")  # olly's own directories at the root: not watched (never inputs)
 MAX_CHANGES = 20_000  # paths remembered; past it the oldest half is dropped (and ``floor`` rises)
-SYNC_TIMEOUT = 5.0  # seconds for a cookie to come back before a sync is refused
+SYNC_TIMEOUT = 2.0  # seconds for a cookie to come back before a sync is refused (it takes well under 1 ms)
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -101,15 +105,17 @@ class Watcher:
         self.seq = 0
         self.floor = 0  # marks below this are not vouched for (their changes were dropped)
         self.changes: dict[str, int] = {}
-        self.blind = ""  # why nothing is vouched for any more ("" while it sees everything)
         self.pending: set[str] = set()  # cookies created, not yet seen
+        self.moved: set[str] = set()  # directories created or moved, in the batch of events being read
         self.cookie_wd = self.ino.add(os.path.join(root, DIR), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
                                       | IN_MOVE_SELF | IN_ONLYDIR)
         self.root_wd = -1
         self.add_tree("")
 
     def add_tree(self, rel: str) -> None:
-        """Watch ``rel`` and every directory under it (not following symlinks)."""
+        """Watch ``rel`` and every directory under it (not following symlinks). A directory
+        it cannot watch, or one already watched under another path (a bind mount), ends the
+        watcher: it could no longer vouch for anything."""
         stack = [rel]
         while stack:
             d = stack.pop()
@@ -119,9 +125,10 @@ class Watcher:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     continue  # gone already: its parent's event recorded it
-                self.blinded(f"cannot watch {d or '.'}: {exc.strerror}"
-                             + (" (raise fs.inotify.max_user_watches)" if exc.errno == errno.ENOSPC else ""))
-                return
+                raise Gone(f"cannot watch {d or '.'}: {exc.strerror}"
+                           + (" (raise fs.inotify.max_user_watches)" if exc.errno == errno.ENOSPC else ""))
+            if self.wds.get(wd, d) != d:
+                raise Gone(f"{d} is {self.wds[wd]} again (a bind mount?): changes would be seen under one path only")
             self.wds[wd] = d
             if d == "":
                 self.root_wd = wd
@@ -142,13 +149,15 @@ class Watcher:
                 del self.wds[wd]
                 self.ino.remove(wd)
 
-    def blinded(self, why: str) -> None:
-        self.blind = self.blind or why
-        log(f"no longer vouching for anything: {why}")
-
-    def new_epoch(self, why: str) -> None:
+    def reset(self, why: str) -> None:
+        """Events were lost: what is watched may not be what is there. Watch the tree afresh,
+        under a new epoch (every mark made before is refused)."""
+        for wd in self.wds:
+            self.ino.remove(wd)
+        self.wds, self.moved = {}, set()
         self.epoch, self.changes, self.floor = os.urandom(8).hex(), {}, self.seq
-        log(f"new epoch {self.epoch}: {why}")
+        self.add_tree("")
+        log(f"new epoch {self.epoch}: {why}; watching {len(self.wds)} directories again")
 
     def record(self, rel: str) -> None:
         self.seq += 1
@@ -160,7 +169,7 @@ class Watcher:
 
     def handle(self, wd: int, mask: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
-            self.new_epoch("the kernel's event queue overflowed")
+            self.reset("the kernel's event queue overflowed")
             return
         if wd == self.cookie_wd:
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
@@ -173,7 +182,8 @@ class Watcher:
         if base is None:
             return  # a watch already dropped
         if mask & IN_UNMOUNT:
-            self.new_epoch(f"{base or '.'} was unmounted")
+            self.reset(f"{base or '.'} was unmounted")
+            return
         if wd == self.root_wd and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
             raise Gone("the workspace root was deleted or moved")
         if mask & IN_IGNORED:
@@ -182,10 +192,18 @@ class Watcher:
             return
         rel = f"{base}/{name}" if base and name else name or base
         self.record(rel)
-        if mask & IN_ISDIR and mask & IN_MOVED_FROM:
+        if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM):
+            self.moved.add(rel)  # watched afresh after this batch of events (``settle``)
+
+    def settle(self) -> None:
+        """Directories created, moved in or out: drop every watch under those paths, then watch
+        what is there now. Both steps after the whole batch: two directories swapped
+        (RENAME_EXCHANGE) come as moves from and to both paths, in either order."""
+        moved, self.moved = sorted(self.moved), set()
+        for rel in moved:
             self.drop_tree(rel)
-        if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-            self.add_tree(rel)
+        for rel in moved:
+            self.add_tree(rel)  # a path gone since is skipped
 
     def pump(self, timeout: float) -> None:
         """Handle the events that arrive within ``timeout`` seconds (0: those queued now)."""
@@ -193,16 +211,18 @@ class Watcher:
         if ready:
             for event in self.ino.read():
                 self.handle(*event)
+            self.settle()
 
     def sync(self) -> dict[str, Any]:
         """Every change completed before now, recorded: a cookie's event comes after them."""
-        if self.blind:
-            return {"error": self.blind}
         name = f"cookie-{os.getpid()}-{self.seq}-{time.monotonic_ns()}"
         path = os.path.join(self.root, DIR, name)
+        try:
+            with open(path, "wb"):
+                pass
+        except OSError as exc:
+            return {"error": f"cannot write its cookie: {exc.strerror}"}
         self.pending.add(name)
-        with open(path, "wb"):
-            pass
         deadline = time.monotonic() + SYNC_TIMEOUT
         try:
             while name in self.pending and time.monotonic() < deadline:
@@ -212,14 +232,12 @@ class Watcher:
         if name in self.pending:
             self.pending.discard(name)
             return {"error": "its cookie did not come back in time"}
-        if self.blind:
-            return {"error": self.blind}
         return {"protocol": PROTOCOL, "root": self.root, "epoch": self.epoch, "seq": self.seq,
                 "floor": self.floor, "changes": self.changes}
 
     def status(self) -> dict[str, Any]:
         return {"protocol": PROTOCOL, "root": self.root, "pid": os.getpid(), "watches": len(self.wds),
-                "epoch": self.epoch, "seq": self.seq, "changes": len(self.changes), "blind": self.blind}
+                "epoch": self.epoch, "seq": self.seq, "changes": len(self.changes)}
 
 
 def log(text: str) -> None:
@@ -240,14 +258,25 @@ def serve(root: str, idle: float) -> str:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)
     os.chmod(sock_path, 0o600)
-    watcher = Watcher(root)
+    try:
+        watcher = Watcher(root)
+    except Gone as exc:
+        server.close()
+        os.unlink(sock_path)
+        return str(exc)
     server.listen(16)
     ours = os.stat(sock_path).st_ino
     log(f"watching {root}: {len(watcher.wds)} directories, epoch {watcher.epoch}")
     last = checked = time.monotonic()
+    mounts = open("/proc/self/mounts", "rb")  # a mount or unmount anywhere: an exceptional condition on it
+    mounts.read()
     try:
         while True:
-            ready, _, _ = select.select([watcher.ino.fd, server], [], [], 10.0)
+            ready, _, exceptional = select.select([watcher.ino.fd, server], [], [mounts], 10.0)
+            if exceptional:  # a file system mounted over a watched directory hides it from its watch
+                mounts.seek(0)
+                mounts.read()
+                watcher.reset("the mount table changed")
             if watcher.ino.fd in ready:
                 watcher.pump(0)
             if server in ready:
@@ -267,6 +296,7 @@ def serve(root: str, idle: float) -> str:
     except Gone as exc:
         return str(exc)
     finally:
+        mounts.close()
         server.close()
         try:
             if os.stat(sock_path).st_ino == ours:

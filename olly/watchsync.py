@@ -28,6 +28,8 @@ DIR = Path(".cache") / "watch"
 SOCKET_MAX = 107  # bytes in a unix socket path (sun_path) on Linux
 START_TIMEOUT = 60.0  # seconds for a new watcher to watch the tree and answer
 IDLE_DEFAULT = 8 * 3600.0
+LOG_MAX = 1 << 20  # a watcher log past this size is started afresh by the next start
+SYNC_WAIT = 3.0  # seconds a plan waits for the watcher's answer (its cookie may take up to 2 s), then walks without it
 
 _EARLY: dict[str, Sync | None] = {}  # root -> the sync the CLI made before the plan
 
@@ -35,8 +37,9 @@ _EARLY: dict[str, Sync | None] = {}  # root -> the sync the CLI made before the 
 class Sync:
     """One answer of the watcher: what changed, and the token a plan marks its walks with."""
 
-    def __init__(self, epoch: str, seq: int, floor: int, changes: dict[str, int]) -> None:
+    def __init__(self, epoch: str, seq: int, floor: int, changes: dict[str, int], root: str = "") -> None:
         self.epoch, self.seq, self.floor, self.changes = epoch, seq, floor, changes
+        self.root = root  # the workspace's real path, as the watcher watches it
         self.token = f"{epoch}:{seq}"
         self.late = False  # made by the plan itself, after the walk helper started
         self._under: dict[str, int] | None = None
@@ -86,7 +89,7 @@ def socket_path(root: Path) -> str:
     return os.fspath(root / DIR / "sock")
 
 
-def request(root: Path, op: str, timeout: float = 10.0) -> dict[str, Any] | None:
+def request(root: Path, op: str, timeout: float = 3.0) -> dict[str, Any] | None:
     """The watcher's answer to ``op``, or None if none answers."""
     path = socket_path(root)
     if len(os.fsencode(path)) > SOCKET_MAX or not os.path.exists(path):
@@ -113,14 +116,14 @@ def sync(root: Path) -> Sync | None:
     or if OLLY_WATCH=0 (plan as if no watcher ran; e.g. to rule it out)."""
     if os.environ.get("OLLY_WATCH") == "0":
         return None
-    reply = request(root, "sync")
+    reply = request(root, "sync", timeout=SYNC_WAIT)
     if reply is None or reply.get("protocol") != PROTOCOL or reply.get("root") != os.fspath(root.resolve()):
         return None
     epoch, seq, floor, changes = (reply.get(k) for k in ("epoch", "seq", "floor", "changes"))
     if not (isinstance(epoch, str) and isinstance(seq, int) and isinstance(floor, int) and isinstance(changes, dict)
             and all(isinstance(k, str) and isinstance(v, int) for k, v in changes.items())):
         return None
-    return Sync(epoch, seq, floor, changes)
+    return Sync(epoch, seq, floor, changes, reply["root"])
 
 
 def early(directory: str | None = None) -> Sync | None:
@@ -183,7 +186,11 @@ def start(root: Path, idle: float = IDLE_DEFAULT) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.fspath(Path(__file__).resolve().parent.parent),
                                          *filter(None, [env.get("PYTHONPATH")])])
-    with open(home / "log", "ab") as log, open(os.devnull, "rb") as null:
+    try:
+        fresh = (home / "log").stat().st_size > LOG_MAX
+    except FileNotFoundError:
+        fresh = False
+    with open(home / "log", "wb" if fresh else "ab") as log, open(os.devnull, "rb") as null:
         # Its working directory is "/": one in the workspace would pin it (no event when it goes).
         proc = subprocess.Popen([sys.executable, "-m", "olly.watch", os.fspath(root.resolve()), str(idle)],
                                 cwd="/", env=env, stdin=null, stdout=log, stderr=log, close_fds=True,

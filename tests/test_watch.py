@@ -65,7 +65,7 @@ def test_start_status_stop(watched: Path) -> None:
     again = watchsync.start(watched)
     assert again["already"] is True
     status = watchsync.status(watched)
-    assert status is not None and status["pid"] == again["pid"] and status["blind"] == ""
+    assert status is not None and status["pid"] == again["pid"] and status["watches"] >= 6
     assert watchsync.stop(watched) is not None
     assert not os.path.exists(watchsync.socket_path(watched)) and watchsync.status(watched) is None
     assert watchsync.sync(watched) is None and watchsync.stop(watched) is None
@@ -161,6 +161,33 @@ def test_an_overflowed_event_queue_starts_a_new_epoch(watched: Path) -> None:
     assert after.epoch != before.epoch and not after.clean("ctx/b", before.token)
     assert after.clean("ctx/b", after.token)
     assert "new epoch" in (watched / ".cache/watch/log").read_text()
+    # The tree is watched afresh: a directory made while events were lost is watched too.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (watched / "ctx/b/lost").mkdir()
+        for n in range(limit + 100):
+            (watched / "docs" / str(n)).write_text("again")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    third = synced(watched)
+    (watched / "ctx/b/lost/f").write_text("seen")
+    fourth = synced(watched)
+    assert third.epoch != after.epoch and "ctx/b/lost/f" in fourth.changes and not fourth.clean("ctx/b", third.token)
+
+
+def test_two_directories_swapped_stay_watched(watched: Path) -> None:
+    """renameat2(RENAME_EXCHANGE) swaps two directories: moves from and to both paths."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, str(watched / "ctx/a").encode(), -100, str(watched / "ctx/b").encode(), 2) != 0:
+        pytest.skip(f"renameat2: {os.strerror(ctypes.get_errno())}")
+    first = synced(watched)
+    (watched / "ctx/a/x.txt").write_text("in the old b")
+    (watched / "ctx/b/src/deep/two.txt").write_text("in the old a")
+    second = synced(watched)
+    assert {"ctx/a/x.txt", "ctx/b/src/deep/two.txt"} <= set(second.changes)
+    assert not second.clean("ctx/a", first.token) and not second.clean("ctx/b", first.token)
 
 
 def wait_gone(root: Path, pid: int) -> None:
@@ -249,6 +276,32 @@ def test_a_mark_holds_only_for_the_walk_it_was_made_for(watched: Path, later) ->
     assert memo.vouched == 1 and hasher.files_read == 0  # ctx/a walked (its signatures spared the reads)
 
 
+def test_a_context_reached_through_a_symlink_is_walked(watched: Path, later) -> None:
+    """The watcher records a change under the directory's own path: a context whose path
+    goes through a symlink is never taken on its word."""
+    (watched / "ctx/b").rename(watched / "real-b")
+    os.symlink("../real-b", watched / "ctx/b")
+    plan_scans(watched, synced(watched))
+    _, _, memo = plan_scans(watched, synced(watched))
+    assert memo.vouched == 1  # ctx/a only
+    (watched / "real-b/x.txt").write_text("changed through the link's target")
+    rows, _, memo = plan_scans(watched, synced(watched))
+    assert memo.vouched == 1 and rows == truth(watched)
+
+
+def test_a_context_holding_a_hard_link_is_walked(watched: Path, later, tmp_path: Path) -> None:
+    """A file with another name (outside the workspace here) can change without an event in
+    its context's directory: such a context is never taken on the watcher's word."""
+    os.link(watched / "ctx/b/x.txt", tmp_path / "other-name")
+    plan_scans(watched, synced(watched))
+    _, _, memo = plan_scans(watched, synced(watched))
+    assert memo.vouched == 1  # ctx/a only
+    with open(tmp_path / "other-name", "w") as f:
+        f.write("changed through the other name")
+    rows, hasher, memo = plan_scans(watched, synced(watched))
+    assert memo.vouched == 1 and rows == truth(watched) and hasher.files_read == 1
+
+
 def test_a_mark_of_another_walk_format_is_not_taken(watched: Path, later, monkeypatch: pytest.MonkeyPatch) -> None:
     plan_scans(watched, synced(watched))
     monkeypatch.setattr(walkmemo, "MARK", "0.0")
@@ -262,12 +315,12 @@ def test_a_late_sync_drops_the_helper_walks_begun_before_it(tmp_path: Path, monk
     root = workspace(tmp_path)
     calls: list[str] = []
     monkeypatch.setattr(walkhelper, "fresh_from_now", lambda r: calls.append("fresh"))
-    found = watchsync.Sync("e", 1, 0, {})
+    found = watchsync.Sync("e", 1, 0, {}, os.fspath(root.resolve()))
     monkeypatch.setattr(watchsync, "sync", lambda r: found)
     (root / ".cache/watch").mkdir(parents=True)
     (root / ".cache/watch/sock").touch()
     assert watchsync.take(root) is found and found.late
-    watchsync._EARLY[os.fspath(root.resolve())] = early = watchsync.Sync("e", 2, 0, {})
+    watchsync._EARLY[os.fspath(root.resolve())] = early = watchsync.Sync("e", 2, 0, {}, os.fspath(root.resolve()))
     assert watchsync.take(root) is early and not early.late
     from olly import api
 

@@ -606,9 +606,8 @@ def watch_status(ctx: click.Context, as_json: bool) -> None:
         elif found is None:
             _echo("no watcher runs for this workspace (olly watch start)")
         else:
-            state = f"not vouching for anything: {found['blind']}" if found["blind"] else "vouching"
             _echo(f"watching {found['root']}: pid {found['pid']}, {found['watches']} directories, "
-                  f"{found['changes']} changed paths recorded, epoch {found['epoch']}; {state}")
+                  f"{found['changes']} changed paths recorded, epoch {found['epoch']}")
 
     _run(ctx, run)
 
