@@ -34,8 +34,10 @@ import errno
 import fcntl
 import json
 import os
+import re
 import select
 import socket
+import stat
 import struct
 import sys
 import time
@@ -54,6 +56,16 @@ IN_ONLYDIR, IN_DONT_FOLLOW, IN_ISDIR = 0x01000000, 0x02000000, 0x40000000
 MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of NUL-padded name)
+# File systems whose every change this machine makes itself (linux/magic.h): inotify sees them
+# all. On a network or FUSE file system (NFS, SMB, 9p, virtiofs, a VM's shared folder) another
+# machine's writes make no event, so a watcher there could not vouch for anything.
+LOCAL_FS = {
+    0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs", 0x794C7630: "overlay",
+    0x2FC12FC1: "zfs", 0xF2F52010: "f2fs", 0xCA451A4E: "bcachefs", 0x858458F6: "ramfs", 0x3153464A: "jfs",
+    0x52654973: "reiserfs", 0x3434: "nilfs", 0x482B: "hfsplus", 0x2011BAB0: "exfat", 0x4D44: "vfat",
+    0x5346544E: "ntfs", 0x7366746E: "ntfs3", 0xF15F: "ecryptfs", 0x73717368: "squashfs", 0xE0F5E1E2: "erofs",
+    0x9660: "iso9660", 0x15013346: "udf",
+}
 
 
 class Gone(Exception):
@@ -75,6 +87,14 @@ class Inotify:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
         return int(wd)
+
+    def fs_type(self, path: str) -> int:
+        """The file system type (``f_type`` of statfs(2), the first field on Linux)."""
+        buf = ctypes.create_string_buffer(256)
+        if self.libc.statfs(os.fsencode(path), buf) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return int(struct.unpack_from("l", buf.raw)[0]) & 0xFFFFFFFF
 
     def remove(self, wd: int) -> None:
         self.libc.inotify_rm_watch(self.fd, wd)  # may fail for a watch already gone: nothing to do
@@ -107,6 +127,8 @@ class Watcher:
         self.changes: dict[str, int] = {}
         self.pending: set[str] = set()  # cookies created, not yet seen
         self.moved: set[str] = set()  # directories created or moved, in the batch of events being read
+        self.linked = ""  # a hard link made in this batch (its path): a change through it may make no event here
+        self.devices: set[int] = set()  # of the directories watched, each checked to be a local file system
         self.cookie_wd = self.ino.add(os.path.join(root, DIR), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
                                       | IN_MOVE_SELF | IN_ONLYDIR)
         self.root_wd = -1
@@ -125,6 +147,8 @@ class Watcher:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     continue  # gone already: its parent's event recorded it
+                if exc.errno == errno.EACCES:
+                    continue  # unreadable: no plan can walk it either; made readable, it is watched then (IN_ATTRIB)
                 raise Gone(f"cannot watch {d or '.'}: {exc.strerror}"
                            + (" (raise fs.inotify.max_user_watches)" if exc.errno == errno.ENOSPC else ""))
             if self.wds.get(wd, d) != d:
@@ -133,12 +157,25 @@ class Watcher:
             if d == "":
                 self.root_wd = wd
             try:
+                self.check_local(full)
                 with os.scandir(full) as it:
                     for e in it:
                         if e.is_dir(follow_symlinks=False) and not (d == "" and e.name in OWN):
                             stack.append(f"{d}/{e.name}" if d else e.name)
-            except OSError:
-                continue  # unreadable or gone: the watch (if any) reports what happens to it
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                    raise Gone(f"cannot list {d or '.'}: {exc.strerror}")
+                # gone (its parent's event recorded it), or not listable: its watch reports a chmod
+
+    def check_local(self, full: str) -> None:
+        """End the watcher on a file system whose changes it cannot all see."""
+        dev = os.lstat(full).st_dev
+        if dev not in self.devices:
+            kind = self.ino.fs_type(full)
+            if kind not in LOCAL_FS:
+                raise Gone(f"{full} is on a file system inotify does not fully see (type {kind:#x}: "
+                           "network, FUSE or shared folder)")
+            self.devices.add(dev)
 
     def drop_tree(self, rel: str) -> None:
         """Stop watching ``rel`` and what is under it (moved away: its watches would report
@@ -154,7 +191,7 @@ class Watcher:
         under a new epoch (every mark made before is refused)."""
         for wd in self.wds:
             self.ino.remove(wd)
-        self.wds, self.moved = {}, set()
+        self.wds, self.moved, self.linked = {}, set(), ""
         self.epoch, self.changes, self.floor = os.urandom(8).hex(), {}, self.seq
         self.add_tree("")
         log(f"new epoch {self.epoch}: {why}; watching {len(self.wds)} directories again")
@@ -192,13 +229,24 @@ class Watcher:
             return
         rel = f"{base}/{name}" if base and name else name or base
         self.record(rel)
-        if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM):
-            self.moved.add(rel)  # watched afresh after this batch of events (``settle``)
+        if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_ATTRIB):
+            self.moved.add(rel)  # watched afresh after this batch of events (``settle``); a chmod may make it listable
+        elif mask & (IN_CREATE | IN_MOVED_TO) and not self.linked and name:
+            try:
+                st = os.lstat(os.path.join(self.root, rel))
+            except OSError:
+                return
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                self.linked = rel  # its other names' directories got no event for it (a link count is the file's own)
 
     def settle(self) -> None:
         """Directories created, moved in or out: drop every watch under those paths, then watch
         what is there now. Both steps after the whole batch: two directories swapped
         (RENAME_EXCHANGE) come as moves from and to both paths, in either order."""
+        if self.linked:
+            linked, self.linked = self.linked, ""
+            self.reset(f"{linked} is a hard link: a file elsewhere in the workspace has a new name")
+            return
         moved, self.moved = sorted(self.moved), set()
         for rel in moved:
             self.drop_tree(rel)
@@ -228,7 +276,10 @@ class Watcher:
             while name in self.pending and time.monotonic() < deadline:
                 self.pump(max(0.0, deadline - time.monotonic()))
         finally:
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # its directory was emptied: the Gone that says so is what counts
         if name in self.pending:
             self.pending.discard(name)
             return {"error": "its cookie did not come back in time"}
@@ -269,14 +320,16 @@ def serve(root: str, idle: float) -> str:
     log(f"watching {root}: {len(watcher.wds)} directories, epoch {watcher.epoch}")
     last = checked = time.monotonic()
     mounts = open("/proc/self/mounts", "rb")  # a mount or unmount anywhere: an exceptional condition on it
-    mounts.read()
+    over = mounts_over(root, mounts.read())
     try:
         while True:
             ready, _, exceptional = select.select([watcher.ino.fd, server], [], [mounts], 10.0)
             if exceptional:  # a file system mounted over a watched directory hides it from its watch
                 mounts.seek(0)
-                mounts.read()
-                watcher.reset("the mount table changed")
+                now = mounts_over(root, mounts.read())
+                if now != over:  # not every container's overlay: only mounts in, at or above the workspace
+                    over = now
+                    watcher.reset("a file system was mounted or unmounted in or above the workspace")
             if watcher.ino.fd in ready:
                 watcher.pump(0)
             if server in ready:
@@ -305,6 +358,23 @@ def serve(root: str, idle: float) -> str:
             pass
 
 
+def mounts_over(root: str, table: bytes) -> list[bytes]:
+    """The mount points (with what is mounted there) in, at or above ``root``, from
+    /proc/self/mounts (its paths octal-escaped: a space is \\040)."""
+    def path(field: bytes) -> bytes:
+        return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+    here = os.fsencode(root)
+    out = []
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 2:
+            point = path(fields[1])
+            if point == here or point.startswith(here + b"/") or here.startswith(point.rstrip(b"/") + b"/"):
+                out.append(b" ".join(fields[:4]))
+    return out
+
+
 def answer(server: socket.socket, watcher: Watcher) -> bool:
     """Answer one client; True if it asked the watcher to stop."""
     conn, _ = server.accept()
@@ -321,7 +391,7 @@ def answer(server: socket.socket, watcher: Watcher) -> bool:
             reply = (watcher.sync() if op == "sync" else watcher.status() if op in ("status", "stop")
                      else {"error": f"unknown request {op!r}"})
             conn.sendall(json.dumps(reply).encode() + b"\n")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return False
         return op == "stop"
 
@@ -330,8 +400,8 @@ def main(argv: list[str]) -> int:
     root, idle = os.path.realpath(argv[0]), float(argv[1])
     try:
         why = serve(root, idle)
-    except OSError as exc:
-        why = f"failed: {exc}"
+    except Exception as exc:  # said in its log; a plan without a watcher walks as usual
+        why = f"failed: {type(exc).__name__}: {exc}"
     log(f"exiting: {why}")
     return 0
 

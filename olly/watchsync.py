@@ -212,9 +212,25 @@ def stop(root: Path, timeout: float = 10.0) -> dict[str, Any] | None:
     if found is None:
         return None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(socket_path(root)):
+    while time.monotonic() < deadline and not _lock_free(root):  # it holds the lock until it exits
         time.sleep(0.02)
     return found
+
+
+def _lock_free(root: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(root / DIR / "lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock if it was taken
 
 
 def log_tail(root: Path, lines: int = 5) -> str:

@@ -190,6 +190,61 @@ def test_two_directories_swapped_stay_watched(watched: Path) -> None:
     assert not second.clean("ctx/a", first.token) and not second.clean("ctx/b", first.token)
 
 
+def test_a_hard_link_made_in_the_workspace_starts_a_new_epoch(watched: Path) -> None:
+    """A file's link count is its own: writes through a new name elsewhere make no event in
+    the file's first directory, so a new name for it refuses every mark made before."""
+    before = synced(watched)
+    os.link(watched / "ctx/a/src/one.txt", watched / "docs/other-name")
+    after = synced(watched)
+    assert after.epoch != before.epoch and not after.clean("ctx/a", before.token)
+    with open(watched / "docs/other-name", "w") as f:
+        f.write("changed")
+    assert "docs/other-name" in synced(watched).changes  # under docs/ only: the new epoch is what guards ctx/a
+    assert "hard link" in (watched / ".cache/watch/log").read_text()
+
+
+def test_only_local_file_systems_are_watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from olly import watch
+
+    root = workspace(tmp_path)
+    (root / ".cache/watch").mkdir(parents=True)
+    assert watch.Inotify().fs_type(str(root)) in watch.LOCAL_FS  # this machine's, read by statfs(2)
+    monkeypatch.setattr(watch.Inotify, "fs_type", lambda self, path: 0x6969)  # NFS
+    with pytest.raises(watch.Gone, match="does not fully see"):
+        watch.Watcher(str(root))
+
+
+def test_only_mounts_in_or_above_the_workspace_count() -> None:
+    from olly.watch import mounts_over
+
+    table = (b"/dev/x / ext4 rw 0 0\ntmpfs /ws/a\\040b tmpfs rw 0 0\ntmpfs /ws/sub tmpfs rw 0 0\n"
+             b"overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0\ntmpfs /ws tmpfs rw 0 0\n")
+    assert mounts_over("/ws", table) == [b"/dev/x / ext4 rw", b"tmpfs /ws/a\\040b tmpfs rw", b"tmpfs /ws/sub tmpfs rw",
+                                         b"tmpfs /ws tmpfs rw"]
+    assert mounts_over("/w", table) == [b"/dev/x / ext4 rw"]  # /ws is not under /w
+    assert mounts_over("/ws/a b", table) == [b"/dev/x / ext4 rw", b"tmpfs /ws/a\\040b tmpfs rw", b"tmpfs /ws tmpfs rw"]
+
+
+def test_a_file_system_mounted_in_the_workspace_starts_a_new_epoch(watched: Path) -> None:
+    """A mount over a watched directory hides it from its watch: the tree is watched afresh."""
+    import subprocess
+
+    before = synced(watched)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "none", str(watched / "ctx/b")], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode().strip()}")
+    try:
+        deadline = time.monotonic() + 10
+        while synced(watched).epoch == before.epoch and time.monotonic() < deadline:
+            time.sleep(0.05)  # the mount table's change reaches the watcher on its own
+        after = synced(watched)
+        assert after.epoch != before.epoch and not after.clean("ctx/b", before.token)
+        (watched / "ctx/b/on-tmpfs").write_text("t")
+        assert "ctx/b/on-tmpfs" in synced(watched).changes  # the mounted directory is watched
+    finally:
+        subprocess.run(["umount", str(watched / "ctx/b")], check=True)
+
+
 def wait_gone(root: Path, pid: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -213,7 +268,9 @@ def test_the_watcher_ends_when_its_socket_goes(watched: Path) -> None:
 def test_the_watcher_ends_with_its_workspace(tmp_path: Path) -> None:
     root = workspace(tmp_path)
     pid = watchsync.start(root)["pid"]
-    shutil.rmtree(root)
+    shutil.rmtree(root, ignore_errors=True)  # the watcher removes its socket meanwhile
+    shutil.rmtree(root, ignore_errors=True)
+    assert not root.exists()
     wait_gone(root, pid)
 
 
