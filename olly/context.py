@@ -1,13 +1,12 @@
-"""Build contexts: the exact file set Docker sees, and the tar stream olly sends.
+"""Build contexts: the exact file set Docker sees (olly.tarstream sends it).
 
 ``scan`` computes what reaches ``COPY`` after ``.dockerignore`` (via
 ``olly.dockerignore``) plus what the daemon needs but removes (an excluded
 Dockerfile or .dockerignore, a Dockerfile from outside the context), mirroring the
 Docker CLI. Given the Dockerfile's sources (``olly.reach``), it keeps only the entries
 they reach (``olly.selection``) and their parent directories: those are keyed and sent,
-nothing else is read. ``TarStream`` sends exactly the planned entries with normalised
-headers and re-hashes every keyed file as it streams, so a file edited after planning
-is detected instead of being built under the planned key.
+nothing else is read. A context recalled from a remembered walk (olly.walkmemo) makes its
+entries only when something sends it (``Context.lazy``).
 """
 
 from __future__ import annotations
@@ -20,24 +19,18 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import xxhash
 
-from olly import failpoints, inputs, keys, walkmemo
+from olly import inputs, keys, walkmemo
 from olly.config import ImageTarget, in_own_dir
 from olly.dockerignore import DockerIgnore
 from olly.errors import OllyError
-from olly.hashing import CHUNK, FileHasher, hash_bytes
-from olly.lazy import lazy
+from olly.hashing import FileHasher, hash_bytes
 from olly.reach import Reach, Source, clean
 from olly.selection import Node, Tree, Unreadable, select
 
-tarfile: Any = lazy("tarfile")  # only a build streams a context: a plan does not load it
-
-# Fixed mtime of every tar entry (2000-01-01T00:00:00Z): keeps images reproducible
-# and stays after 1980, which zip-based tools (wheels, jars) inside RUN steps need.
-TAR_MTIME = 946684800
 IGNORE_FILE = ".dockerignore"
 
 
@@ -500,28 +493,6 @@ def _add_outside_dockerfile(ctx: Context, entries: dict[str, Entry], ignore: Doc
         ctx.extras.append(entry)
 
 
-def links_the_layer_cache_misreads(ctx: Context) -> list[str]:
-    """Symlinks whose retargeting the classic builder's layer cache does not see.
-
-    The classic builder hashes a ``COPY``'d symlink through what it resolves to inside the
-    context; a link that dangles in the context as sent, leaves it, or resolves to anything
-    but a regular file (checked: dangling and outside links are hashed by path alone) can be
-    retargeted without invalidating the cached layer, so the image keeps the old link. Only
-    a relative link to a regular file of the planned context is known to be hashed right.
-    """
-    by_path = {e.path: e for e in ctx.entries}
-    bad = []
-    for entry in ctx.entries:
-        if entry.type != "l":
-            continue
-        target = entry.digest
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), target))
-        hit = by_path.get(resolved)
-        if target.startswith("/") or resolved == ".." or resolved.startswith("../") or hit is None or hit.type != "f":
-            bad.append(entry.path)
-    return bad
-
-
 def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str) -> tuple[list[list[Any]], bytes | None]:
     """Extra input files (workspace-relative globs): rows ``[path, hash]`` sorted by path, and
     their encoding as the key writes them when it is at hand (remembered, or just computed to be
@@ -558,64 +529,3 @@ def scan_inputs(root: Path, patterns: list[str], hasher: FileHasher, label: str)
     encoded = keys.encode(rows)
     memo.remember_inputs(key, fp, rows, encoded)
     return rows, encoded
-
-
-class TarStream:
-    """Streams a planned context as a tar, verifying every file against its plan.
-
-    Iterate it to get the bytes; afterwards ``changed`` lists files whose bytes
-    differed from the planned hash (the build must then not be recorded).
-    """
-
-    def __init__(self, root: Path, ctx: Context) -> None:
-        self.base = root / ctx.dir
-        self.ctx = ctx
-        self.changed: list[str] = []
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = sorted([*self.ctx.entries, *self.ctx.carried], key=lambda e: e.path)
-        for entry in [*sent, *self.ctx.extras]:
-            yield from self._emit(entry)
-            failpoints.hit("stream")
-        yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-    def _emit(self, entry: Entry) -> Iterator[bytes]:
-        info = tarfile.TarInfo(entry.path)
-        info.mtime, info.uid, info.gid, info.uname, info.gname = TAR_MTIME, 0, 0, "", ""
-        if entry.type == "d":
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-        elif entry.type == "l":
-            info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, entry.digest
-        else:
-            info.type, info.mode, info.size = tarfile.REGTYPE, 0o755 if entry.executable else 0o644, entry.size
-        yield info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-        if entry.type != "f":
-            return
-        if entry.data is not None:
-            yield entry.data
-        else:
-            yield from self._file_bytes(entry)
-        pad = -entry.size % tarfile.BLOCKSIZE
-        if pad:
-            yield b"\0" * pad
-
-    def _file_bytes(self, entry: Entry) -> Iterator[bytes]:
-        """Exactly ``entry.size`` bytes of the file, hashed on the way."""
-        h = xxhash.xxh3_128()
-        left = entry.size
-        try:
-            with open(self.base / entry.path, "rb") as f:
-                while left > 0:
-                    chunk = f.read(min(CHUNK, left))
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    left -= len(chunk)
-                    yield chunk
-                grew = bool(f.read(1))
-        except OSError:
-            grew = True  # vanished or unreadable since planning: treat as changed
-        if left > 0:
-            yield b"\0" * left  # keep the tar well-formed; the build is discarded anyway
-        if entry.keyed and (grew or left > 0 or h.hexdigest() != entry.digest):
-            self.changed.append(entry.path)  # an unkeyed file cannot change the image: no check

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from olly import failpoints, progress
 from olly.buildkit import BUILDKIT, CLASSIC
 from olly.config import ImageTarget, Registry
-from olly.context import TarStream, links_the_layer_cache_misreads
+from olly.tarstream import TarStream, links_the_layer_cache_misreads
 from olly.engine import KEY_LABEL, BuildFailed, BuildRequest, Engine, oci_platform
 from olly.engines import engine_for
 from olly.errors import OllyError

@@ -41,7 +41,7 @@ import pytest
 from docker.utils.build import exclude_paths
 
 from olly import api
-from olly.context import TarStream
+from olly.tarstream import TarStream
 from support import engine_under_test
 
 pytestmark = pytest.mark.docker

@@ -422,5 +422,8 @@ def test_watch_cli(watched: Path) -> None:
     assert stopped.exit_code == 0 and "stopped the watcher" in stopped.output
     status = runner.invoke(cli, ["-C", str(watched), "watch", "status"])
     assert status.exit_code == 0 and "no watcher runs" in status.output
+    status = runner.invoke(cli, ["-C", str(watched), "watch", "status", "--json"])
+    assert json.loads(status.output) == {"schema": 1, "running": False, "root": None, "pid": None, "watches": None,
+                                         "epoch": None, "seq": None, "changes": None}
     started = runner.invoke(cli, ["-C", str(watched), "watch", "start", "--idle", "1"])
     assert started.exit_code == 0 and "watching" in started.output

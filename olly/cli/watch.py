@@ -50,7 +50,8 @@ def watch_status(ctx: click.Context, as_json: bool) -> None:
 
         found = watchsync.status(ctx.obj.root())
         if as_json:
-            _emit_json({"schema": JSON_SCHEMA, "running": found is not None, **(found or {})})
+            _emit_json({"schema": JSON_SCHEMA, "running": found is not None,
+                        **{k: (found or {}).get(k) for k in ("root", "pid", "watches", "epoch", "seq", "changes")}})
         elif found is None:
             _echo("no watcher runs for this workspace (olly watch start)")
         else:
