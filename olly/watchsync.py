@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,6 +92,8 @@ def request(root: Path, op: str, timeout: float = 3.0) -> dict[str, Any] | None:
     path = socket_path(root)
     if len(os.fsencode(path)) > SOCKET_MAX or not os.path.exists(path):
         return None
+    import socket  # only where a watcher's socket is: every command loads this module
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -168,6 +168,8 @@ def status(root: Path) -> dict[str, Any] | None:
 def start(root: Path, idle: float = IDLE_DEFAULT) -> dict[str, Any]:
     """Start the watcher of ``root`` unless one runs; its status once it answers (``already``:
     it was running). OllyError ``watch-failed`` (with the watcher's log) if it does not come up."""
+    import subprocess
+
     from olly.errors import OllyError
 
     found = status(root)
