@@ -323,7 +323,7 @@ def serve(root: str, idle: float) -> str:
     over = mounts_over(root, mounts.read())
     try:
         while True:
-            ready, _, exceptional = select.select([watcher.ino.fd, server], [], [mounts], 10.0)
+            ready, _, exceptional = select.select([watcher.ino.fd, server], [], [mounts], min(10.0, idle))
             if exceptional:  # a file system mounted over a watched directory hides it from its watch
                 mounts.seek(0)
                 now = mounts_over(root, mounts.read())

@@ -265,6 +265,14 @@ def test_the_watcher_ends_when_its_socket_goes(watched: Path) -> None:
     assert "its sock file was removed" in (watched / ".cache/watch/log").read_text()
 
 
+def test_the_watcher_ends_when_no_command_asks_it(tmp_path: Path) -> None:
+    root = workspace(tmp_path)
+    pid = watchsync.start(root, idle=1)["pid"]
+    wait_gone(root, pid)
+    assert "exiting: idle for 1 s" in (root / ".cache/watch/log").read_text()
+    assert watchsync.sync(root) is None  # a plan then walks as usual
+
+
 def test_the_watcher_ends_with_its_workspace(tmp_path: Path) -> None:
     root = workspace(tmp_path)
     pid = watchsync.start(root)["pid"]
