@@ -233,7 +233,7 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
     walked, recalled = _walk_context(root, ctx_dir, ignore, shown, specials, hasher, ignore_bytes, df_rel)
     if walked is None:  # recalled: no Entry objects unless the context is sent
         assert recalled is not None
-        at, extra = _places(recalled, visible)
+        at, extra = _places(recalled.find, visible)
         ctx.lazy = Recall(recalled, at, extra, recalled.rows)
         return ctx
     ctx.entries, inserted = _merge(visible, walked)
@@ -242,11 +242,13 @@ def scan(root: Path, target: ImageTarget, hasher: FileHasher, analyzer: Analyzer
     return ctx
 
 
-def _places(walked: walkmemo.Recalled, visible: dict[str, Entry]) -> tuple[list[int], list[Entry]]:
-    """Where ``_merge`` would insert the in-memory entries among a recalled walk's, and them."""
+def _places(find: Callable[[str], tuple[int, bool]], visible: dict[str, Entry]) -> tuple[list[int], list[Entry]]:
+    """Where the in-memory entries go among walked ones (``find``: where a path is or would go
+    among them, and whether it is there), in path order, and them: each where no walked entry
+    has its path. The places are in the merged list (ascending: each lands after the ones before)."""
     at, extra = [], []
     for path in sorted(visible):
-        i, there = walked.find(path)
+        i, there = find(path)
         if not there:
             at.append(i + len(at))
             extra.append(visible[path])
@@ -254,19 +256,16 @@ def _places(walked: walkmemo.Recalled, visible: dict[str, Entry]) -> tuple[list[
 
 
 def _merge(visible: dict[str, Entry], walked: list[Entry]) -> tuple[list[Entry], list[int]]:
-    """The walked entries (sorted by path) with the in-memory ones added where no walked
-    entry has their path, in path order (a few insertions, not a sort of ~10^5 paths), and
-    where they went (ascending: each insertion lands after the ones before)."""
-    out = list(walked)
-    paths = [e.path for e in out]
-    inserted = []
-    for path in sorted(visible):
+    """The walked entries (sorted by path) with the in-memory ones added (``_places``: a few
+    insertions, not a sort of ~10^5 paths), and where they went."""
+    paths = [e.path for e in walked]
+
+    def find(path: str) -> tuple[int, bool]:
         i = bisect.bisect_left(paths, path)
-        if i == len(paths) or paths[i] != path:
-            paths.insert(i, path)
-            out.insert(i, visible[path])
-            inserted.append(i)
-    return out, inserted
+        return i, i < len(paths) and paths[i] == path
+
+    at, extra = _places(find, visible)
+    return _spliced(walked, at, extra), at
 
 
 def _walk_context(root: Path, ctx_dir: str, ignore: DockerIgnore, shown: str, specials: set[str],

@@ -55,8 +55,7 @@ def start(directory: str | None = None, watched: bool = False) -> None:
     the walks it vouches for, and walks the few others itself). For the CLI: nothing here
     may fail a command."""
     try:
-        here = Path(directory or os.getcwd()).resolve()
-        root = next((d for d in (here, *here.parents) if (d / BUILD_FILE).is_file()), None)
+        root = find_root(directory)
         if root is None:
             return
         stop(root)  # one left by an earlier command in this process: never reused
@@ -68,6 +67,13 @@ def start(directory: str | None = None, watched: bool = False) -> None:
             _RUNNING[str(root)] = Helper(root)
     except (OSError, ValueError):
         pass
+
+
+def find_root(directory: str | None = None) -> Path | None:
+    """The workspace around ``directory`` (default: the current one), as olly.config finds it
+    (also for olly.watchsync: both run before olly's modules load)."""
+    here = Path(directory or os.getcwd()).resolve()
+    return next((d for d in (here, *here.parents) if (d / BUILD_FILE).is_file()), None)
 
 
 def claim(root: Path) -> Helper | None:
@@ -220,8 +226,6 @@ def serve(job: dict[str, Any], out: IO[bytes]) -> None:
     """In the helper: fingerprint the remembered contexts, last planned first, then walk and hash
     the ones BUILD.toml names that have no remembered walk (into ``job["file"]``), skipping those
     the plan walks itself; one answer each (none for a context it leaves to the plan)."""
-    import sqlite3
-
     from olly.walkmemo import fingerprint_context, key_of
 
     root = Path(job["root"])

@@ -272,16 +272,16 @@ class Memo:
         version, _, token = mark.partition("/")
         if version != MARK or not self.sync.clean(ctx_dir, token):
             return None
-        recalled = self._recalled(self.cache.walk(key), fp, unpack)
-        if recalled is not None and recalled.linked:
-            self.hits -= 1  # not taken after all: walked (and fingerprinted) as usual
+        row = self.cache.walk(key)
+        recalled = _unpacked(row[1]) if row is not None and row[0] == fp else None
+        if recalled is None or recalled.linked:  # a file with another name: walked (and fingerprinted) as usual
             return None
-        if recalled is not None:
-            self.vouched += 1
-            self._verified[key] = fp
-            if self.helper is not None:
-                self.helper.skip(key)  # no use walking it
-        return recalled  # type: ignore[no-any-return]
+        self.hits += 1
+        self.vouched += 1
+        self._verified[key] = fp
+        if self.helper is not None:
+            self.helper.skip(key)  # no use walking it
+        return recalled
 
     def recall(self, ctx_dir: str, df_rel: str | None, fp: str, hasher: Any = None) -> Recalled | None:
         """The walk remembered under ``fp``, or the helper's first walk of it (kept to be saved,

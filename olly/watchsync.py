@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from olly import walkhelper
+
 PROTOCOL = 1  # as olly.watch.PROTOCOL (not imported: the CLI loads this before olly's modules)
-BUILD_FILE = "BUILD.toml"
 DIR = Path(".cache") / "watch"
 SOCKET_MAX = 107  # bytes in a unix socket path (sun_path) on Linux
 START_TIMEOUT = 60.0  # seconds for a new watcher to watch the tree and answer
@@ -77,12 +78,6 @@ def _latest_under(changes: dict[str, int]) -> dict[str, int]:
     return under
 
 
-def find_root(directory: str | None = None) -> Path | None:
-    """The workspace around ``directory`` (default: the current one), as olly.config finds it."""
-    here = Path(directory or os.getcwd()).resolve()
-    return next((d for d in (here, *here.parents) if (d / BUILD_FILE).is_file()), None)
-
-
 def socket_path(root: Path) -> str:
     return os.fspath(root / DIR / "sock")
 
@@ -130,7 +125,7 @@ def early(directory: str | None = None) -> Sync | None:
     """For the CLI, first thing: sync with the workspace's watcher, if one runs (kept for the
     plan: ``take``). Nothing here may fail a command."""
     try:
-        root = find_root(directory)
+        root = walkhelper.find_root(directory)
         if root is None or not os.path.exists(socket_path(root)):
             return None
         found = _EARLY[os.fspath(root)] = sync(root)

@@ -395,7 +395,7 @@ def test_in_memory_entries_land_where_a_walk_puts_them() -> None:
     for names in ([], ["a"], ["a", "c", "z"], ["f", "g"], ["0", "b", "e", "n", "o"]):
         visible = {n: Entry(n, "f", False, 2, "mem", b"x") for n in names}
         merged, inserted = _merge(visible, walked)
-        at, extra = _places(walkmemo.pack(walked)[1], visible)
+        at, extra = _places(walkmemo.pack(walked)[1].find, visible)
         assert (at, extra) == (inserted, [merged[i] for i in inserted])
         assert _spliced(walked, at, extra) == merged
 
